@@ -1,0 +1,1 @@
+"""Datasets and preprocessing; transforms are built from a model's ModelCard."""

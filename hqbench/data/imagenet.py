@@ -1,0 +1,208 @@
+"""ImageNet in the ImageFolder layout: a deterministic evaluation set and a seeded calibration set.
+
+Layout::
+
+    root/LOC_synset_mapping.txt      1000 lines "<wnid> <names>", in class-index order
+    root/val/<wnid>/*.JPEG           evaluation images
+    root/train/<wnid>/*.JPEG         calibration images (disjoint from val)
+
+Class indices come from the mapping file's line order, never from the folders present: a subset's
+``val/`` may hold only some classes, and ImageFolder-style indexing would then shift every label.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from hqbench.data.transforms import build_transform
+from hqbench.models.card import ModelCard
+
+MAPPING_FILE = "LOC_synset_mapping.txt"
+_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+
+
+class ImageListDataset(Dataset):
+    """``(image, label)`` pairs from an explicit file list rather than a folder walk."""
+
+    def __init__(self, samples: list[tuple[Path, int]], transform):
+        self.samples = samples
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[i]
+        with Image.open(path) as img:
+            return self.transform(img), label
+
+
+def read_synset_mapping(path: Path) -> list[str]:
+    """Wnids in class-index order from a ``LOC_synset_mapping.txt`` (first token of each line).
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        ValueError: if it lists no wnid or a wnid twice.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"ImageNet class mapping {path} does not exist")
+    wnids = [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    if not wnids:
+        raise ValueError(f"ImageNet class mapping {path} is empty")
+    dupes = sorted(w for w, n in Counter(wnids).items() if n > 1)
+    if dupes:
+        raise ValueError(f"ImageNet class mapping {path} lists wnids more than once: {dupes[:5]}")
+    return wnids
+
+
+class ImageNetDataModule(L.LightningDataModule):
+    """Evaluation batches from ``val/`` and calibration batches from ``train/``.
+
+    Args:
+        root: folder holding ``LOC_synset_mapping.txt``, ``val/`` and ``train/``.
+        card: the model's ModelCard (preprocessing); may be given later with :meth:`set_card`,
+            because the model is usually created after the datamodule.
+        batch_size: images per batch for every loader.
+        num_workers: DataLoader worker processes.
+        eval_limit: use only the first ``eval_limit`` val images (sorted by path); ``None`` = all.
+        calib_size: calibration images drawn from ``train/``.
+        seed: seed of the ``torch.Generator`` that draws the calibration images.
+
+    The chosen files are exposed as :attr:`eval_files` and :attr:`calibration_files` (in the order
+    they are fed) so a result can record exactly what it saw.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        card: ModelCard | None = None,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        eval_limit: int | None = None,
+        calib_size: int = 256,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if eval_limit is not None and eval_limit < 1:
+            raise ValueError(f"eval_limit must be a positive integer or None, got {eval_limit}")
+        if calib_size < 1:
+            raise ValueError(f"calib_size must be a positive integer, got {calib_size}")
+        self.root = Path(root).expanduser()
+        self.card = card
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.eval_limit = eval_limit
+        self.calib_size = calib_size
+        self.seed = seed
+        self._classes: list[str] | None = None
+        self._eval: list[tuple[Path, int]] | None = None
+        self._calib: list[tuple[Path, int]] | None = None
+
+    def set_card(self, card: ModelCard) -> None:
+        """Set the ModelCard whose preprocessing the loaders apply."""
+        self.card = card
+
+    @property
+    def classes(self) -> list[str]:
+        """Wnids in class-index order, from ``LOC_synset_mapping.txt``."""
+        if self._classes is None:
+            if not self.root.is_dir():
+                raise FileNotFoundError(f"ImageNet root {self.root} does not exist")
+            self._classes = read_synset_mapping(self.root / MAPPING_FILE)
+        return self._classes
+
+    @property
+    def eval_files(self) -> list[Path]:
+        """Evaluation images: ``val/`` sorted by path, cut to ``eval_limit``."""
+        return [p for p, _ in self._eval_samples()]
+
+    @property
+    def calibration_files(self) -> list[Path]:
+        """Calibration images drawn from ``train/`` with the seeded generator, in feeding order."""
+        return [p for p, _ in self._calib_samples()]
+
+    def setup(self, stage: str | None = None) -> None:
+        """Scan both splits (cached), so a layout error stops the run before evaluation starts."""
+        self._eval_samples()
+        self._calib_samples()
+
+    def _eval_samples(self) -> list[tuple[Path, int]]:
+        if self._eval is None:
+            samples = self._scan("val")
+            self._eval = samples[: self.eval_limit] if self.eval_limit is not None else samples
+        return self._eval
+
+    def _calib_samples(self) -> list[tuple[Path, int]]:
+        if self._calib is None:
+            pool = self._scan("train")
+            if self.calib_size > len(pool):
+                raise ValueError(
+                    f"calib_size={self.calib_size} but {self.root / 'train'} holds only "
+                    f"{len(pool)} images"
+                )
+            # torch.Generator (not Python's random) so the draw is the same on every platform and
+            # rank; the pool is sorted first so the draw does not depend on directory order.
+            g = torch.Generator().manual_seed(self.seed)
+            order = torch.randperm(len(pool), generator=g)[: self.calib_size].tolist()
+            self._calib = [pool[i] for i in order]
+        return self._calib
+
+    def _scan(self, split: str) -> list[tuple[Path, int]]:
+        index = {wnid: i for i, wnid in enumerate(self.classes)}
+        split_dir = self.root / split
+        if not split_dir.is_dir():
+            raise FileNotFoundError(f"ImageNet split folder {split_dir} does not exist")
+        samples = []
+        folders = sorted(d for d in split_dir.iterdir()
+                         if d.is_dir() and not d.name.startswith("."))
+        for folder in folders:
+            if folder.name not in index:
+                raise ValueError(
+                    f"class folder {folder} is not a wnid listed in {self.root / MAPPING_FILE}"
+                )
+            label = index[folder.name]
+            samples += [(p, label) for p in sorted(folder.iterdir())
+                        if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()]
+        if not samples:
+            raise ValueError(
+                f"no images (*.JPEG, *.jpg, *.png) under {split_dir}/<wnid>/; expected the "
+                "ImageFolder layout root/{train,val}/<wnid>/*.JPEG"
+            )
+        return samples
+
+    def _loader(self, samples: list[tuple[Path, int]]) -> DataLoader:
+        if self.card is None:
+            raise RuntimeError(
+                "ImageNetDataModule has no ModelCard; call set_card(card) with the card returned "
+                "by hqbench.models.create_model before asking for a dataloader"
+            )
+        if self.card.num_classes != len(self.classes):
+            raise ValueError(
+                f"model {self.card.name!r} has {self.card.num_classes} classes but "
+                f"{self.root / MAPPING_FILE} lists {len(self.classes)}"
+            )
+        dataset = ImageListDataset(samples, build_transform(self.card))
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+                          num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        """Evaluation batches ``(images, labels)``."""
+        return self._loader(self._eval_samples())
+
+    def val_dataloader(self) -> DataLoader:
+        """Same as :meth:`test_dataloader`: ImageNet's val split is the benchmark's test set."""
+        return self._loader(self._eval_samples())
+
+    def predict_dataloader(self) -> DataLoader:
+        """Same as :meth:`test_dataloader`."""
+        return self._loader(self._eval_samples())
+
+    def calibration_dataloader(self) -> DataLoader:
+        """Calibration batches ``(images, labels)``, unshuffled, in ``calibration_files`` order."""
+        return self._loader(self._calib_samples())

@@ -1,0 +1,133 @@
+"""torchvision ImageNet classifiers (googlenet, mobilenet_v2, vgg16) loaded from local files only.
+
+Weights come from ``weights=PATH`` (a torchvision state dict, or a Lightning checkpoint whose
+``state_dict`` keys start with ``model.``) or from torch's hub cache, where torchvision itself would
+have put them. Nothing is downloaded: a missing file raises with the exact path and source URL.
+``weights="random"`` builds the architecture untrained (tests, smoke runs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from enum import Enum
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from hqbench.models._registry import register_model
+from hqbench.models.card import ModelCard
+
+RANDOM = "random"
+_LIGHTNING_PREFIX = "model."  # ClassificationTask keeps the classifier in its ``model`` attribute
+# torchvision's GoogLeNet checkpoint still carries the two training-only auxiliary heads.
+_GOOGLENET_AUX = ("aux1.", "aux2.")
+
+
+def hub_checkpoint_path(weights_enum: Enum) -> Path:
+    """Where torchvision would cache ``weights_enum``'s file: ``<hub dir>/checkpoints/<name>``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights_enum.url)
+
+
+def _card(name: str, weights_enum: Enum, source: str, imagenet_norm: bool = True) -> ModelCard:
+    # Read resize/crop/mean/std from torchvision's own preset so the card cannot drift from it.
+    t = weights_enum.transforms()
+    mean, std = (tuple(t.mean), tuple(t.std)) if imagenet_norm else ((0.5,) * 3, (0.5,) * 3)
+    return ModelCard(
+        name=name, input_size=t.crop_size[0], resize=t.resize_size[0], mean=mean, std=std,
+        num_classes=len(weights_enum.meta["categories"]), weights=source,
+        interpolation=t.interpolation.value,
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors come in many types; say which file broke
+        raise ValueError(f"could not read weights file {path}: {err}") from err
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning checkpoint
+        sd = obj["state_dict"]
+        foreign = sorted(k for k in sd if not k.startswith(_LIGHTNING_PREFIX))
+        if foreign:
+            raise ValueError(
+                f"Lightning checkpoint {path}: expected every state_dict key to start with "
+                f"{_LIGHTNING_PREFIX!r}, found e.g. {foreign[:3]}"
+            )
+        return {k[len(_LIGHTNING_PREFIX):]: v for k, v in sd.items()}
+    return dict(obj)
+
+
+def _resolve_file(name: str, weights: str | None, weights_enum: Enum) -> Path:
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} does not exist")
+        return path
+    path = hub_checkpoint_path(weights_enum)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{name}: no weights given and {path} is missing. hqbench never downloads; put "
+            f"{weights_enum.url} at {path}, or pass model.weights=PATH "
+            f"(a torchvision state dict or a Lightning checkpoint)."
+        )
+    return path
+
+
+def _build(
+    name: str,
+    weights: str | None,
+    weights_enum: Enum,
+    make: Callable[[], nn.Module],
+    ignore_prefixes: tuple[str, ...] = (),
+    imagenet_norm: bool = True,
+) -> tuple[nn.Module, ModelCard]:
+    model = make()
+    if weights == RANDOM:
+        return model, _card(name, weights_enum, RANDOM, imagenet_norm)
+    path = _resolve_file(name, weights, weights_enum)
+    state = _read_state_dict(path)
+    # Non-strict only so the listed prefixes may be absent from the model; anything else must match.
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith(ignore_prefixes)]
+    if missing or unexpected:
+        raise ValueError(
+            f"{name}: weights file {path} does not fit the architecture; "
+            f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
+        )
+    return model, _card(name, weights_enum, str(path), imagenet_norm)
+
+
+@register_model("googlenet")
+def googlenet(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """GoogLeNet (Inception v1), torchvision ``IMAGENET1K_V1`` weights.
+
+    Built with ``aux_logits=False`` so eval returns a plain logits tensor (no
+    ``GoogLeNetOutputs``) and the auxiliary heads are not quantized; their keys in the checkpoint
+    are skipped, which is the only reason loading is non-strict. ``transform_input=False`` keeps
+    the input affine out of the graph: these weights (ported from TensorFlow) expect
+    ``(x - 0.5) / 0.5``, which torchvision gets by re-normalising ImageNet-normalised input inside
+    ``forward``. The card asks for mean = std = 0.5 instead: numerically the same model.
+    """
+    make = lambda: tvm.googlenet(  # noqa: E731
+        weights=None, aux_logits=False, transform_input=False, init_weights=False
+    )
+    return _build("googlenet", weights, tvm.GoogLeNet_Weights.IMAGENET1K_V1, make,
+                  ignore_prefixes=_GOOGLENET_AUX, imagenet_norm=False)
+
+
+@register_model("mobilenet_v2")
+def mobilenet_v2(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """MobileNetV2 1.0, torchvision ``IMAGENET1K_V1`` weights (the resize-256 recipe)."""
+    return _build("mobilenet_v2", weights, tvm.MobileNet_V2_Weights.IMAGENET1K_V1,
+                  lambda: tvm.mobilenet_v2(weights=None))
+
+
+@register_model("vgg16")
+def vgg16(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """VGG-16 without BatchNorm, torchvision ``IMAGENET1K_V1`` weights."""
+    return _build("vgg16", weights, tvm.VGG16_Weights.IMAGENET1K_V1,
+                  lambda: tvm.vgg16(weights=None))

@@ -1,0 +1,91 @@
+"""hqbench.quant — hybrid asymmetric INT8 post-training quantization in plain PyTorch.
+
+No Lightning, no ultralytics: this package is the core every task and callback uses.
+
+The method is the project's reconstruction of Wei, Ma & Yang, "Activation Redistribution Based
+Hybrid Asymmetric Quantization Method of Neural Networks" (CMES 138(1), 2024), whose full text is
+not available; only its abstract and released README are. From the abstract: the method "takes
+data distribution into consideration", aims to "resolve the contradiction between the quantization
+accuracy and the ease of implementation" on integer-only hardware, and to "balance the trade-off
+between clipping range and quantization resolution". The reconstruction:
+
+* BatchNorm folded into the preceding conv; weights int8 symmetric per output channel.
+* Activations stored per tensor where an integer accelerator stores them, on a grid chosen by the
+  producer: unsigned 0..255 after ReLU-like layers, shifted-asymmetric -128..127 otherwise, where
+  the zero point is a *redistribution shift* folded into biases (see :mod:`.integer`).
+* Clip ranges from calibrators A (moving min/max), B (min/max), C (torch's histogram search) or
+  D (Activation Redistribution: expected clip+round error minimised on a histogram).
+
+>>> import torch
+>>> from torch import nn
+>>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU()).eval()
+>>> calib = [torch.randn(2, 3, 8, 8) for _ in range(3)]
+>>> qnet = quantize(net, calib, method="D")
+>>> qnet(torch.randn(1, 3, 8, 8)).shape
+torch.Size([1, 4, 6, 6])
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .calibrators import ALIASES, TITLES, canonical_name, create_calibrator, list_calibrators
+from .grid import QuantGrid, range_to_qparams
+from .model import QuantizedModel, default_input_fn
+
+
+def _example_from(data: Iterable, input_fn: Callable) -> tuple:
+    for batch in data:
+        return input_fn(batch)
+    raise ValueError("calibration data is empty: no batch was seen")
+
+
+def prepare(model: nn.Module, example_inputs: tuple | torch.Tensor, method: str = "D", *, inplace: bool = False,
+            act_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = ()) -> QuantizedModel:
+    """Fold BN and attach (uncalibrated) quantizers; no data is observed yet.
+
+    Use this with :meth:`QuantizedModel.load_quant_state_dict` to restore saved qparams without
+    recalibrating.
+    """
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if not inplace:
+        model = copy.deepcopy(model)
+    return QuantizedModel(model.eval(), example_inputs, method, act_bits=act_bits,
+                          weight_per_channel=weight_per_channel, float_scopes=float_scopes)
+
+
+def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None], method: str = "D", *,
+             num_batches: int | None = None, seed: int | None = None, inplace: bool = False,
+             example_inputs: tuple | None = None, input_fn: Callable[[Any], tuple] = default_input_fn,
+             act_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = ()) -> QuantizedModel:
+    """Prepare, calibrate and freeze ``model``; returns a fake-quant :class:`QuantizedModel`.
+
+    Args:
+        model: any eager PyTorch model (no tracing needed).
+        calib_data: a re-iterable of batches, or a ``forward_loop(model)`` callable (then also
+            pass ``example_inputs``).
+        method: ``"A"``-``"D"`` or a registered calibrator name (:func:`list_calibrators`).
+        num_batches: batches per calibration pass (all when None).
+        seed: seeds torch's RNG first, for loaders that shuffle.
+    """
+    canonical_name(method)  # fail on a bad name before any work
+    if seed is not None:
+        torch.manual_seed(seed)
+    if example_inputs is None:
+        if callable(calib_data) and not hasattr(calib_data, "__iter__"):
+            raise ValueError("a forward_loop callable needs example_inputs= to record the graph")
+        example_inputs = _example_from(calib_data, input_fn)
+    qmodel = prepare(model, example_inputs, method, inplace=inplace, act_bits=act_bits,
+                     weight_per_channel=weight_per_channel, float_scopes=float_scopes)
+    return qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
+
+
+__all__ = [
+    "ALIASES", "TITLES", "QuantGrid", "QuantizedModel", "canonical_name", "create_calibrator",
+    "list_calibrators", "prepare", "quantize", "range_to_qparams",
+]

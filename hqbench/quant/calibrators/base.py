@@ -1,0 +1,53 @@
+"""The calibrator contract: observe float activations, then choose one clipping range.
+
+Calibrators only pick ``[lo, hi]``; :func:`hqbench.quant.grid.range_to_qparams` maps every range onto
+its grid, so methods differ in nothing else. Statistics are buffers, so ``state_dict`` carries them.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..grid import QuantGrid
+
+
+class Calibrator(nn.Module):
+    """Base class. Subclasses implement :meth:`observe` and :meth:`compute_range`.
+
+    ``num_passes`` is how many sweeps over the calibration data the method needs; the driver calls
+    :meth:`begin_pass` before each one.
+    """
+
+    num_passes: int = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.current_pass = 0
+
+    def begin_pass(self, index: int) -> None:
+        self.current_pass = index
+
+    def observe(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def has_data(self) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class _MinMaxState(Calibrator):
+    """Shared buffers for calibrators that track a running min and max."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+
+    def has_data(self) -> bool:
+        return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
+
+    def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.min_val.clone(), self.max_val.clone()

@@ -1,0 +1,31 @@
+"""C: torch.ao's HistogramObserver (2048 bins, greedy L2 search), behind hqbench's interface.
+
+The paper compares against PyTorch's observer itself, so this reuses it rather than copying its
+search; only the final range -> qparams step goes through hqbench's grid.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.ao.quantization.observer import HistogramObserver
+
+from ..grid import QuantGrid
+from .base import Calibrator
+
+
+class Histogram(Calibrator):
+    """C: the range chosen by ``HistogramObserver._non_linear_param_search``."""
+
+    def __init__(self, bins: int = 2048) -> None:
+        super().__init__()
+        self.observer = HistogramObserver(bins=bins)
+
+    def observe(self, x: torch.Tensor) -> None:
+        self.observer(x.detach())
+
+    def has_data(self) -> bool:
+        return bool(torch.isfinite(self.observer.min_val) and torch.isfinite(self.observer.max_val))
+
+    def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self.observer._non_linear_param_search()
+        return lo.detach().clone(), hi.detach().clone()

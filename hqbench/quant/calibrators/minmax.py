@@ -1,0 +1,37 @@
+"""A and B: moving-average and global min/max, as torch.ao's observers compute them."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import _MinMaxState
+
+
+class MinMax(_MinMaxState):
+    """B: the global minimum and maximum over all calibration batches."""
+
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach())
+        self.min_val.copy_(torch.minimum(self.min_val, lo))
+        self.max_val.copy_(torch.maximum(self.max_val, hi))
+
+
+class MovingMinMax(_MinMaxState):
+    """A: exponential moving average of per-batch min/max; the first batch sets the range.
+
+    Same update as ``torch.ao.quantization.MovingAverageMinMaxObserver`` (averaging constant 0.01).
+    """
+
+    def __init__(self, averaging_constant: float = 0.01) -> None:
+        super().__init__()
+        self.averaging_constant = averaging_constant
+
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach())
+        if not self.has_data():
+            self.min_val.copy_(lo)
+            self.max_val.copy_(hi)
+        else:
+            c = self.averaging_constant
+            self.min_val.copy_(self.min_val + c * (lo - self.min_val))
+            self.max_val.copy_(self.max_val + c * (hi - self.max_val))

@@ -1,0 +1,87 @@
+"""Integer grids and the one function that maps a float range onto them.
+
+Every calibrator only chooses a range ``[lo, hi]``; turning it into scale and zero point happens
+here, once, so methods A-D differ in nothing but the range they choose. The mapping mirrors
+``torch.ao.quantization.observer.UniformQuantizationObserverBase._calculate_qparams`` for affine
+per-tensor qschemes, so identical ranges give identical qparams to torch.ao's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+_EPS = torch.finfo(torch.float32).eps
+
+
+@dataclass(frozen=True)
+class QuantGrid:
+    """An integer grid ``qmin..qmax`` used to store one tensor.
+
+    ``signed=False`` is the hybrid scheme's unsigned grid for non-negative producers (0..255,
+    zero point 0); ``signed=True`` the shifted-asymmetric grid (-128..127 with a zero point).
+    """
+
+    bits: int = 8
+    signed: bool = True
+
+    @property
+    def qmin(self) -> int:
+        return -(2 ** (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def levels(self) -> int:
+        return self.qmax - self.qmin + 1
+
+    def describe(self) -> str:
+        """Integer range as written in result tables, e.g. ``"0..255"``."""
+        return f"{self.qmin}..{self.qmax}"
+
+
+def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero point that map ``[lo, hi]`` (widened to contain 0) onto ``grid``.
+
+    Zero is always exactly representable, so zero padding and ReLU zeros cost no error; for the
+    unsigned grid of a non-negative tensor the zero point is 0.
+
+    >>> s, z = range_to_qparams(torch.tensor(0.0), torch.tensor(2.55), QuantGrid(signed=False))
+    >>> round(s.item(), 4), z.item()
+    (0.01, 0)
+    """
+    lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
+    hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
+    scale = (hi - lo) / float(grid.qmax - grid.qmin)
+    scale = torch.clamp(scale, min=_EPS)
+    zero_point = grid.qmin - torch.round(lo / scale).to(torch.int64)
+    zero_point = torch.clamp(zero_point, grid.qmin, grid.qmax)
+    return scale, zero_point
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """Quantize-dequantize ``x``; ``scale``/``zero_point`` broadcast against ``x``."""
+    q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def weight_qparams(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    """Symmetric weight scale, per output channel by default, on the grid ``[-(2^(b-1)-1), 2^(b-1)-1]``.
+
+    Returns a scale shaped to broadcast against ``weight`` (``[C_out, 1, ...]`` or scalar).
+    """
+    qmax = 2 ** (bits - 1) - 1
+    if per_channel:
+        amax = weight.detach().abs().flatten(1).amax(dim=1).view(-1, *([1] * (weight.dim() - 1)))
+    else:
+        amax = weight.detach().abs().amax()
+    return torch.clamp(amax / qmax, min=_EPS)
+
+
+def fake_quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    qmax = 2 ** (bits - 1) - 1
+    scale = weight_qparams(weight, bits, per_channel)
+    return torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale

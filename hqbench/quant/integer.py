@@ -1,0 +1,206 @@
+"""Integer-only reference executor: int8 tensors, int32 accumulation, fixed-point requantization.
+
+It replays the recorded graph of a calibrated :class:`~hqbench.quant.model.QuantizedModel`:
+
+* A stored tensor is kept as its *centred* integers ``d = q - z``: the redistribution shift ``z``
+  only matters at the clamp bounds, so every kernel is symmetric (zero padding pads ``d`` with 0,
+  which is the stored value ``z``). Equivalently the shift is folded into the consumer's int32
+  bias as ``-W @ z``.
+* Conv/Linear: ``acc = W_q * d_in + b_q`` with int8 weights (symmetric, per channel) and an int32
+  bias at scale ``s_in * s_w``; then ``d_out = clamp((acc * M0 + 2**(n-1)) >> n)`` with a 31-bit
+  multiplier ``M0`` and shift ``n`` per output channel (round to nearest), the activation applied
+  as a clamp (ReLU, ReLU6) or a second multiplier for the negative side (LeakyReLU).
+* add/concat requantize each input to the output scale with the same fixed-point multiply.
+* Pooling, flatten and padding run on the integers; average pooling rounds to nearest.
+
+Integers are held in float64 tensors so torch's convolution computes the int32 sums exactly
+(every partial sum is far below 2**53); requantization runs in int64. Ops the scheme has no
+integer kernel for run in float between a dequantize and a quantize, and are listed in
+``QuantizedModel.plan.float_ops``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils._pytree import tree_map
+
+from .graph import Node
+from .grid import weight_qparams
+from .scheme import COMPUTE_MODULES, _is_passthrough
+
+_SHIFT = 31
+
+
+@dataclass
+class IntTensor:
+    d: torch.Tensor  # centred integers q - z, float64
+    scale: torch.Tensor
+    zero_point: int
+    qmin: int
+    qmax: int
+
+    def dequantize(self) -> torch.Tensor:
+        return (self.d * self.scale.double()).float()
+
+
+def _multiplier(m: torch.Tensor) -> torch.Tensor:
+    """Real multiplier(s) ``m`` -> int64 ``M0`` with ``m ~= M0 / 2**_SHIFT``."""
+    return torch.round(m.double() * 2**_SHIFT).to(torch.int64)
+
+
+def _rshift_round(x: torch.Tensor) -> torch.Tensor:
+    return (x + (1 << (_SHIFT - 1))) >> _SHIFT
+
+
+def requantize(acc: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``clamp(round(acc * m), lo, hi)`` in fixed point; ``acc`` holds integers."""
+    return torch.clamp(_rshift_round(acc.to(torch.int64) * _multiplier(m)), lo, hi).double()
+
+
+class IntegerExecutor:
+    """Runs a calibrated QuantizedModel with integer arithmetic; call it like the model."""
+
+    def __init__(self, qmodel):
+        if not all(bool(q.calibrated) for q in qmodel.quantizers.values()):
+            raise RuntimeError("the integer executor needs a calibrated model: run calibrate() first")
+        self.q = qmodel
+        self.graph, self.plan = qmodel.graph, qmodel.plan
+        self.modules = dict(qmodel.model.named_modules())
+        self.chain_of = {end: compute for compute, (end, _) in self.plan.chains.items()}
+        # BN and activation nodes fused into a compute layer run inside it.
+        self.fused = {bn for _, bn in self.plan.folds} | {a for _, a in self.plan.chains.values() if a}
+
+    def _point(self, name: str):
+        point = self.plan.points.get(name)
+        return None if point is None else self.q.quantizer(name)
+
+    def _to_int(self, x: torch.Tensor, name: str) -> IntTensor:
+        aq = self.q.quantizer(name)
+        g = aq.grid
+        z = int(aq.zero_point)
+        d = torch.clamp(torch.round(x.double() / aq.scale.double()) + z, g.qmin, g.qmax) - z
+        return IntTensor(d, aq.scale, z, g.qmin, g.qmax)
+
+    def _out_params(self, name: str):
+        aq = self.q.quantizer(name)
+        z = int(aq.zero_point)
+        return aq.scale, z, aq.grid.qmin - z, aq.grid.qmax - z, aq.grid
+
+    @torch.no_grad()
+    def __call__(self, *inputs: torch.Tensor):
+        env: dict = {}
+        inputs = list(inputs)
+        for node in self.graph.nodes:
+            if node.kind == "input":
+                x = inputs[int(node.name.removeprefix("input"))]
+                env[node] = self._to_int(x, node.name) if node.name in self.plan.points else x
+                continue
+            if node.name in self.fused:
+                continue
+            args = tree_map(lambda a: env[a] if isinstance(a, Node) else a, node.args)
+            kwargs = tree_map(lambda a: env[a] if isinstance(a, Node) else a, node.kwargs)
+            env[self._result_node(node)] = self._run(node, args, kwargs)
+        return tree_map(lambda a: self._as_float(env[a]) if isinstance(a, Node) else a, self.graph.outputs)
+
+    def _result_node(self, node):
+        """A compute node's result is stored under its chain end (after BN and activation)."""
+        if node.name in self.plan.chains:
+            return self.graph.by_name[self.plan.chains[node.name][0]]
+        return node
+
+    @staticmethod
+    def _as_float(v):
+        return v.dequantize() if isinstance(v, IntTensor) else v
+
+    def _run(self, node, args, kwargs):
+        ints = [a for a in args if isinstance(a, IntTensor)]
+        if node.kind == "module" and isinstance(node.target, COMPUTE_MODULES) and ints and len(args) == 1:
+            return self._compute(node, args[0])
+        if node.name in self.plan.points and node.op in ("add", "cat", "Concat") and ints:
+            return self._join(node, args, kwargs)
+        if node.name in self.plan.points and ints and len(ints) == 1 and node.op in ("relu", "relu_", "ReLU", "ReLU6", "hardtanh"):
+            return self._relu_requant(node, ints[0])
+        if _is_passthrough(node) and len(ints) == 1 and node.name not in self.plan.points:
+            return self._passthrough(node, args, kwargs)
+        # No integer kernel: dequantize, run in float, and quantize if the scheme stores the result.
+        out = node.target(*tree_map(self._as_float, args), **tree_map(self._as_float, kwargs))
+        return self._to_int(out, node.name) if node.name in self.plan.points else out
+
+    def _compute(self, node, x: IntTensor) -> IntTensor:
+        module = node.target
+        end, act = self.plan.chains[node.name]
+        w = module.weight.detach()
+        s_w = weight_qparams(w, self.q.weight_bits, self.q.weight_per_channel)
+        qmax_w = 2 ** (self.q.weight_bits - 1) - 1
+        w_q = torch.clamp(torch.round(w / s_w), -qmax_w, qmax_w).double()
+        s_acc = (x.scale.double() * s_w.double().reshape(-1))  # per output channel
+        bias = module.bias.detach().double() if module.bias is not None else torch.zeros_like(s_acc)
+        b_q = torch.round(bias / s_acc)
+        if isinstance(module, nn.Linear):
+            acc = F.linear(x.d, w_q, b_q)
+            shape = (1, -1)
+        else:
+            conv = F.conv2d if isinstance(module, nn.Conv2d) else F.conv1d
+            pad = module.padding if module.padding_mode == "zeros" else None
+            if pad is None:
+                raise NotImplementedError(f"{node.name}: padding_mode {module.padding_mode!r} has no integer kernel")
+            acc = conv(x.d, w_q, b_q, module.stride, pad, module.dilation, module.groups)
+            shape = (1, -1) + (1,) * (acc.dim() - 2)
+        s_out, z, lo, hi, _ = self._out_params(end)
+        m = (s_acc / s_out.double()).reshape(shape)
+        act_module = self.graph.by_name[act].target if act else None
+        act_op = self.graph.by_name[act].op if act else None
+        if isinstance(act_module, nn.LeakyReLU) or act_op == "leaky_relu":
+            slope = act_module.negative_slope if act_module is not None else 0.01
+            m = torch.where(acc < 0, m * slope, m)
+            d = requantize(acc, m, lo, hi)
+        else:
+            d = requantize(acc, m.expand_as(acc), lo, hi)
+            d = self._clamp_activation(d, act_module, act_op, act, s_out, lo)
+        if act and act_op not in ("ReLU", "ReLU6", "relu", "relu_", "hardtanh", "LeakyReLU", "leaky_relu"):
+            raise NotImplementedError(f"{act}: activation {act_op} has no integer kernel")
+        return IntTensor(d, s_out, z, lo + z, hi + z)
+
+    def _clamp_activation(self, d, act_module, act_op, act_name, s_out, lo):
+        if act_op in ("ReLU", "relu", "relu_"):
+            return torch.clamp(d, min=0)
+        if act_op == "ReLU6" or act_op == "hardtanh":
+            upper = 6.0 if act_module is not None else float(self.graph.by_name[act_name].args[2])
+            return torch.clamp(d, 0, torch.round(torch.tensor(upper) / s_out.double()))
+        return d
+
+    def _relu_requant(self, node, x: IntTensor) -> IntTensor:
+        s_out, z, lo, hi, _ = self._out_params(node.name)
+        d = requantize(x.d, (x.scale / s_out).expand_as(x.d), lo, hi)
+        return IntTensor(self._clamp_activation(d, node.target if node.kind == "module" else None, node.op,
+                                                node.name, s_out, lo), s_out, z, lo + z, hi + z)
+
+    def _join(self, node, args, kwargs) -> IntTensor:
+        s_out, z, lo, hi, _ = self._out_params(node.name)
+
+        def rescale(v):
+            return _multiplier(v.scale / s_out) * v.d.to(torch.int64)
+
+        if node.op == "add":
+            a, b = args[0], args[1]
+            total = rescale(a) + rescale(b)
+            d = torch.clamp(_rshift_round(total), lo, hi).double()
+        else:
+            parts = args[0] if isinstance(args[0], (list, tuple)) else args
+            dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else 1)
+            if node.kind == "module":
+                dim = getattr(node.target, "d", 1)
+            d = torch.cat([torch.clamp(_rshift_round(rescale(p)), lo, hi).double() for p in parts], dim=dim)
+        return IntTensor(d, s_out, z, lo + z, hi + z)
+
+    def _passthrough(self, node, args, kwargs) -> IntTensor:
+        x = next(a for a in args if isinstance(a, IntTensor))
+        swap = lambda a: a.d if isinstance(a, IntTensor) else a  # noqa: E731
+        d = node.target(*tree_map(swap, args), **tree_map(swap, kwargs))
+        if node.op in ("AvgPool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool2d", "avg_pool2d", "mean", "interpolate", "Upsample"):
+            d = torch.round(d)  # averages round to nearest (ties to even, as the fake-quant path) on the same scale
+        return IntTensor(d, x.scale, x.zero_point, x.qmin, x.qmax)

@@ -1,0 +1,265 @@
+"""Benchmark result rows and their files: JSON (the source of truth), CSV and Markdown.
+
+Every write goes to a temporary file in the target folder and is moved into place with
+``os.replace``, so a crash or a serialisation error mid-write leaves the previous file intact.
+:func:`append_row` rewrites the whole file after each finished run, so a long benchmark never
+loses finished rows and can resume from the file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TextIO
+
+from hqbench.reporting.tables import METHOD_COLUMNS, markdown_table, notes_line
+
+TASKS: tuple[str, ...] = ("classification", "detection")
+ENGINES: tuple[str, ...] = ("fake", "int", "float")
+_SUFFIXES = (".json", ".csv", ".md")
+
+
+@dataclass
+class ResultRow:
+    """One (task, model, method) run.
+
+    ``value`` is in percent. ``act_range`` is the activation integer range as printed in the
+    paper, e.g. ``"0..255"`` or ``"mixed: 0..255 & -128..127"`` (``"float"`` for FP32).
+    ``extra`` holds optional entries (top5, weights path, layers kept in float); they are
+    serialised as top-level keys next to the fields, so names may not clash with them.
+
+    Raises:
+        ValueError: On an unknown task, method or engine (the message lists valid ones) or an
+            ``extra`` key that clashes with a field name.
+
+    >>> row = ResultRow("classification", "vgg16", "imagenet", "D", "top1", 71.2, 50000, 1000,
+    ...                 0, 3.5, 120.0, "mixed: 0..255 & -128..127", "fake", {"top5": 90.1})
+    >>> row.key, row.to_dict()["top5"]
+    (('classification', 'vgg16', 'imagenet', 'D', 'fake'), 90.1)
+    """
+
+    task: str
+    model: str
+    dataset: str
+    method: str
+    metric: str
+    value: float
+    n_eval: int
+    n_calib: int
+    seed: int
+    calib_seconds: float
+    eval_seconds: float
+    act_range: str
+    engine: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_choice("task", self.task, TASKS)
+        _check_choice("method", self.method, tuple(METHOD_COLUMNS))
+        _check_choice("engine", self.engine, ENGINES)
+        clash = sorted(set(self.extra) & {*_FIELD_TYPES, "extra"})
+        if clash:
+            raise ValueError(f"extra keys {clash} clash with ResultRow field names; rename them")
+
+    @property
+    def key(self) -> tuple[str, str, str, str, str]:
+        """Identity of a run in a results file: (task, model, dataset, method, engine)."""
+        return (self.task, self.model, self.dataset, self.method, self.engine)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat dict: the fields in declaration order, then the ``extra`` entries."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in _FIELD_TYPES}
+        out.update(self.extra)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> ResultRow:
+        """Inverse of :meth:`to_dict`; keys that are not fields go to ``extra``.
+
+        Args:
+            data: A flat row dict.
+            source: Where the dict came from, used as the prefix of error messages.
+
+        Raises:
+            ValueError: Naming ``source`` and the key, on missing keys, wrong types or values.
+        """
+        missing = [k for k in _FIELD_TYPES if k not in data]
+        if missing:
+            raise ValueError(f"{source}: missing key {', '.join(map(repr, missing))}")
+        kwargs: dict[str, Any] = {}
+        for name, typ in _FIELD_TYPES.items():
+            raw = data[name]
+            number = isinstance(raw, (int, float)) and not isinstance(raw, bool)
+            if not (isinstance(raw, str) if typ is str else number and (typ is float or float(raw).is_integer())):
+                raise ValueError(f"{source}: key {name!r} must be {typ.__name__}, got {raw!r}")
+            kwargs[name] = typ(raw)
+        extra = {k: v for k, v in data.items() if k not in _FIELD_TYPES}
+        try:
+            return cls(**kwargs, extra=extra)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(ResultRow) if f.name != "extra"
+}
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
+
+
+def _atomic_write(path: Path, write: Callable[[TextIO], None], newline: str | None = None) -> Path:
+    """Write via a temp file in the same folder (same filesystem, so ``os.replace`` is atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(obj: object) -> object:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _write_json(f: TextIO, rows: list[ResultRow], path: Path) -> None:
+    # One row per line keeps diffs of a growing results file readable.
+    f.write("[")
+    for i, row in enumerate(rows):
+        f.write(",\n  " if i else "\n  ")
+        try:
+            json.dump(row.to_dict(), f, ensure_ascii=False, default=_json_default)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"{path}: row {i} {row.key} cannot be written as JSON: {e}") from e
+    f.write("\n]\n" if rows else "]\n")
+
+
+def _csv_cell(value: object) -> object:
+    if isinstance(value, (list, tuple)):
+        return ";".join(map(str, value))
+    return json.dumps(value, default=_json_default) if isinstance(value, Mapping) else value
+
+
+def _write_csv(f: TextIO, rows: list[ResultRow]) -> None:
+    dicts = [r.to_dict() for r in rows]
+    header = list(dict.fromkeys([*_FIELD_TYPES, *(k for d in dicts for k in d)]))
+    writer = csv.DictWriter(f, fieldnames=header, restval="", lineterminator="\n")
+    writer.writeheader()
+    for d in dicts:
+        writer.writerow({k: _csv_cell(v) for k, v in d.items()})
+
+
+def _markdown(rows: list[ResultRow], title: str | None) -> str:
+    head = f"# {title}\n\n" if title else ""
+    return f"{head}{markdown_table(rows)}\n\n{notes_line(rows)}\n"
+
+
+def write_results(rows: Iterable[ResultRow], out_path: str | os.PathLike[str]) -> Path:
+    """Write rows as a JSON list of flat row dicts (one per line), atomically.
+
+    Args:
+        rows: Result rows.
+        out_path: Target file; parent folders are created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        TypeError: If a row holds a value JSON cannot encode; the previous file is untouched.
+    """
+    path = Path(out_path)
+    rows = list(rows)
+    return _atomic_write(path, lambda f: _write_json(f, rows, path))
+
+
+def write_all(
+    rows: Iterable[ResultRow], stem_or_path: str | os.PathLike[str], title: str | None = None
+) -> dict[str, Path]:
+    """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.md``, each atomically.
+
+    Args:
+        rows: Result rows.
+        stem_or_path: ``out/paper`` or ``out/paper.json`` (``.csv``/``.md`` also accepted).
+        title: Optional Markdown heading.
+
+    Returns:
+        ``{"json": path, "csv": path, "md": path}``.
+    """
+    rows = list(rows)
+    base = Path(stem_or_path)
+    if base.suffix in _SUFFIXES:
+        base = base.with_suffix("")
+    paths = {ext: base.with_name(f"{base.name}.{ext}") for ext in ("json", "csv", "md")}
+    write_results(rows, paths["json"])
+    _atomic_write(paths["csv"], lambda f: _write_csv(f, rows), newline="")
+    _atomic_write(paths["md"], lambda f: f.write(_markdown(rows, title)))
+    return paths
+
+
+def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
+    """Read a JSON results file written by :func:`write_results`, rows in file order.
+
+    Args:
+        path: The ``.json`` file.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: Naming the file (and row and key) when the content is malformed.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of result rows, got {type(data).__name__}")
+    rows = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}: row {i} is {type(item).__name__}, expected an object")
+        rows.append(ResultRow.from_dict(item, source=f"{path} row {i}"))
+    return rows
+
+
+def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bool = False) -> list[ResultRow]:
+    """Add one finished run to a JSON results file, replacing an earlier run with the same key.
+
+    Not safe for concurrent writers: call it from one process (rank 0 under DDP).
+
+    Args:
+        row: The new row; it replaces the row with equal :attr:`ResultRow.key`, in place.
+        out_path: The ``.json`` file; created if missing.
+        siblings: Also rewrite the ``.csv`` and ``.md`` next to it.
+
+    Returns:
+        All rows now in the file.
+    """
+    path = Path(out_path)
+    if siblings and path.suffix != ".json":
+        raise ValueError(f"{path}: siblings=True needs a .json results path")
+    rows = read_results(path) if path.exists() else []
+    idx = next((i for i, r in enumerate(rows) if r.key == row.key), None)
+    if idx is None:
+        rows.append(row)
+    else:
+        rows[idx] = row
+    (write_all if siblings else write_results)(rows, path)
+    return rows

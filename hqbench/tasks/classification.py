@@ -1,0 +1,93 @@
+"""ClassificationTask: Top-1/Top-5 evaluation (and optional fine-tuning) of any classifier."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from hqbench.models.card import ModelCard
+
+_OPTIMIZERS = ("sgd", "adamw")
+
+
+class ClassificationTask(L.LightningModule):
+    """Wraps a classifier returning logits; logs ``{stage}/top1`` and ``{stage}/top5``.
+
+    Accuracies are logged as **fractions** in [0, 1] (torchmetrics' convention); reports multiply
+    by 100. Metrics are epoch-level, micro-averaged (correct / total images), so the number does not
+    depend on batch size.
+
+    Args:
+        model: classifier mapping ``(N, C, H, W)`` images to ``(N, num_classes)`` logits. Kept as
+            ``self.model``, so checkpoint keys are ``model.<key>`` (what ``create_model`` reads).
+        card: the model's ModelCard; ``card.num_classes`` sizes the metrics.
+        lr: learning rate for :meth:`configure_optimizers`.
+        optimizer: ``"sgd"`` (momentum 0.9) or ``"adamw"``.
+        weight_decay: optimizer weight decay.
+
+    Raises:
+        ValueError: on an unknown ``optimizer``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        lr: float = 1e-3,
+        optimizer: str = "sgd",
+        weight_decay: float = 0.0,
+    ):
+        super().__init__()
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {optimizer!r}; valid: {', '.join(_OPTIMIZERS)}")
+        # The model is an nn.Module and the card a dataclass: neither belongs in hparams (the
+        # checkpoint holds the weights already; plain hparams keep weights_only loading working).
+        self.save_hyperparameters(ignore=["model", "card"])
+        self.model = model
+        self.card = card
+        k = min(5, card.num_classes)  # top-5 is undefined below 5 classes; it degenerates to top-k
+        metrics = MetricCollection({
+            "top1": MulticlassAccuracy(card.num_classes, top_k=1, average="micro"),
+            "top5": MulticlassAccuracy(card.num_classes, top_k=k, average="micro"),
+        })
+        # One collection per stage so validation during fit never mixes into a test result.
+        self.val_metrics = metrics.clone(prefix="val/")
+        self.test_metrics = metrics.clone(prefix="test/")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, num_classes)``."""
+        return self.model(x)
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, metrics: MetricCollection) -> None:
+        images, labels = batch
+        metrics.update(self(images), labels)
+        # Logging the collection lets Lightning call compute()/reset() at epoch end, across ranks.
+        self.log_dict(metrics, on_step=False, on_epoch=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_metrics)
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Logits for a batch of ``(images, labels)`` or of images alone."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.hparams.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9,
+                                   weight_decay=self.hparams.weight_decay)
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

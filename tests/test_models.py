@@ -1,0 +1,120 @@
+"""Model registry: every torchvision model builds and runs; weights load only from local files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torchvision import models as tvm
+
+from hqbench.models import ModelCard, create_model, list_models, torchvision_zoo
+
+# Models that build without any file (weights="random"); every other registered model needs one.
+RANDOM_INIT = [n for n in list_models() if callable(getattr(torchvision_zoo, n, None))]
+
+
+def test_registry_lists_expected_models():
+    expected = {"googlenet", "mobilenet_v2", "vgg16", "mobilenet_v2_tflite", "efficientnet_lite0"}
+    assert expected <= set(list_models())
+    assert set(RANDOM_INIT) == {"googlenet", "mobilenet_v2", "vgg16"}
+    assert list_models("*mobilenet*") == ["mobilenet_v2", "mobilenet_v2_tflite"]
+
+
+@pytest.mark.parametrize("name", RANDOM_INIT)
+def test_random_forward_shape(name):
+    model, card = create_model(name, weights="random")
+    assert isinstance(card, ModelCard) and card.name == name
+    assert (card.input_size, card.resize, card.interpolation) == (224, 256, "bilinear")
+    assert card.num_classes == 1000 and card.weights == "random"
+    assert not model.training
+    n = 1 if name == "vgg16" else 2  # VGG16 at 224 is slow on CPU
+    with torch.no_grad():
+        out = model(torch.randn(n, card.channels, card.input_size, card.input_size))
+    assert type(out) is torch.Tensor and out.shape == (n, 1000)
+
+
+def test_unknown_model_lists_valid_names():
+    with pytest.raises(ValueError, match="unknown model 'resnet9000'") as err:
+        create_model("resnet9000")
+    assert "mobilenet_v2" in str(err.value) and "vgg16" in str(err.value)
+
+
+def test_missing_weights_file_names_path(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match=str(path)):
+        create_model("mobilenet_v2", weights=str(path))
+
+
+def test_missing_hub_cache_names_path_and_url(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        create_model("vgg16")
+    msg = str(err.value)
+    assert str(tmp_path / "checkpoints" / "vgg16-397923af.pth") in msg
+    assert "https://download.pytorch.org/models/vgg16-397923af.pth" in msg
+
+
+def test_loads_hub_cache_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    reference = tvm.mobilenet_v2(weights=None)
+    path = torchvision_zoo.hub_checkpoint_path(tvm.MobileNet_V2_Weights.IMAGENET1K_V1)
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    model, card = create_model("mobilenet_v2")
+    assert card.weights == str(path)
+    assert torch.equal(model.classifier[1].weight, reference.classifier[1].weight)
+
+
+def test_loads_lightning_checkpoint(tmp_path):
+    reference = tvm.mobilenet_v2(weights=None)
+    path = tmp_path / "task.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in reference.state_dict().items()},
+                "epoch": 3}, path)
+    model, _ = create_model("mobilenet_v2", weights=str(path))
+    assert torch.equal(model.features[0][0].weight, reference.features[0][0].weight)
+
+
+def test_wrong_architecture_is_rejected(tmp_path):
+    path = tmp_path / "vgg_head.pth"
+    torch.save({"classifier.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(ValueError, match="does not fit the architecture"):
+        create_model("mobilenet_v2", weights=str(path))
+
+
+def test_googlenet_skips_only_aux_heads(tmp_path):
+    # torchvision's checkpoint includes aux1/aux2; loading must accept exactly those extra keys.
+    full = tvm.googlenet(weights=None, aux_logits=True, init_weights=False)
+    path = tmp_path / "googlenet.pth"
+    torch.save(full.state_dict(), path)
+    model, _ = create_model("googlenet", weights=str(path))
+    assert model.aux1 is None and torch.equal(model.fc.weight, full.fc.weight)
+
+
+def test_googlenet_card_equals_torchvision_transform_input():
+    # torchvision runs these weights with transform_input=True on ImageNet-normalised input; ours
+    # has transform_input=False and a mean=std=0.5 card. Both must compute the same function.
+    ours, card = create_model("googlenet", weights="random")
+    theirs = tvm.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=False)
+    theirs.load_state_dict(ours.state_dict())
+    theirs.eval()
+    pixels = torch.rand(1, 3, 224, 224)
+    imagenet = tvm.GoogLeNet_Weights.IMAGENET1K_V1.transforms()
+
+    def normalise(mean, std):
+        return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+    as_card, as_tv = normalise(card.mean, card.std), normalise(imagenet.mean, imagenet.std)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(as_card), theirs(as_tv), rtol=1e-4, atol=1e-4)
+
+
+def test_tflite_without_weights_or_env(monkeypatch):
+    monkeypatch.delenv("HQBENCH_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="model.weights=PATH.*HQBENCH_DATA"):
+        create_model("mobilenet_v2_tflite")
+
+
+def test_tflite_env_without_file_names_path(tmp_path, monkeypatch):
+    monkeypatch.setenv("HQBENCH_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError) as err:
+        create_model("mobilenet_v2_tflite")
+    assert str(tmp_path / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite") in str(err.value)
