@@ -89,14 +89,20 @@ def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, ste
         lo, hi = (zeros, ends) if data_hi > 0 else (ends, zeros)
         best_lo, best_hi, _ = _best(counts, edges, lo, hi, grid)
         return best_lo, best_hi
-    coarse = torch.linspace(1.0 / (steps // 4), 1.0, steps // 4, dtype=torch.float64)
+    n_coarse = max(steps // 8, 4)
+    coarse = torch.linspace(1.0 / n_coarse, 1.0, n_coarse, dtype=torch.float64)
     fl, fh = torch.meshgrid(coarse, coarse, indexing="ij")
-    best_lo, best_hi, _ = _best(counts, edges, fl.reshape(-1) * data_lo, fh.reshape(-1) * data_hi, grid)
+    # The coarse sweep only has to find the right cell: a 4x coarser histogram is plenty, and 4x faster.
+    if len(counts) % 4 == 0:
+        coarse_counts, coarse_edges = counts.reshape(-1, 4).sum(dim=1), edges[::4]
+    else:
+        coarse_counts, coarse_edges = counts, edges
+    best_lo, best_hi, _ = _best(coarse_counts, coarse_edges, fl.reshape(-1) * data_lo, fh.reshape(-1) * data_hi, grid)
     # Refine within one coarse step on each side of the coarse optimum.
-    step = 1.0 / (steps // 4)
+    step = 1.0 / n_coarse
     f_lo, f_hi = best_lo / data_lo, best_hi / data_hi
-    fine_lo = torch.linspace(max(f_lo - step, step / 8), min(f_lo + step, 1.0), 33, dtype=torch.float64)
-    fine_hi = torch.linspace(max(f_hi - step, step / 8), min(f_hi + step, 1.0), 33, dtype=torch.float64)
+    fine_lo = torch.linspace(max(f_lo - step, step / 8), min(f_lo + step, 1.0), 17, dtype=torch.float64)
+    fine_hi = torch.linspace(max(f_hi - step, step / 8), min(f_hi + step, 1.0), 17, dtype=torch.float64)
     gl, gh = torch.meshgrid(fine_lo, fine_hi, indexing="ij")
     best_lo, best_hi, _ = _best(counts, edges, gl.reshape(-1) * data_lo, gh.reshape(-1) * data_hi, grid)
     return best_lo, best_hi

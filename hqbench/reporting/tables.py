@@ -18,18 +18,14 @@ from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
+from ..quant.calibrators import TITLES
+
 if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
 
 #: The single method vocabulary: result-file name -> column header, in the paper's column order.
-METHOD_COLUMNS: dict[str, str] = {
-    "fp32": "FP32",
-    "pytorch": "PyTorch",
-    "A": "Moving MinMax",
-    "B": "MinMax",
-    "C": "Histogram",
-    "D": "Activation Redistribution",
-}
+# The A-D titles live once, in the calibrator registry.
+METHOD_COLUMNS: dict[str, str] = {"fp32": "FP32", "pytorch": "PyTorch", **TITLES}
 #: Methods that compete for the "best INT8" mark (everything but the float reference).
 INT8_METHODS: tuple[str, ...] = tuple(m for m in METHOD_COLUMNS if m != "fp32")
 

@@ -1,0 +1,3 @@
+from .quantization import QuantizationCallback
+
+__all__ = ["QuantizationCallback"]

@@ -1,0 +1,47 @@
+"""Compose ``tasks/<task>.yaml`` with key=value overrides through Hydra's compose API.
+
+hqbench owns argv, cwd and outputs: no ``@hydra.main``. ``tasks/`` sits at the repository root
+(the package is installed editable); ``HQBENCH_TASKS`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+TASKS_DIR = Path(os.environ.get("HQBENCH_TASKS", Path(__file__).resolve().parents[1] / "tasks"))
+
+
+def _quote_lists(override: str) -> str:
+    """``method=A,B`` -> ``method=[A,B]``: a comma list is a value here, not a Hydra sweep."""
+    m = re.fullmatch(r"([\w.]+)=([^\[\]{}'\"]*,[^\[\]{}'\"]*)", override)
+    return f"{m.group(1)}=[{m.group(2)}]" if m else override
+
+
+def list_tasks() -> list[str]:
+    return sorted(p.stem for p in TASKS_DIR.glob("*.yaml") if p.stem != "paper")
+
+
+def compose(task: str, overrides: list[str] = ()) -> DictConfig:
+    """The task's config with overrides applied.
+
+    Raises:
+        ValueError: unknown task (valid ones listed) or a bad override (Hydra's message, with the key).
+    """
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if task not in list_tasks():
+        raise ValueError(f"unknown task {task!r}; valid: {', '.join(list_tasks())} (configs in {TASKS_DIR})")
+    try:
+        with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
+            cfg = hydra_compose(config_name=task, overrides=[_quote_lists(o) for o in overrides])
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ValueError(f"bad override for task {task!r}: {err}") from err
+    if isinstance(cfg.get("method"), str):
+        cfg.method = [cfg.method]
+    return cfg

@@ -1,0 +1,95 @@
+"""QuantizationCallback inside a LightningModule hqbench did not write."""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from hqbench.callbacks import QuantizationCallback
+
+
+class UserModule(L.LightningModule):
+    """A user's own module: its forward takes a keyword argument, its network is not called model."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+        self.correct = 0
+        self.seen = 0
+
+    def forward(self, x, temperature: float = 1.0):
+        return self.backbone(x) / temperature
+
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x, temperature=2.0)
+        self.correct += int((logits.argmax(1) == y).sum())
+        self.seen += len(y)
+        self.log("acc", self.correct / self.seen)
+
+
+class CountingLoader:
+    def __init__(self, loader):
+        self.loader, self.batches = loader, 0
+
+    def __iter__(self):
+        for batch in self.loader:
+            self.batches += 1
+            yield batch
+
+
+def _data(seed):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 4, (64,), generator=g)
+    x = torch.randn(64, 1, 8, 8, generator=g) + y.view(-1, 1, 1, 1).float()
+    return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def _trainer(callbacks):
+    return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=callbacks)
+
+
+def test_callback_quantizes_then_restores_and_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    module = UserModule().eval()
+    float_state = {k: v.clone() for k, v in module.state_dict().items()}
+    calib = CountingLoader(_data(1))
+    callback = QuantizationCallback("D", calib_dataloader=calib)
+    trainer = _trainer([callback])
+    trainer.test(module, _data(2), verbose=False)
+    assert calib.batches == 4  # loaded once and kept, so D's two passes see the same batches
+    assert callback.summary["act_range"] == "-128..127 & 0..255"
+    assert list(callback.summary["float_ops"]) == [":div0"]  # the temperature division runs in float, and says so
+    # The float model is back: same weights, BN restored, no hooks left behind.
+    assert isinstance(module.backbone[1], nn.BatchNorm2d)
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, float_state[k]), k
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+    # Calibrated ranges travel in the checkpoint; the model's state_dict stays float.
+    ckpt = tmp_path / "q.ckpt"
+    trainer.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=False)
+    assert not any("quantizers" in k for k in saved["state_dict"])
+    assert callback.state_key in saved["callbacks"]
+    # Test from the checkpoint: ranges are restored, the calibration data is only peeked at once.
+    calib_again = CountingLoader(_data(1))
+    restored = QuantizationCallback("D", calib_dataloader=calib_again)
+    fresh = UserModule()
+    module.correct = module.seen = 0
+    out_a = trainer.test(module, _data(2), verbose=False)[0]["acc"]
+    out_b = _trainer([restored]).test(fresh, _data(2), ckpt_path=ckpt, verbose=False)[0]["acc"]
+    assert calib_again.batches == 1
+    assert out_a == out_b
+
+
+def test_fp32_and_quantized_in_one_process_agree_closely():
+    torch.manual_seed(0)
+    module = UserModule().eval()
+    fp32 = _trainer([]).test(module, _data(2), verbose=False)[0]["acc"]
+    module.correct = module.seen = 0
+    int8 = _trainer([QuantizationCallback("B", calib_dataloader=_data(1), engine="int")]).test(
+        module, _data(2), verbose=False)[0]["acc"]
+    assert abs(fp32 - int8) <= 0.1

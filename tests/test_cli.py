@@ -1,0 +1,65 @@
+"""The hqbench CLI, its configs and result.py, end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.utils import get_class
+
+from hqbench.cli import main
+from hqbench.config import TASKS_DIR, compose, list_tasks
+
+ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = {"task", "model", "dataset", "method", "metric", "value", "n_eval", "n_calib", "seed",
+            "calib_seconds", "eval_seconds", "act_range", "engine"}
+
+
+@pytest.mark.parametrize("task", list_tasks())
+def test_every_task_config_composes_and_its_targets_import(task):
+    cfg = compose(task, [])
+    assert get_class(cfg.data._target_)
+    for model_file in (TASKS_DIR / "model").glob("*.yaml"):
+        assert compose(task, [f"model={model_file.stem}"]).model.name == model_file.stem
+
+
+def test_comma_list_is_a_value_not_a_sweep():
+    assert list(compose("classification", ["method=A,D"]).method) == ["A", "D"]
+    assert list(compose("classification", ["method=D"]).method) == ["D"]
+
+
+def test_usage_and_errors(capsys):
+    assert main([]) == 2
+    assert "usage: hqbench test" in capsys.readouterr().out
+    assert main(["test", "task=nope"]) == 1
+    assert "unknown task 'nope'; valid: classification" in capsys.readouterr().out
+    assert main(["test", "method=Z", "data.root=/nonexistent"]) == 1
+    assert "unknown method(s) ['Z']" in capsys.readouterr().out
+    assert main(["test", "model=nope"]) == 1
+    assert "nope" in capsys.readouterr().out
+
+
+def test_cli_on_real_imagenet(real_data, tmp_path):
+    out = tmp_path / "r.json"
+    code = main(["test", "task=classification", "model=mobilenet_v2_tflite", "method=fp32,B,D",
+                 "data.eval_limit=16", "data.calib_size=16", "data.num_workers=0", f"out={out}"])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["fp32", "B", "D"]
+    for r in rows:
+        assert CONTRACT <= set(r)
+        assert 40 <= r["value"] <= 100 and r["n_eval"] == 16
+    assert rows[0]["act_range"] == "float" and rows[2]["act_range"] == "-128..127 & 0..255"
+    assert out.with_suffix(".md").read_text().count("mobilenet_v2_tflite") == 1
+
+
+def test_result_py_prints_the_paper_table(real_data, tmp_path):
+    out = tmp_path / "paper.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "result.py"), "-D", "data.eval_limit=8", "data.calib_size=8",
+                           "data.num_workers=0", "model.weights=null", f"out={out}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Activation Redistribution" in proc.stdout and "\x1b" not in proc.stdout
+    methods = {(r["model"], r["method"]) for r in json.loads(out.read_text())}
+    assert {("mobilenet_v2_tflite", m) for m in ("fp32", "pytorch", "D")} <= methods
