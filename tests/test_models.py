@@ -118,3 +118,23 @@ def test_tflite_env_without_file_names_path(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError) as err:
         create_model("mobilenet_v2_tflite")
     assert str(tmp_path / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite") in str(err.value)
+
+
+# Every architecture the paper uses goes through the same quantization path, with nothing left in
+# float (VGG16/GoogLeNet on small inputs with random weights: this checks the path, not accuracy).
+QUANTIZABLE = RANDOM_INIT + ["googlenet_fmnist", "mobilenet_v2_fmnist", "vgg16_fmnist"]
+
+
+@pytest.mark.parametrize("name", QUANTIZABLE)
+def test_paper_architectures_quantize_fully(name):
+    from hqbench.quant import quantize
+
+    model, card = create_model(name, weights="random")
+    size = 32 if name.endswith("_fmnist") else 64
+    batches = [torch.randn(2, 3, size, size) for _ in range(2)]
+    qmodel = quantize(model, batches, method="B")
+    summary = qmodel.summary()
+    assert summary["float_ops"] == {}
+    assert len(qmodel.plan.compute) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
+    with torch.no_grad():
+        assert qmodel(batches[0]).shape == (2, card.num_classes)

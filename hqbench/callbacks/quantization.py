@@ -13,13 +13,16 @@ callback's ``state_dict`` (a checkpoint restores them before ``on_test_start``, 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import sys
 import time
 from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils._pytree import tree_map
 
 from ..quant import ALIASES, canonical_name, prepare
@@ -27,6 +30,18 @@ from ..quant.baseline import torch_ao_ptq
 from ..quant.model import QuantizedModel, default_input_fn
 
 ENGINES = ("fake", "int")
+
+
+@contextlib.contextmanager
+def _progress(description: str, total: int):
+    """A rich progress bar on a terminal; nothing at all otherwise (logs stay escape-free)."""
+    if not sys.stdout.isatty():
+        yield lambda: None
+        return
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  transient=True) as progress:
+        task = progress.add_task(description, total=total)
+        yield lambda: progress.advance(task)
 
 
 class QuantizationCallback(Callback):
@@ -126,7 +141,8 @@ class QuantizationCallback(Callback):
             qmodel = prepare(pl_module, example, self.method, inplace=True, float_scopes=self.float_scopes)
             self._undo.append(qmodel.remove)
             if needs_data:
-                qmodel.calibrate(batches, input_fn=self.input_fn)
+                with _progress(f"calibrating {self.letter}", len(batches) * qmodel.num_passes) as advance:
+                    qmodel.calibrate(batches, input_fn=self.input_fn, on_batch=lambda i, n: advance())
                 self._saved_state = qmodel.quant_state_dict()
             else:
                 qmodel.load_quant_state_dict(self._saved_state)

@@ -17,7 +17,8 @@ from torch.utils._pytree import tree_flatten
 from .calibrators import canonical_name, create_calibrator
 from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
-from .graph import FunctionHookMode, Graph, OpTracker, record
+from .points import attach_points
+from .graph import Graph, record
 from .grid import fake_quantize_weight, weight_qparams
 from .scheme import Plan, analyse
 
@@ -35,16 +36,6 @@ def default_input_fn(batch: Any) -> tuple:
     if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
         return (batch[0],)
     raise TypeError(f"cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=")
-
-
-class _Regrid:
-    """Applies another point's frozen qparams, never observing (the average of grid values)."""
-
-    def __init__(self, source: ActQuantizer):
-        self.source = source
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source(x) if self.source.mode == QUANT else x
 
 
 class QuantizedModel(nn.Module):
@@ -66,73 +57,11 @@ class QuantizedModel(nn.Module):
             {_key(p.name): ActQuantizer(p.name, create_calibrator(self.method), p.grid) for p in self.plan.points.values()}
         )
         self._float_weights: dict[str, torch.Tensor] = {}
-        self._handles: list = []
-        self._tracker: OpTracker | None = None
-        self._attach()
+        self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
 
     # ----------------------------------------------------------------- hooks
     def quantizer(self, name: str) -> ActQuantizer:
         return self.quantizers[_key(name)]
-
-    def _attach(self) -> None:
-        modules = dict(self.model.named_modules())
-        kinds = {p.name: self.graph.by_name[p.name].kind for p in self.plan.points.values()}
-        # Averaging ops are rounded back onto their input's grid, as the integer kernel does.
-        regrid = {n: _Regrid(self.quantizer(src)) for n, src in self.plan.regrid.items()}
-        kinds.update({n: self.graph.by_name[n].kind for n in regrid})
-        function_points = {n: regrid.get(n) or self.quantizer(n) for n, k in kinds.items() if k == "function"}
-        input_points = {int(n.removeprefix("input")): self.quantizer(n) for n, k in kinds.items() if k == "input"}
-        # Functional adds/concats are found by key; the tracker recomputes keys as recorded. Our
-        # own quantizer arithmetic runs suspended so it never shifts the model's op counters.
-        tracker = self._tracker = OpTracker(self.model) if function_points else None
-
-        def run(q, x: torch.Tensor) -> torch.Tensor:
-            if tracker is None:
-                return q(x)
-            with tracker.suspend():
-                return q(x)
-
-        # Module points by module and call index within one forward (a module may be reused).
-        per_module: dict[str, dict[int, ActQuantizer]] = {}
-        for name, kind in kinds.items():
-            if kind == "module":
-                module_name, _, k = name.partition("#")
-                per_module.setdefault(module_name, {})[int(k or 0)] = regrid.get(name) or self.quantizer(name)
-        calls: dict[str, int] = {}
-
-        def make_hook(module_name: str, by_call: dict[int, ActQuantizer]):
-            def hook(module, args, out):
-                k = calls.get(module_name, 0)
-                calls[module_name] = k + 1
-                return run(by_call[k], out) if k in by_call else None
-            return hook
-
-        self._handles.append(self.model.register_forward_pre_hook(lambda m, a: calls.clear()))
-        for module_name, by_call in per_module.items():
-            self._handles.append(modules[module_name].register_forward_hook(make_hook(module_name, by_call)))
-        if input_points:
-            def quantize_inputs(module, args):
-                return tuple(run(input_points[i], a) if i in input_points else a for i, a in enumerate(args))
-            self._handles.append(self.model.register_forward_pre_hook(quantize_inputs))
-        if tracker is not None:
-            def on_call(key, func, args, kwargs, out):
-                q = function_points.get(key)
-                return out if q is None else run(q, out)
-
-            mode = FunctionHookMode(tracker, on_call)
-            entered = []
-
-            def enter(module, args):
-                mode.__enter__()  # hooks must return None, not the mode
-                entered.append(True)
-
-            def leave(module, args, output):
-                if entered:  # an earlier pre-hook may have raised before enter ran
-                    entered.pop()
-                    mode.__exit__(None, None, None)
-
-            self._handles.append(self.model.register_forward_pre_hook(enter))
-            self._handles.append(self.model.register_forward_hook(leave, always_call=True))
 
     def remove(self) -> nn.Module:
         """Detach every hook, restore float weights and un-fold BN; returns the original model."""
@@ -177,9 +106,15 @@ class QuantizedModel(nn.Module):
             q.mode = OFF if mode == "float" else mode
 
     # ------------------------------------------------------------ calibration
+    @property
+    def num_passes(self) -> int:
+        """Sweeps over the calibration data the method needs (D: 2, for range then histogram)."""
+        return max(q.calibrator.num_passes for q in self.quantizers.values())
+
     @torch.no_grad()
     def calibrate(self, data: Iterable | Callable[[nn.Module], None], num_batches: int | None = None,
-                  input_fn: Callable[[Any], tuple] = default_input_fn) -> "QuantizedModel":
+                  input_fn: Callable[[Any], tuple] = default_input_fn,
+                  on_batch: Callable[[int, int], None] | None = None) -> "QuantizedModel":
         """Observe activations over ``data``, then freeze qparams and switch to ``quant`` mode.
 
         Args:
@@ -187,12 +122,13 @@ class QuantizedModel(nn.Module):
                 that runs the model on calibration data itself.
             num_batches: use at most this many batches per pass.
             input_fn: turns a batch into the model's positional inputs.
+            on_batch: called as ``on_batch(pass_index, passes)`` after each batch (progress bars).
 
         Raises:
             ValueError: empty calibration data, non-finite activations (naming the layer), or a
                 one-shot iterator given to a method that needs several passes.
         """
-        passes = max(q.calibrator.num_passes for q in self.quantizers.values())
+        passes = self.num_passes
         is_loop = callable(data) and not hasattr(data, "__iter__")
         if passes > 1 and not is_loop and iter(data) is data:
             raise ValueError(f"method {self.method!r} makes {passes} passes; pass a DataLoader or list, not an iterator")
@@ -212,6 +148,8 @@ class QuantizedModel(nn.Module):
                     for batch in itertools.islice(data, num_batches):
                         self.model(*input_fn(batch))
                         seen += 1
+                        if on_batch is not None:
+                            on_batch(index, passes)
                 if seen == 0:
                     raise ValueError("calibration data is empty: no batch was seen")
             for q in self.quantizers.values():

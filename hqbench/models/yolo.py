@@ -1,0 +1,178 @@
+"""YOLOv3-tiny on ultralytics: the offline guard, the model builders and the registry entry.
+
+ultralytics is imported only through :func:`offline_ultralytics`, which first pins it offline: no
+DNS probe, no pip auto-install, no settings sync, no font download (it gets matplotlib's DejaVu Sans
+under the names it asks for). Nothing here downloads.
+
+The Darknet file format and the layer correspondence are in :mod:`hqbench.models.darknet`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from hqbench.models._registry import register_model
+from hqbench.models.card import ModelCard
+from hqbench.models.darknet import DarknetYoloHead, load_darknet_weights
+from hqbench.models.torchvision_zoo import RANDOM, _read_state_dict
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE_DIR = REPO / ".cache" / "ultralytics"
+CHECKPOINTS = REPO / "checkpoints"
+LEAKY = "nn.LeakyReLU(0.1)"  # Darknet's "leaky"; ultralytics' yolov3-tiny.yaml would give SiLU
+SAR_INPUT_SIZE = 512  # SSDD images are at most 653 px wide, mostly 500: 512 keeps small ships at scale
+_FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # what ultralytics' check_font would download
+
+
+def offline_ultralytics() -> ModuleType:
+    """Import ultralytics so that it never touches the network; returns the ``ultralytics`` module.
+
+    Sets ``YOLO_OFFLINE=1`` (skips the DNS probe at import), ``YOLO_AUTOINSTALL=false`` and, unless
+    already set, ``YOLO_CONFIG_DIR`` to ``<repo>/.cache/ultralytics``; puts matplotlib's DejaVu
+    Sans there as ``Ultralytics/Arial.ttf`` and ``Arial.Unicode.ttf``; turns settings sync off.
+    Call it before any ultralytics import: the environment is read once, at import.
+    """
+    os.environ["YOLO_OFFLINE"] = "1"
+    os.environ["YOLO_AUTOINSTALL"] = "false"
+    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(CACHE_DIR))) / "Ultralytics"
+    config.mkdir(parents=True, exist_ok=True)
+    missing = [config / f for f in _FONTS if not (config / f).is_file()]
+    if missing:
+        import matplotlib
+
+        source = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+        for target in missing:
+            shutil.copyfile(source, target)
+    import ultralytics
+    from ultralytics.utils import SETTINGS
+
+    if SETTINGS.get("sync", True):
+        SETTINGS.update({"sync": False})  # no analytics or crash reports
+    return ultralytics
+
+
+def build_yolov3_tiny(nc: int = 1, verbose: bool = False) -> nn.Module:
+    """ultralytics' YOLOv3-tiny topology with Darknet's LeakyReLU(0.1), randomly initialised.
+
+    Each ``Conv`` gets its own activation module (ultralytics shares one instance among all), so
+    per-layer hooks and quantization reports name layers as ``model.<i>.act``.
+
+    Args:
+        nc: classes of the (anchor-free, DFL) ``Detect`` head; 1 for ships.
+        verbose: let ultralytics print the layer table.
+
+    Returns:
+        An ultralytics ``DetectionModel`` in eval mode; ``model.yaml`` records the activation, so
+        ultralytics rebuilds the same network when it fine-tunes a checkpoint of it.
+    """
+    offline_ultralytics()
+    from ultralytics.nn.modules import Conv
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    spec = yaml_model_load("yolov3-tiny.yaml")
+    spec.update(activation=LEAKY, nc=nc)
+    model = DetectionModel(spec, nc=nc, verbose=verbose)
+    for m in model.modules():
+        if isinstance(m, Conv) and isinstance(m.act, nn.LeakyReLU):
+            m.act = nn.LeakyReLU(m.act.negative_slope)
+    return model.eval()
+
+
+class DarknetYolo(nn.Module):
+    """The untouched Darknet network: ultralytics backbone+neck and Darknet's anchor-based head.
+
+    Returns ``(N, 4 + 80, boxes)`` like ultralytics' ``Detect`` in eval (xywh pixels, scores), so
+    ``ultralytics.utils.nms.non_max_suppression`` and :class:`~hqbench.tasks.detection.DetectionTask`
+    post-processing apply. Used to check a conversion against COCO classes, not for SAR.
+    """
+
+    def __init__(self, model: nn.Module, head: DarknetYoloHead):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self.model.model)
+        saved = []
+        for m in layers[:-1]:  # ultralytics' _predict_once, stopping before its Detect
+            if m.f != -1:
+                x = saved[m.f] if isinstance(m.f, int) else [x if j == -1 else saved[j] for j in m.f]
+            x = m(x)
+            saved.append(x)
+        return self.head([saved[j] for j in layers[-1].f])
+
+
+def darknet_yolov3_tiny(cfg_path: str | Path, weights_path: str | Path) -> DarknetYolo:
+    """The Darknet COCO-80 YOLOv3-tiny, all weights from ``weights_path``, in eval mode."""
+    model = build_yolov3_tiny(nc=80)
+    head = load_darknet_weights(model, cfg_path, weights_path)
+    return DarknetYolo(model, head).eval()
+
+
+def convert_darknet(cfg_path: str | Path, weights_path: str | Path, nc: int = 1) -> nn.Module:
+    """A fine-tuning start: Darknet backbone+neck in a YOLOv3-tiny ``DetectionModel`` with a fresh ``nc`` head."""
+    model = build_yolov3_tiny(nc=nc)
+    load_darknet_weights(model, cfg_path, weights_path)
+    return model
+
+
+def save_ultralytics_checkpoint(model: nn.Module, path: str | Path) -> Path:
+    """Write ``model`` as ``{"model": model}``, the checkpoint layout ``ultralytics.YOLO(path)`` loads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model, "train_args": {}, "date": None, "version": None}, path)
+    return path
+
+
+def _read_detection_state(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a plain/Lightning file, or from an ultralytics checkpoint (``ema``/``model``)."""
+    try:
+        return _read_state_dict(path)
+    except ValueError:
+        offline_ultralytics()
+        from ultralytics.nn.tasks import torch_safe_load
+
+        ckpt, _ = torch_safe_load(str(path))
+        net = ckpt.get("ema") or ckpt.get("model")
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"weights file {path} is neither a state dict nor an ultralytics checkpoint") from None
+        return net.float().state_dict()
+
+
+@register_model("yolov3_tiny_sar")
+def yolov3_tiny_sar(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """YOLOv3-tiny (LeakyReLU, one class: ship) fine-tuned on SAR ships; 512x512 letterboxed input.
+
+    Args:
+        weights: a state dict, a Lightning checkpoint (keys ``model.<...>``), or an ultralytics
+            checkpoint; ``None`` means ``checkpoints/yolov3_tiny_sar.pt``; ``"random"`` builds it
+            untrained.
+
+    Raises:
+        FileNotFoundError: the weights file is missing (naming it and how to make it).
+        ValueError: the file does not fit the architecture.
+    """
+    source = RANDOM
+    path = None
+    if weights != RANDOM:
+        path = Path(weights).expanduser() if weights else CHECKPOINTS / "yolov3_tiny_sar.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"yolov3_tiny_sar: weights file {path} does not exist (train it with "
+                                    "`hqbench train task=detection model=yolov3_tiny_sar ...`, or pass model.weights=PATH)")
+        source = str(path)
+    model = build_yolov3_tiny(nc=1)
+    if path is not None:
+        state = {k: v.float() for k, v in _read_detection_state(path).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"yolov3_tiny_sar: weights file {path} does not fit the architecture; "
+                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    # Pixels scaled to [0, 1], no normalisation; letterboxed to input_size (grey 114 padding).
+    card = ModelCard(name="yolov3_tiny_sar", input_size=SAR_INPUT_SIZE, resize=SAR_INPUT_SIZE, mean=(0.0,) * 3,
+                     std=(1.0,) * 3, num_classes=1, weights=source)
+    return model.eval(), card

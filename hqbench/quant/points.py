@@ -1,0 +1,93 @@
+"""Quantization points attached to an eager model by hooks: no torch.fx, no wrapped ``forward``.
+
+* module outputs: a forward hook on the module (per call index, since a module may be reused);
+* network inputs: a forward pre-hook on the root module;
+* functional ops (``x + y``, ``torch.cat``, ``F.relu`` in a composite block): a TorchFunctionMode
+  entered for the duration of the root forward, matching ops by the keys recorded in the graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .fake import QUANT, ActQuantizer
+from .graph import FunctionHookMode, Graph, OpTracker
+from .scheme import Plan
+
+
+class _Regrid:
+    """Applies another point's frozen qparams, never observing (the average of grid values)."""
+
+    def __init__(self, source: ActQuantizer):
+        self.source = source
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.source(x) if self.source.mode == QUANT else x
+
+
+def attach_points(model: nn.Module, graph: Graph, plan: Plan,
+                  quantizer: Callable[[str], ActQuantizer]) -> tuple[list, OpTracker | None]:
+    """Hook ``quantizer(name)`` onto every point of ``plan``; returns (hook handles, tracker)."""
+    handles: list = []
+    modules = dict(model.named_modules())
+    kinds = {p.name: graph.by_name[p.name].kind for p in plan.points.values()}
+    # Averaging ops are rounded back onto their input's grid, as the integer kernel does.
+    regrid = {n: _Regrid(quantizer(src)) for n, src in plan.regrid.items()}
+    kinds.update({n: graph.by_name[n].kind for n in regrid})
+    function_points = {n: regrid.get(n) or quantizer(n) for n, k in kinds.items() if k == "function"}
+    input_points = {int(n.removeprefix("input")): quantizer(n) for n, k in kinds.items() if k == "input"}
+    # Functional ops are found by key; the tracker recomputes keys as recorded. Our own quantizer
+    # arithmetic runs suspended so it never shifts the model's op counters.
+    tracker = OpTracker(model) if function_points else None
+
+    def run(q, x: torch.Tensor) -> torch.Tensor:
+        if tracker is None:
+            return q(x)
+        with tracker.suspend():
+            return q(x)
+
+    # Module points by module and call index within one forward (a module may be reused).
+    per_module: dict[str, dict[int, ActQuantizer]] = {}
+    for name, kind in kinds.items():
+        if kind == "module":
+            module_name, _, k = name.partition("#")
+            per_module.setdefault(module_name, {})[int(k or 0)] = regrid.get(name) or quantizer(name)
+    calls: dict[str, int] = {}
+
+    def make_hook(module_name: str, by_call: dict[int, ActQuantizer]):
+        def hook(module, args, out):
+            k = calls.get(module_name, 0)
+            calls[module_name] = k + 1
+            return run(by_call[k], out) if k in by_call else None
+        return hook
+
+    handles.append(model.register_forward_pre_hook(lambda m, a: calls.clear()))
+    for module_name, by_call in per_module.items():
+        handles.append(modules[module_name].register_forward_hook(make_hook(module_name, by_call)))
+    if input_points:
+        def quantize_inputs(module, args):
+            return tuple(run(input_points[i], a) if i in input_points else a for i, a in enumerate(args))
+        handles.append(model.register_forward_pre_hook(quantize_inputs))
+    if tracker is not None:
+        def on_call(key, func, args, kwargs, out):
+            q = function_points.get(key)
+            return out if q is None else run(q, out)
+
+        mode = FunctionHookMode(tracker, on_call)
+        entered = []
+
+        def enter(module, args):
+            mode.__enter__()  # hooks must return None, not the mode
+            entered.append(True)
+
+        def leave(module, args, output):
+            if entered:  # an earlier pre-hook may have raised before enter ran
+                entered.pop()
+                mode.__exit__(None, None, None)
+
+        handles.append(model.register_forward_pre_hook(enter))
+        handles.append(model.register_forward_hook(leave, always_call=True))
+    return handles, tracker
