@@ -16,7 +16,7 @@ def test_registry_lists_expected_models():
     expected = {"googlenet", "mobilenet_v2", "vgg16", "mobilenet_v2_tflite", "efficientnet_lite0"}
     assert expected <= set(list_models())
     assert set(RANDOM_INIT) == {"googlenet", "mobilenet_v2", "vgg16"}
-    assert list_models("*mobilenet*") == ["mobilenet_v2", "mobilenet_v2_tflite"]
+    assert list_models("*mobilenet*") == ["mobilenet_v2", "mobilenet_v2_fmnist", "mobilenet_v2_tflite"]
 
 
 @pytest.mark.parametrize("name", RANDOM_INIT)

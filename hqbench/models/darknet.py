@@ -30,7 +30,7 @@ Known numeric difference: Darknet pads its stride-1 max-pool with -inf, ultralyt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +111,8 @@ def darknet_convs(cfg_path: str | Path) -> list[DarknetConv]:
         if kind == "convolutional":
             act = s.get("activation", "logistic")
             if act not in _ACTIVATIONS:
-                raise ValueError(f"Darknet cfg {cfg_path}: layer {i} activation {act!r}; supported: {', '.join(_ACTIVATIONS)}")
+                raise ValueError(f"Darknet cfg {cfg_path}: layer {i} activation {act!r}; "
+                                 f"supported: {', '.join(_ACTIVATIONS)}")
             size = int(s.get("size", 1))
             pad = size // 2 if int(s.get("pad", 0)) else int(s.get("padding", 0))
             convs.append(DarknetConv(i, int(s["filters"]), channels, size, int(s.get("stride", 1)), pad,
@@ -121,12 +122,13 @@ def darknet_convs(cfg_path: str | Path) -> list[DarknetConv]:
             refs = [int(v) for v in s["layers"].split(",")]
             refs = [i + r if r < 0 else r for r in refs]
             if any(not 0 <= r < i for r in refs):
-                raise ValueError(f"Darknet cfg {cfg_path}: layer {i} routes to {s['layers']}, outside layers 0..{i - 1}")
+                raise ValueError(f"Darknet cfg {cfg_path}: layer {i} routes to {s['layers']}, "
+                                 f"outside layers 0..{i - 1}")
             channels = sum(out[r] for r in refs)
         elif kind == "yolo":
             if not convs or convs[-1].layer != i - 1:
                 raise ValueError(f"Darknet cfg {cfg_path}: [yolo] layer {i} must follow a [convolutional] layer")
-            convs[-1] = DarknetConv(**{**convs[-1].__dict__, "yolo": s})
+            convs[-1] = replace(convs[-1], yolo=s)
         out.append(channels)
     return convs
 
@@ -243,6 +245,7 @@ def load_darknet_weights(model: nn.Module, cfg_path: str | Path, weights_path: s
                          f"{[c.layer for c in body]}), the ultralytics model {len(targets)} Conv modules "
                          f"({[n for n, _ in targets]}) before Detect")
     head_convs, anchors, sources = [], [], []
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []  # applied only once every layer has passed its checks
     it = iter(targets)
     last = None
     with torch.no_grad():
@@ -258,7 +261,9 @@ def load_darknet_weights(model: nn.Module, cfg_path: str | Path, weights_path: s
                 nc = int(c.yolo["classes"])
                 _check(c.filters == len(mask) * (5 + nc), cfg_path, c, "its [yolo] layer",
                        f"filters must be {len(mask)} anchors x (5 + {nc} classes)")
-                head_convs.append(conv), anchors.append(all_anchors[mask]), sources.append(last)
+                head_convs.append(conv)
+                anchors.append(all_anchors[mask])
+                sources.append(last)  # a [yolo] convolution reads the Conv loaded just before it
                 continue
             name, m = next(it)
             target = f"ultralytics {name} ({type(m).__name__})"
@@ -268,15 +273,22 @@ def load_darknet_weights(model: nn.Module, cfg_path: str | Path, weights_path: s
             _check(c.batch_normalize and m.conv.bias is None and isinstance(m.bn, nn.BatchNorm2d), cfg_path, c,
                    target, "expected BatchNorm without conv bias on both sides")
             slope = _ACTIVATIONS[c.activation]
-            _check(isinstance(m.act, nn.LeakyReLU) and abs(m.act.negative_slope - slope) < 1e-9 if slope else
-                   isinstance(m.act, nn.Identity), cfg_path, c, target, f"activation {m.act}, Darknet {c.activation!r}")
-            m.conv.weight.copy_(blob["weight"])
-            m.bn.bias.copy_(blob["bn_bias"]), m.bn.weight.copy_(blob["bn_weight"])
-            m.bn.running_mean.copy_(blob["bn_mean"]), m.bn.running_var.copy_(blob["bn_var"])
-            m.bn.eps = DARKNET_BN_EPS
+            if slope is None:
+                act_ok = isinstance(m.act, nn.Identity)
+            else:
+                act_ok = isinstance(m.act, nn.LeakyReLU) and abs(m.act.negative_slope - slope) < 1e-9
+            _check(act_ok, cfg_path, c, target, f"activation {m.act}, Darknet {c.activation!r}")
+            copies += [(m.conv.weight, blob["weight"]), (m.bn.bias, blob["bn_bias"]), (m.bn.weight, blob["bn_weight"]),
+                       (m.bn.running_mean, blob["bn_mean"]), (m.bn.running_var, blob["bn_var"])]
             last = m.i
     if sorted(sources) != sorted(detect.f):
-        raise ValueError(f"Darknet cfg {cfg_path}: [yolo] layers read ultralytics layers {sources}, but Detect reads {detect.f}")
+        raise ValueError(f"Darknet cfg {cfg_path}: [yolo] layers read ultralytics layers {sources}, "
+                         f"but Detect reads {detect.f}")
+    with torch.no_grad():
+        for dst, src in copies:
+            dst.copy_(src)
+    for _, m in targets:
+        m.bn.eps = DARKNET_BN_EPS
     order = [sources.index(f) for f in detect.f]
     strides = [float(s) for s in detect.stride]
     return DarknetYoloHead([head_convs[k] for k in order], [anchors[k] for k in order], strides, nc)

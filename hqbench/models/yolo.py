@@ -163,7 +163,8 @@ def yolov3_tiny_sar(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
         path = Path(weights).expanduser() if weights else CHECKPOINTS / "yolov3_tiny_sar.pt"
         if not path.is_file():
             raise FileNotFoundError(f"yolov3_tiny_sar: weights file {path} does not exist (train it with "
-                                    "`hqbench train task=detection model=yolov3_tiny_sar ...`, or pass model.weights=PATH)")
+                                    "`hqbench train task=detection model=yolov3_tiny_sar ...`, "
+                                    "or pass model.weights=PATH)")
         source = str(path)
     model = build_yolov3_tiny(nc=1)
     if path is not None:

@@ -1,11 +1,12 @@
 """Histogram maths: the expected quantization error of a clip range, and the search over ranges.
 
 The error is computed exactly for a histogram whose mass is uniform inside each bin: with the grid
-``{k*s}`` (zero is always a grid point), the squared error ``f(x) = (x - Q(x))**2`` is a sawtooth of
-rounding error inside the representable range and a parabola of clipping error outside it. Its
+``{k*s}`` (zero is always a grid point), the error ``f(x) = |x - Q(x)|**p`` is a sawtooth of
+rounding error inside the representable range and a power of the clipping distance outside it. Its
 antiderivative ``P`` has a closed form, so a bin ``[a, b]`` holding ``n`` values contributes
 ``n * (P(b) - P(a)) / (b - a)``: clipping plus rounding, for the levels the grid really has (its
 zero-point rounding included). Values exactly zero are counted apart: zero is on every grid.
+``p = 2`` is the mean squared error; a larger ``p`` weighs the few large (clipping) errors more.
 
 Used by Activation Redistribution (D); reusable by MSE/percentile calibrators and diagnostics.
 """
@@ -17,36 +18,38 @@ import torch
 from .grid import QuantGrid, range_to_qparams
 
 
-def _sawtooth_primitive(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """Antiderivative of (x - round(x/s)*s)**2 that is 0 at x = -s/2."""
+def _sawtooth_primitive(x: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
+    """Antiderivative of |x - round(x/s)*s|**p that is 0 at x = -s/2."""
     n = torch.floor(x / s + 0.5)
     r = x - n * s
-    return n * s**3 / 12 + (r**3 + s**3 / 8) / 3
+    half = (s / 2) ** (p + 1)
+    return (n * 2 * half + torch.sign(r) * r.abs() ** (p + 1) + half) / (p + 1)
 
 
-def _error_primitive(x: torch.Tensor, s: torch.Tensor, lo_q: torch.Tensor, hi_q: torch.Tensor) -> torch.Tensor:
-    """Antiderivative of the clip+round squared error on the grid with ends ``lo_q``/``hi_q``."""
+def _error_primitive(x: torch.Tensor, s: torch.Tensor, lo_q: torch.Tensor, hi_q: torch.Tensor, p: float) -> torch.Tensor:
+    """Antiderivative of the clip+round error |x - Q(x)|**p on the grid with ends ``lo_q``/``hi_q``."""
     a, b = lo_q - s / 2, hi_q + s / 2
-    inner = _sawtooth_primitive(torch.clamp(x, a, b), s) - _sawtooth_primitive(a, s)
-    half3 = (s / 2) ** 3
-    upper = torch.where(x > b, ((x - hi_q) ** 3 - half3) / 3, torch.zeros_like(x))
-    lower = torch.where(x < a, ((x - lo_q) ** 3 + half3) / 3, torch.zeros_like(x))
+    inner = _sawtooth_primitive(torch.clamp(x, a, b), s, p) - _sawtooth_primitive(a, s, p)
+    half = (s / 2) ** (p + 1)
+    upper = torch.where(x > b, ((x - hi_q).clamp_min(0) ** (p + 1) - half) / (p + 1), torch.zeros_like(x))
+    lower = torch.where(x < a, (half - (lo_q - x).clamp_min(0) ** (p + 1)) / (p + 1), torch.zeros_like(x))
     return inner + upper + lower
 
 
 def expected_error(
-    counts: torch.Tensor, edges: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid
+    counts: torch.Tensor, edges: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid, p: float = 2.0
 ) -> torch.Tensor:
-    """Total squared error of quantizing the histogram with clip range(s) ``[lo, hi]``.
+    """Total error ``sum |x - Q(x)|**p`` of quantizing the histogram with clip range(s) ``[lo, hi]``.
 
     Args:
         counts: ``[B]`` values per bin (exact zeros excluded).
         edges: ``[B + 1]`` bin edges.
         lo, hi: clip ranges; any matching shape ``[K]`` evaluates K candidates at once.
         grid: the integer grid the tensor is stored on.
+        p: the error's exponent (2: squared error).
 
     Returns:
-        ``[K]`` summed squared errors (divide by the number of values for the MSE).
+        ``[K]`` summed errors (with ``p=2``, divide by the number of values for the MSE).
     """
     lo = torch.as_tensor(lo, dtype=torch.float64).reshape(-1)
     hi = torch.as_tensor(hi, dtype=torch.float64).reshape(-1)
@@ -55,21 +58,22 @@ def expected_error(
     zp = zp.double()[:, None]
     lo_q, hi_q = (grid.qmin - zp) * s, (grid.qmax - zp) * s
     e = edges.double()[None, :]
-    prim = _error_primitive(e, s, lo_q, hi_q)
+    prim = _error_primitive(e, s, lo_q, hi_q, p)
     width = (e[:, 1:] - e[:, :-1]).clamp_min(1e-300)
     per_bin = (prim[:, 1:] - prim[:, :-1]) / width
     return (per_bin * counts.double()[None, :]).sum(dim=1)
 
 
-def _best(counts, edges, lo, hi, grid, chunk: int = 2048) -> tuple[float, float, float]:
-    errs = torch.cat([expected_error(counts, edges, lo[i:i + chunk], hi[i:i + chunk], grid)
+def _best(counts, edges, lo, hi, grid, p, chunk: int = 2048) -> tuple[float, float, float]:
+    errs = torch.cat([expected_error(counts, edges, lo[i:i + chunk], hi[i:i + chunk], grid, p)
                       for i in range(0, len(lo), chunk)])
     k = int(torch.argmin(errs))
     return float(lo[k]), float(hi[k]), float(errs[k])
 
 
-def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, steps: int = 256) -> tuple[float, float]:
-    """The clip range with the least expected error for ``grid``.
+def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, steps: int = 256,
+                 p: float = 2.0) -> tuple[float, float]:
+    """The clip range with the least expected error ``|x - Q(x)|**p`` for ``grid``.
 
     A tensor that is one-sided (all values >= 0 or <= 0) gets a 1-D search over its one free end;
     a two-sided tensor a joint search over both ends: a coarse ``steps/4``-squared sweep, then a
@@ -87,7 +91,7 @@ def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, ste
         ends = fractions * (data_hi if data_hi > 0 else data_lo)
         zeros = torch.zeros_like(ends)
         lo, hi = (zeros, ends) if data_hi > 0 else (ends, zeros)
-        best_lo, best_hi, _ = _best(counts, edges, lo, hi, grid)
+        best_lo, best_hi, _ = _best(counts, edges, lo, hi, grid, p)
         return best_lo, best_hi
     n_coarse = max(steps // 8, 4)
     coarse = torch.linspace(1.0 / n_coarse, 1.0, n_coarse, dtype=torch.float64)
@@ -97,12 +101,12 @@ def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, ste
         coarse_counts, coarse_edges = counts.reshape(-1, 4).sum(dim=1), edges[::4]
     else:
         coarse_counts, coarse_edges = counts, edges
-    best_lo, best_hi, _ = _best(coarse_counts, coarse_edges, fl.reshape(-1) * data_lo, fh.reshape(-1) * data_hi, grid)
+    best_lo, best_hi, _ = _best(coarse_counts, coarse_edges, fl.reshape(-1) * data_lo, fh.reshape(-1) * data_hi, grid, p)
     # Refine within one coarse step on each side of the coarse optimum.
     step = 1.0 / n_coarse
     f_lo, f_hi = best_lo / data_lo, best_hi / data_hi
     fine_lo = torch.linspace(max(f_lo - step, step / 8), min(f_lo + step, 1.0), 17, dtype=torch.float64)
     fine_hi = torch.linspace(max(f_hi - step, step / 8), min(f_hi + step, 1.0), 17, dtype=torch.float64)
     gl, gh = torch.meshgrid(fine_lo, fine_hi, indexing="ij")
-    best_lo, best_hi, _ = _best(counts, edges, gl.reshape(-1) * data_lo, gh.reshape(-1) * data_hi, grid)
+    best_lo, best_hi, _ = _best(counts, edges, gl.reshape(-1) * data_lo, gh.reshape(-1) * data_hi, grid, p)
     return best_lo, best_hi

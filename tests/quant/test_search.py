@@ -40,12 +40,15 @@ def test_redistribution_beats_minmax_and_histogram(name):
     assert mse["D"] <= mse["C"] * 1.0001, mse
 
 
-def test_expected_error_matches_empirical_mse():
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_expected_error_matches_empirical_error(p):
     torch.manual_seed(0)
     x = torch.randn(400_000) * 1.3 + 0.4
     counts = torch.histc(x, 2048, float(x.min()), float(x.max())).double()
     edges = torch.linspace(float(x.min()), float(x.max()), 2049, dtype=torch.float64)
     grid = QuantGrid(signed=True)
     for lo, hi in [(-2.0, 2.5), (-4.0, 4.0), (float(x.min()), float(x.max()))]:
-        predicted = expected_error(counts, edges, torch.tensor([lo]), torch.tensor([hi]), grid).item() / x.numel()
-        assert predicted == pytest.approx(_mse(x, torch.tensor(lo), torch.tensor(hi), grid), rel=0.02)
+        predicted = expected_error(counts, edges, torch.tensor([lo]), torch.tensor([hi]), grid, p).item() / x.numel()
+        s, z = range_to_qparams(torch.tensor(lo), torch.tensor(hi), grid)
+        measured = ((fake_quantize(x, s, z, grid.qmin, grid.qmax) - x).abs() ** p).mean().item()
+        assert predicted == pytest.approx(measured, rel=0.02)

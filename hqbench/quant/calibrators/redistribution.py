@@ -19,13 +19,19 @@ from .base import Calibrator
 
 
 class ActivationRedistribution(Calibrator):
-    """D: two-pass histogram and error-minimising ``[beta, alpha]``."""
+    """D: two-pass histogram and error-minimising ``[beta, alpha]``.
+
+    Args:
+        bins: histogram bins (fixed, so histograms merge by a sum).
+        steps: candidate resolution of the range search.
+        p: exponent of the error minimised, ``E|x - Q(x)|**p`` (2: mean squared error).
+    """
 
     num_passes = 2
 
-    def __init__(self, bins: int = 2048, steps: int = 256) -> None:
+    def __init__(self, bins: int = 2048, steps: int = 256, p: float = 2.0) -> None:
         super().__init__()
-        self.bins, self.steps = bins, steps
+        self.bins, self.steps, self.p = bins, steps, p
         self.register_buffer("min_val", torch.tensor(float("inf")))
         self.register_buffer("max_val", torch.tensor(float("-inf")))
         self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
@@ -52,5 +58,5 @@ class ActivationRedistribution(Calibrator):
         if hi <= lo or self.histogram.sum() == 0:  # constant tensor: nothing to trade off
             return self.min_val.clone(), self.max_val.clone()
         edges = torch.linspace(lo, hi, self.bins + 1, dtype=torch.float64)
-        best_lo, best_hi = search_range(self.histogram, edges, grid, self.steps)
+        best_lo, best_hi = search_range(self.histogram, edges, grid, self.steps, self.p)
         return torch.tensor(best_lo), torch.tensor(best_hi)

@@ -1,0 +1,115 @@
+"""DetectionTask: COCO-style mAP evaluation of a YOLO detector through torchmetrics."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics.detection import MeanAveragePrecision
+from torchvision.ops import batched_nms, box_convert
+
+from hqbench.models.card import ModelCard
+
+
+def nms(preds: torch.Tensor, conf_thres: float = 0.001, iou_thres: float = 0.6,
+        max_det: int = 300) -> list[dict[str, torch.Tensor]]:
+    """Per-image class-aware NMS on YOLO output ``(N, 4 + nc, boxes)`` (xywh pixels, class scores).
+
+    Each box keeps its best class (ultralytics' ``multi_label=False``).
+
+    Returns:
+        One torchmetrics prediction dict per image: ``boxes`` (xyxy), ``scores``, ``labels``.
+    """
+    out = []
+    for p in preds.detach().float().transpose(1, 2):  # (boxes, 4 + nc)
+        scores, labels = p[:, 4:].max(1)
+        keep = scores > conf_thres
+        boxes, scores, labels = box_convert(p[keep, :4], "cxcywh", "xyxy"), scores[keep], labels[keep]
+        keep = batched_nms(boxes, scores, labels, iou_thres)[:max_det]
+        out.append({"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep]})
+    return out
+
+
+def head_scope(model: nn.Module) -> str:
+    """Name, inside ``model``, of the module whose box decoding should stay float.
+
+    ultralytics' ``DetectionModel``: its last layer (``Detect``, e.g. ``"model.20"``);
+    :class:`~hqbench.models.yolo.DarknetYolo`: ``"head"``.
+
+    Raises:
+        ValueError: neither layout.
+    """
+    if isinstance(getattr(model, "head", None), nn.Module):
+        return "head"
+    layers = getattr(model, "model", None)
+    if isinstance(layers, nn.Sequential) and type(layers[-1]).__name__ == "Detect":
+        return f"model.{len(layers) - 1}"
+    raise ValueError(f"cannot find the detection head of {type(model).__name__}: expected an ultralytics "
+                     "DetectionModel (model.model[-1] is Detect) or a module with a .head")
+
+
+class DetectionTask(L.LightningModule):
+    """Wraps a YOLO detector; logs ``{stage}/mAP50`` and ``{stage}/mAP50_95`` (fractions in [0, 1]).
+
+    ``forward`` returns the raw ``(N, 4 + nc, boxes)`` predictions (no NMS), so quantization hooks
+    see only the network; :func:`nms` runs in the step. mAP is torchmetrics'
+    ``MeanAveragePrecision`` on the faster-coco-eval backend, computed once per epoch over every
+    image, in letterboxed pixel coordinates (the ratio-preserving letterbox leaves IoU unchanged).
+
+    Args:
+        model: an ultralytics ``DetectionModel`` (or any module returning YOLO-layout predictions,
+            alone or as the first element of a tuple). Kept as ``self.model``.
+        card: the model's ModelCard, kept for reports.
+        conf_thres: score threshold before NMS (low, as for mAP).
+        iou_thres: NMS IoU threshold.
+        max_det: detections kept per image.
+    """
+
+    def __init__(self, model: nn.Module, card: ModelCard | None = None, conf_thres: float = 0.001,
+                 iou_thres: float = 0.6, max_det: int = 300):
+        super().__init__()
+        self.save_hyperparameters(ignore=["model", "card"])
+        self.model, self.card = model, card
+        # One metric per stage so validation during fit never mixes into a test result.
+        self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+        self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+
+    @property
+    def float_scopes(self) -> tuple[str, ...]:
+        """Module names to pass as ``QuantizationCallback(float_scopes=...)``: the head's decoding."""
+        return (f"model.{head_scope(self.model)}",)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Raw predictions ``(N, 4 + nc, boxes)``: xywh in input pixels, then class scores."""
+        out = self.model(images)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def predict_step(self, batch, batch_idx: int) -> list[dict[str, torch.Tensor]]:
+        """Detections after NMS for a batch of ``(images, targets)`` or of images alone."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        h = self.hparams
+        return nms(self(images), h.conf_thres, h.iou_thres, h.max_det)
+
+    def _evaluate(self, batch, metric: MeanAveragePrecision) -> None:
+        images, targets = batch
+        preds = self.predict_step(images, 0)
+        metric.update(preds, [{k: t[k] for k in ("boxes", "labels", "iscrowd") if k in t} for t in targets])
+
+    def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
+        # MeanAveragePrecision returns a dict with non-scalar entries; log only the two numbers.
+        result = metric.compute()
+        self.log(f"{stage}/mAP50", result["map_50"].float())
+        self.log(f"{stage}/mAP50_95", result["map"].float())
+        metric.reset()
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.val_map)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, self.test_map)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_map(self.val_map, "val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_map(self.test_map, "test")

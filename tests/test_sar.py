@@ -1,0 +1,202 @@
+"""SAR ship data (HRSID layout), DetectionTask's NMS and mAP plumbing, and layout errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+from torchvision.ops import box_convert
+
+from hqbench.data.sar import PAD_VALUE, SARShipDataModule, write_yolo_dataset
+from hqbench.tasks.detection import DetectionTask, head_scope, nms
+
+# Synthetic images: (file, size, COCO boxes xywh), deliberately not square.
+SYNTHETIC = {
+    "train2017": [("a.jpg", (300, 200), [[20, 30, 40, 20], [200, 100, 30, 60]]),
+                  ("b.jpg", (180, 260), [[10, 10, 50, 50]]), ("c.jpg", (256, 256), [[100, 120, 12, 8]])],
+    "test2017": [("d.jpg", (320, 180), [[40, 50, 60, 30], [250, 20, 20, 40]]),
+                 ("e.jpg", (150, 300), [[30, 200, 40, 60]]), ("f.jpg", (200, 200), [[0, 0, 200, 200]])],
+}
+
+
+def _make_layout(root: Path, splits: dict = SYNTHETIC) -> Path:
+    (root / "JPEGImages").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    image_id = ann_id = 0
+    for split, images in splits.items():
+        coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "ship"}]}
+        for name, (w, h), boxes in images:
+            image_id += 1
+            Image.new("RGB", (w, h), (20, 20, 20)).save(root / "JPEGImages" / name)
+            coco["images"].append({"id": image_id, "file_name": name, "width": w, "height": h})
+            for box in boxes:
+                ann_id += 1
+                coco["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": 1, "bbox": box,
+                                            "area": box[2] * box[3], "iscrowd": 0})
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(coco))
+    return root
+
+
+@pytest.fixture
+def sar_root() -> Path:
+    root = Path(os.environ.get("HQBENCH_DATA", ".")) / "sar-ships"
+    if not os.environ.get("HQBENCH_DATA") or not (root / "annotations" / "test2017.json").is_file():
+        pytest.skip("HQBENCH_DATA is unset or holds no sar-ships/: real-data test not run")
+    return root
+
+
+class _Oracle(nn.Module):
+    """Returns the ground truth of each coming batch as YOLO-layout predictions (score 1)."""
+
+    def __init__(self, loader):
+        super().__init__()
+        self.queue = []
+        for _, targets in loader:
+            k = max(len(t["boxes"]) for t in targets)
+            out = torch.zeros(len(targets), 5, k)
+            for i, t in enumerate(targets):
+                out[i, :4, : len(t["boxes"])] = box_convert(t["boxes"], "xyxy", "cxcywh").T
+                out[i, 4, : len(t["boxes"])] = 1.0
+            self.queue.append(out)
+
+    def forward(self, x):
+        return self.queue.pop(0), {}  # ultralytics' eval layout: (predictions, raw head outputs)
+
+
+def _oracle_map(dm: SARShipDataModule) -> dict:
+    task = DetectionTask(_Oracle(dm.test_dataloader()))
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    return trainer.test(task, datamodule=dm, verbose=False)[0]
+
+
+def test_ground_truth_as_predictions_gives_map_1(tmp_path):
+    dm = SARShipDataModule(_make_layout(tmp_path / "sar"), imgsz=128, batch_size=2, calib_size=2)
+    result = _oracle_map(dm)
+    assert result["test/mAP50"] == pytest.approx(1.0) and result["test/mAP50_95"] == pytest.approx(1.0)
+
+
+@pytest.mark.realdata
+def test_ground_truth_as_predictions_on_shared_images(sar_root):
+    result = _oracle_map(SARShipDataModule(sar_root, eval_limit=6, batch_size=3, calib_size=2))
+    assert result["test/mAP50"] == pytest.approx(1.0) and result["test/mAP50_95"] == pytest.approx(1.0)
+
+
+@pytest.mark.realdata
+def test_datamodule_on_shared_images(sar_root):
+    dm = SARShipDataModule(sar_root, eval_limit=5, calib_size=4, batch_size=2, imgsz=512)
+    dm.setup()
+    assert dm.classes == ["ship"] and len(dm.eval_files) == 5 and len(dm.calibration_files) == 4
+    assert dm.eval_files[0].name == "000005.jpg"
+    train = json.loads((sar_root / "annotations" / "train2017.json").read_text())
+    assert {p.name for p in dm.calibration_files} <= {im["file_name"] for im in train["images"]}
+    again = SARShipDataModule(sar_root, calib_size=4, seed=0)
+    other = SARShipDataModule(sar_root, calib_size=4, seed=1)
+    assert again.calibration_files == dm.calibration_files != other.calibration_files
+    images, targets = next(iter(dm.test_dataloader()))
+    assert images.shape == (2, 3, 512, 512) and 0 <= images.min() and images.max() <= 1
+    assert len(targets) == 2 and all((t["labels"] == 0).all() for t in targets)
+    # 000005.jpg is 420x317 with one ship at xywh (167, 166, 64, 38): scale 512/420, centred vertically.
+    scale = 512 / 420
+    pad_y = (512 - round(317 * scale)) // 2
+    expected = torch.tensor([[167 * scale, 166 * scale + pad_y, 231 * scale, 204 * scale + pad_y]])
+    torch.testing.assert_close(targets[0]["boxes"], expected)
+    torch.testing.assert_close(images[0, :, 0, 0], torch.full((3,), PAD_VALUE / 255))  # letterbox padding
+    calib_images, _ = next(iter(dm.calibration_dataloader()))
+    assert calib_images.shape == (2, 3, 512, 512)
+
+
+def test_letterbox_targets_stay_inside_the_square(tmp_path):
+    dm = SARShipDataModule(_make_layout(tmp_path / "sar"), imgsz=96, batch_size=3, calib_size=3)
+    for images, targets in dm.test_dataloader():
+        assert images.shape[1:] == (3, 96, 96)
+        for t in targets:
+            assert (t["boxes"] >= 0).all() and (t["boxes"] <= 96 + 1e-4).all()
+    # f.jpg's box is the whole (square) image: it becomes the whole letterboxed square.
+    torch.testing.assert_close(targets[-1]["boxes"], torch.tensor([[0.0, 0.0, 96.0, 96.0]]))
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes():
+    preds = torch.tensor([[[50.0, 51.0, 10.0], [50.0, 50.0, 10.0], [20.0, 20.0, 4.0], [20.0, 20.0, 4.0],
+                           [0.9, 0.8, 0.0005]]])  # two overlapping boxes and one below conf_thres
+    (det,) = nms(preds)
+    assert det["scores"].tolist() == pytest.approx([0.9]) and det["labels"].tolist() == [0]
+    torch.testing.assert_close(det["boxes"], torch.tensor([[40.0, 40.0, 60.0, 60.0]]))
+
+
+def test_head_scope_names_the_detect_layer():
+    from hqbench.models.yolo import build_yolov3_tiny
+
+    assert DetectionTask(build_yolov3_tiny(nc=1)).float_scopes == ("model.model.20",)
+    with pytest.raises(ValueError, match="cannot find the detection head of Linear"):
+        head_scope(nn.Linear(2, 2))
+
+
+def test_write_yolo_dataset_mirrors_outside_the_root(tmp_path):
+    root = _make_layout(tmp_path / "sar")
+    yaml = write_yolo_dataset(root, tmp_path / "yolo")
+    assert "train: images/train" in yaml.read_text() and "0: ship" in yaml.read_text()
+    assert (tmp_path / "yolo" / "images" / "test" / "d.jpg").resolve() == (root / "JPEGImages" / "d.jpg").resolve()
+    lines = (tmp_path / "yolo" / "labels" / "test" / "d.txt").read_text().split("\n")
+    assert lines[0] == "0 0.218750 0.361111 0.187500 0.166667"  # (40 + 30) / 320, (50 + 15) / 180, 60/320, 30/180
+    with pytest.raises(ValueError, match="inside the data root"):
+        write_yolo_dataset(root, root / "labels")
+
+
+# ------------------------------------------------------------------ errors on a bad layout
+def _broken(tmp_path: Path, edit) -> Path:
+    root = _make_layout(tmp_path / "sar")
+    path = root / "annotations" / "test2017.json"
+    coco = json.loads(path.read_text())
+    edit(coco)
+    path.write_text(json.dumps(coco))
+    return root
+
+
+def _first_batch(root: Path, **kwargs):
+    return next(iter(SARShipDataModule(root, imgsz=64, **kwargs).test_dataloader()))
+
+
+def test_missing_root_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"SAR data root {tmp_path / 'nope'} does not exist"):
+        _first_batch(tmp_path / "nope")
+
+
+def test_missing_annotation_file_names_path_and_layout(tmp_path):
+    root = _make_layout(tmp_path / "sar")
+    (root / "annotations" / "test2017.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test2017.json does not exist; expected the HRSID layout"):
+        _first_batch(root)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.pop("categories"), r"has no list 'categories'; a COCO file needs images, annotations, categories"),
+    (lambda c: c["annotations"][0].pop("bbox"), r"annotations\[0\] lacks \['bbox'\]"),
+    (lambda c: c["images"][0].pop("file_name"), r"images\[0\] lacks \['file_name'\]"),
+    (lambda c: c["annotations"][0].update(category_id=7), r"has category_id 7; categories are \[1\]"),
+    (lambda c: c["annotations"][0].update(image_id=999), r"names unknown image_id 999"),
+])
+def test_bad_json_names_the_key(tmp_path, edit, message):
+    with pytest.raises(ValueError, match=message):
+        _first_batch(_broken(tmp_path, edit))
+
+
+def test_missing_image_is_named(tmp_path):
+    root = _make_layout(tmp_path / "sar")
+    (root / "JPEGImages" / "e.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"e.jpg, listed in .*test2017.json, does not exist"):
+        _first_batch(root)
+
+
+def test_bad_sizes_are_rejected(tmp_path):
+    root = _make_layout(tmp_path / "sar")
+    with pytest.raises(ValueError, match="calib_size=10 but .*train2017.json lists only 3 images"):
+        SARShipDataModule(root, calib_size=10).setup()
+    with pytest.raises(ValueError, match="eval_limit must be a positive integer"):
+        SARShipDataModule(root, eval_limit=0)
