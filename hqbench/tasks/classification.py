@@ -85,9 +85,14 @@ class ClassificationTask(L.LightningModule):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if self.hparams.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9,
-                                   weight_decay=self.hparams.weight_decay)
-        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+            optimizer = torch.optim.SGD(params, lr=self.hparams.lr, momentum=0.9,
+                                        weight_decay=self.hparams.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        # One-cycle: warm up, then anneal to ~0, so a short CPU run still ends converged.
+        schedule = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=self.hparams.lr, total_steps=self.trainer.estimated_stepping_batches)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
