@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = compose(task, overrides)
         if command == "train":
-            train(cfg, console)
+            train(cfg, console, command="hqbench " + " ".join(argv))
             return 0
         rows = run(cfg, console)
     except (ValueError, FileNotFoundError, KeyError) as err:

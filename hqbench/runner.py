@@ -112,7 +112,7 @@ def run(cfg: DictConfig, console: Console | None = None) -> list[ResultRow]:
     return rows
 
 
-def train(cfg: DictConfig, console: Console | None = None) -> Path:
+def train(cfg: DictConfig, console: Console | None = None, command: str = "") -> Path:
     """Train ``cfg.model`` (from random init unless model.weights is set) on the data's training
     split; write half-precision weights and a Markdown card beside them; return the weights path."""
     console = console or Console()
@@ -143,6 +143,6 @@ def train(cfg: DictConfig, console: Console | None = None) -> Path:
         f"- training: {cfg.train.epochs} epochs, {cfg.train.optimizer} lr {cfg.train.lr}, "
         f"weight decay {cfg.train.weight_decay}, batch {cfg.data.batch_size}, {seconds / 60:.1f} min on this machine\n"
         f"- FP32 Top-1: {top1:.2f} %\n- weights: float16 state dict\n"
-        f"- command: `hqbench train task=classification data=... model={cfg.model.name} ...` (see docs/RESULTS.md)\n")
+        f"- command: `{command or 'hqbench train task=classification model=' + cfg.model.name}`\n")
     console.print(f"{cfg.model.name}: trained {seconds / 60:.1f} min, FP32 top1 {top1:.2f} -> {out}")
     return out
