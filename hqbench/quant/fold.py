@@ -32,7 +32,8 @@ def _parent(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
 
 def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> list[_FoldRecord]:
-    """Fold each ``(conv, bn)`` pair in place and replace the BN by ``nn.Identity``.
+    """Fold each ``(conv, bn)`` pair in place and replace the BN by ``nn.Identity`` (or by its own
+    dropout and activation, for BN modules that carry them).
 
     ``w' = w * g / sqrt(v + eps)`` per output channel and ``b' = (b - m) * g / sqrt(v + eps) + beta``.
     Returns records for :func:`unfold_batchnorm`.
@@ -59,7 +60,9 @@ def fold_batchnorm(model: nn.Module, pairs: list[tuple[str, str]]) -> list[_Fold
                 conv.bias = nn.Parameter(new_bias)
             else:
                 conv.bias.copy_(new_bias)
-        setattr(parent, attr, nn.Identity())
+        # A BN that applies its own activation (timm's BatchNormAct2d) keeps the activation.
+        act = getattr(bn, "act", None)
+        setattr(parent, attr, nn.Sequential(getattr(bn, "drop", nn.Identity()), act) if isinstance(act, nn.Module) else nn.Identity())
         records.append(rec)
     return records
 

@@ -41,7 +41,9 @@ def op_name(func: Callable) -> str:
 
 
 def is_leaf(module: nn.Module) -> bool:
-    return next(iter(module.children()), None) is None
+    """Recorded as one node: modules without children, and BatchNorm subclasses that carry their
+    activation as a child (timm's ``BatchNormAct2d``), so the BN can still be folded."""
+    return next(iter(module.children()), None) is None or isinstance(module, nn.modules.batchnorm._BatchNorm)
 
 
 @dataclass(eq=False)

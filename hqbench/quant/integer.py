@@ -30,7 +30,7 @@ from torch.utils._pytree import tree_map
 
 from .graph import Node
 from .grid import weight_qparams
-from .scheme import COMPUTE_MODULES, _is_passthrough
+from .scheme import COMPUTE_MODULES, _is_passthrough, fused_activation
 
 _SHIFT = 31
 
@@ -152,8 +152,11 @@ class IntegerExecutor:
             shape = (1, -1) + (1,) * (acc.dim() - 2)
         s_out, z, lo, hi, _ = self._out_params(end)
         m = (s_acc / s_out.double()).reshape(shape)
-        act_module = self.graph.by_name[act].target if act else None
-        act_op = self.graph.by_name[act].op if act else None
+        act_node = self.graph.by_name[act] if act else None
+        fused = fused_activation(act_node) if act_node is not None else None  # BN+act in one module
+        act_module = fused if fused is not None else (
+            act_node.target if act_node is not None and act_node.kind == "module" else None)
+        act_op = type(fused).__name__ if fused is not None else (act_node.op if act_node is not None else None)
         if isinstance(act_module, nn.LeakyReLU) or act_op == "leaky_relu":
             slope = act_module.negative_slope if act_module is not None else 0.01
             m = torch.where(acc < 0, m * slope, m)

@@ -65,6 +65,12 @@ class Plan:
     regrid: dict[str, str] = field(default_factory=dict)
 
 
+def fused_activation(node: Node) -> nn.Module | None:
+    """The activation a BN module applies itself (timm's ``BatchNormAct2d.act``), if any."""
+    act = getattr(node.target, "act", None) if node.kind == "module" and isinstance(node.target, BATCHNORMS) else None
+    return act if isinstance(act, UNSIGNED_ACTIVATIONS + SIGNED_ACTIVATIONS) else None
+
+
 def _is_activation(node: Node) -> bool:
     if node.kind == "module":
         return isinstance(node.target, UNSIGNED_ACTIVATIONS + SIGNED_ACTIVATIONS)
@@ -137,6 +143,10 @@ def analyse(graph: Graph, bits: int = 8, float_scopes: tuple[str, ...] = ()) -> 
                 plan.folds.append((node.name, nxt.name))
                 chained.add(nxt)
                 end, nxt = nxt, _sole_user(nxt)
+                fused = fused_activation(end)
+                if fused is not None:  # BN+activation in one module: the chain ends here
+                    unsigned = isinstance(fused, UNSIGNED_ACTIVATIONS)
+                    label, act, nxt = f"{label}+{type(fused).__name__}", end.name, None
             if nxt is not None and _is_activation(nxt):
                 unsigned = _is_unsigned_activation(nxt)
                 chained.add(nxt)

@@ -100,3 +100,23 @@ def test_core_imports_no_lightning_or_ultralytics():
     code = "import sys, hqbench.quant; print(sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'ultralytics', 'pytorch_lightning')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_bn_modules_that_carry_their_activation_are_folded():
+    """timm's BatchNormAct2d (EfficientNet-Lite) applies ReLU6 itself: fold it, keep the ReLU6."""
+    from timm.layers import BatchNormAct2d
+
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), BatchNormAct2d(4, act_layer="relu6"), nn.Conv2d(4, 2, 1)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 3, 8, 8) * 3
+    ref = net(x)
+    q = prepare(net, x, "B", inplace=True)
+    assert q.plan.folds == [("0", "1")] and q.plan.float_ops == {}
+    assert q.plan.points["1"].grid.describe() == "0..255" and q.plan.points["1"].producer == "Conv2d+ReLU6"
+    assert torch.allclose(q(x), ref, atol=1e-5)  # float mode: folded BN, same activation
+    q.calibrate([x])
+    assert torch.equal(q.integer_executor()(x).argmax(1), q(x).argmax(1))
+    q.remove()
+    assert isinstance(net[1], BatchNormAct2d) and torch.allclose(net(x), ref)
