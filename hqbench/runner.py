@@ -61,6 +61,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*isinstance.treespec, LeafSpec.*")
     warnings.filterwarnings("ignore", ".*defined a `validation_step` but have no `val_dataloader`.*")
+    # torch.ao's reference model (the PyTorch column) warns on every call that its API is deprecated.
+    warnings.filterwarnings("ignore", ".*quantized tensor creation functions.*are deprecated.*")
 
 
 def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:

@@ -63,3 +63,20 @@ def test_result_py_prints_the_paper_table(real_data, tmp_path):
     assert "Activation Redistribution" in proc.stdout and "\x1b" not in proc.stdout
     methods = {(r["model"], r["method"]) for r in json.loads(out.read_text())}
     assert {("mobilenet_v2_tflite", m) for m in ("fp32", "pytorch", "D")} <= methods
+
+
+def test_result_py_runs_the_embedded_demo_without_data(tmp_path, monkeypatch):
+    """A fresh machine: no HQBENCH_DATA, no data.root. Rows come from the embedded Fashion-MNIST
+    subset and the committed checkpoints; a row whose checkpoint is missing says which file."""
+    monkeypatch.delenv("HQBENCH_DATA", raising=False)
+    out = tmp_path / "demo.json"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "HQBENCH_DATA"}
+    proc = subprocess.run([sys.executable, str(ROOT / "result.py"), "-B", "data.eval_limit=200", "data.calib_size=64",
+                           f"out={out}"], capture_output=True, text=True, cwd=tmp_path, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "embedded demo data" in proc.stdout
+    rows = json.loads(out.read_text())
+    assert {("mobilenet_v2_fmnist", m) for m in ("fp32", "pytorch", "B")} <= {(r["model"], r["method"]) for r in rows}
+    fp32 = next(r["value"] for r in rows if r["model"] == "mobilenet_v2_fmnist" and r["method"] == "fp32")
+    assert fp32 > 80 and all(r["n_eval"] == 200 for r in rows)
+    assert "Fashion-MNIST subset" in rows[0]["dataset"]
