@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/integer_agreement_tiny.py
 
-Trains tests/quant/conftest.py's ResidualNet as its fixture does, calibrates each method on 256
+Trains tests/quant/conftest.py's ResidualNet as the test fixture does, calibrates each method on 256
 images and compares both paths on 512 test images.
 """
 
@@ -14,26 +14,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.quant.conftest import ResidualNet, make_dataset  # noqa: E402
+from tests.quant.conftest import make_dataset, train_residual_net  # noqa: E402
 
 from hqbench.quant import quantize  # noqa: E402
 
 
 def main() -> None:
-    torch.manual_seed(0)
-    net = ResidualNet()
-    x, y = make_dataset(2048, seed=1)
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    for _ in range(4):
-        for i in range(0, len(x), 64):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(net(x[i:i + 64]), y[i:i + 64]).backward()
-            opt.step()
-    net.eval()
+    net, accuracy = train_residual_net()
     xt, yt = make_dataset(512, seed=2)
     calib = list(make_dataset(256, seed=3)[0].split(64))
-    with torch.no_grad():
-        print(f"FP32 Top-1 {100 * (net(xt).argmax(1) == yt).float().mean():.2f} on {len(yt)} images")
+    print(f"FP32 Top-1 {100 * accuracy:.2f} on {len(yt)} images")
     print("| method | Top-1 fake | Top-1 integer | same argmax | logits within 1 LSB |\n|---|---|---|---|---|")
     for method in "ABCD":
         q = quantize(net, calib, method=method)
