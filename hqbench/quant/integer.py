@@ -82,7 +82,9 @@ class IntegerExecutor:
         aq = self.q.quantizer(name)
         g = aq.grid
         z = int(aq.zero_point)
-        d = torch.clamp(torch.round(x.double() / aq.scale.double()) + z, g.qmin, g.qmax) - z
+        # The float -> int boundary is the same float32 op as fake-quant: inputs such as
+        # (pixel/127.5 - 1) sit exactly on rounding ties, where float64 would round differently.
+        d = torch.clamp(torch.round(x.float() / aq.scale) + z, g.qmin, g.qmax).double() - z
         return IntTensor(d, aq.scale, z, g.qmin, g.qmax)
 
     def _out_params(self, name: str):
