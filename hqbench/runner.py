@@ -39,7 +39,7 @@ def resolve_data_root(data_cfg: DictConfig) -> str | None:
     if data_cfg.root:
         return str(Path(data_cfg.root).expanduser())
     env = os.environ.get("HQBENCH_DATA")
-    if env and (Path(env).expanduser() / DATA_SUBDIR.get(kind, "")).is_dir() and kind in DATA_SUBDIR:
+    if env and kind in DATA_SUBDIR and (Path(env).expanduser() / DATA_SUBDIR[kind]).is_dir():
         return str(Path(env).expanduser() / DATA_SUBDIR[kind])
     if kind in EMBEDDED:
         return None

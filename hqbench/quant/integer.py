@@ -74,10 +74,6 @@ class IntegerExecutor:
         # BN and activation nodes fused into a compute layer run inside it.
         self.fused = {bn for _, bn in self.plan.folds} | {a for _, a in self.plan.chains.values() if a}
 
-    def _point(self, name: str):
-        point = self.plan.points.get(name)
-        return None if point is None else self.q.quantizer(name)
-
     def _to_int(self, x: torch.Tensor, name: str) -> IntTensor:
         aq = self.q.quantizer(name)
         g = aq.grid
@@ -90,7 +86,7 @@ class IntegerExecutor:
     def _out_params(self, name: str):
         aq = self.q.quantizer(name)
         z = int(aq.zero_point)
-        return aq.scale, z, aq.grid.qmin - z, aq.grid.qmax - z, aq.grid
+        return aq.scale, z, aq.grid.qmin - z, aq.grid.qmax - z
 
     @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor):
@@ -152,7 +148,7 @@ class IntegerExecutor:
                 raise NotImplementedError(f"{node.name}: padding_mode {module.padding_mode!r} has no integer kernel")
             acc = conv(x.d, w_q, b_q, module.stride, pad, module.dilation, module.groups)
             shape = (1, -1) + (1,) * (acc.dim() - 2)
-        s_out, z, lo, hi, _ = self._out_params(end)
+        s_out, z, lo, hi = self._out_params(end)
         m = (s_acc / s_out.double()).reshape(shape)
         act_node = self.graph.by_name[act] if act else None
         fused = fused_activation(act_node) if act_node is not None else None  # BN+act in one module
@@ -179,13 +175,13 @@ class IntegerExecutor:
         return d
 
     def _relu_requant(self, node, x: IntTensor) -> IntTensor:
-        s_out, z, lo, hi, _ = self._out_params(node.name)
+        s_out, z, lo, hi = self._out_params(node.name)
         d = requantize(x.d, (x.scale / s_out).expand_as(x.d), lo, hi)
         return IntTensor(self._clamp_activation(d, node.target if node.kind == "module" else None, node.op,
                                                 node.name, s_out, lo), s_out, z, lo + z, hi + z)
 
     def _join(self, node, args, kwargs) -> IntTensor:
-        s_out, z, lo, hi, _ = self._out_params(node.name)
+        s_out, z, lo, hi = self._out_params(node.name)
 
         def rescale(v):
             return _multiplier(v.scale / s_out) * v.d.to(torch.int64)
