@@ -36,11 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     title = "hqbench: the paper's comparison" + ("" if configured else " (embedded demo data)")
     if not configured:
         console.print("No data configured (data.root=... or HQBENCH_DATA): running the embedded demo "
-                      "(Fashion-MNIST subset shipped with hqbench). See README for your own ImageNet.")
+                      "(Fashion-MNIST subset shipped with hqbench, synthetic SAR scenes). "
+                      "See README for your own ImageNet and HRSID.")
     rows, skipped = [], []
     for entry in entries:
         try:
-            cfg = compose("classification", [f"model={entry.model}", f"data={entry.data}",
+            cfg = compose(entry.get("task", "classification"), [f"model={entry.model}", f"data={entry.data}",
                                              f"method=[fp32,pytorch,{','.join(letters)}]", *overrides])
             rows += run(cfg, console)
         except FileNotFoundError as err:  # weights or data not on this machine: say so, keep going

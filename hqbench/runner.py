@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -21,12 +22,32 @@ from .models import create_model
 from .quant.baseline import ACT_RANGE as PYTORCH_ACT_RANGE
 from .reporting import ResultRow, append_row
 from .tasks.classification import ClassificationTask
+from .tasks.detection import DetectionTask
 
 # Where each datamodule looks under $HQBENCH_DATA; a datamodule in EMBEDDED falls back to its
-# package copy when neither a root nor that folder exists.
-DATA_SUBDIR = {"ImageNetDataModule": "imagenet", "FashionMNISTDataModule": "fashion-mnist"}
-EMBEDDED = {"FashionMNISTDataModule"}
+# package copy (or, for synthetic SAR, generated scenes) when neither a root nor that folder exists.
+DATA_SUBDIR = {"ImageNetDataModule": "imagenet", "FashionMNISTDataModule": "fashion-mnist",
+               "SARShipDataModule": "sar-ships"}
+EMBEDDED = {"FashionMNISTDataModule", "SyntheticSARDataModule"}
 METHODS = ("fp32", "pytorch", "A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a task is evaluated: its LightningModule, the headline metric and what else to record."""
+
+    module: type
+    metric: str  # the row's metric name
+    key: str  # what the module logs for it (a fraction; rows hold percent)
+    extra: dict  # row.extra name -> logged key
+    pytorch_via: str  # QuantizationCallback's route for the "pytorch" column
+
+
+TASKS = {
+    "classification": TaskSpec(ClassificationTask, "top1", "test/top1", {"top5": "test/top5"}, "fx"),
+    # torch.fx cannot trace ultralytics' DetectionModel: torch's default observers go through hooks.
+    "detection": TaskSpec(DetectionTask, "mAP50", "test/mAP50", {"mAP50_95": "test/mAP50_95"}, "hooks"),
+}
 
 
 def resolve_data_root(data_cfg: DictConfig) -> str | None:
@@ -72,41 +93,54 @@ def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
                      callbacks=callbacks + ([RichProgressBar()] if on_terminal else []))
 
 
+def task_spec(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
+    return TASKS[name]
+
+
 def run(cfg: DictConfig, console: Console | None = None) -> list[ResultRow]:
     """Evaluate ``cfg.model`` under every method in ``cfg.method``; rows are appended to ``cfg.out``."""
     console = console or Console()
     bad = [m for m in cfg.method if m not in METHODS]
     if bad:
         raise ValueError(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}")
-    if cfg.task != "classification":
-        raise ValueError(f"task {cfg.task!r} is not available yet; valid: classification")
+    spec = task_spec(cfg.task)
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights)
     dm, source = build_data(cfg, card)
     console.print(f"[bold]{cfg.model.name}[/]: weights {card.weights}; data {source} "
                   f"({len(dm.eval_files)} eval, {len(dm.calibration_files)} calibration images, seed {cfg.seed})")
-    task = ClassificationTask(model, card)
+    task = spec.module(model, card)
+    float_scopes = getattr(task, "float_scopes", ())  # a detector's box decoding stays float
     rows = []
     for method in cfg.method:
         engine = "float" if method == "fp32" else ("fake" if method == "pytorch" else cfg.engine)
-        callbacks = [] if method == "fp32" else [QuantizationCallback(method, engine=engine)]
+        callbacks = [] if method == "fp32" else [
+            QuantizationCallback(method, engine=engine, float_scopes=float_scopes, pytorch_via=spec.pytorch_via)]
         start = time.perf_counter()
         metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
         total = time.perf_counter() - start
         calib = callbacks[0].calib_seconds if callbacks else 0.0
         summary = callbacks[0].summary if callbacks else None
+        if method == "fp32":
+            act_range = "float"
+        elif method == "pytorch" and spec.pytorch_via == "fx":
+            act_range = PYTORCH_ACT_RANGE
+        else:
+            act_range = summary["act_range"]
+        extra = {name: round(100.0 * float(metrics[key]), 2) for name, key in spec.extra.items()}
         row = ResultRow(
-            task=cfg.task, model=cfg.model.name, dataset=source, method=method, metric="top1",
-            value=100.0 * float(metrics["test/top1"]), n_eval=len(dm.eval_files),
+            task=cfg.task, model=cfg.model.name, dataset=source, method=method, metric=spec.metric,
+            value=100.0 * float(metrics[spec.key]), n_eval=len(dm.eval_files),
             n_calib=0 if method == "fp32" else len(dm.calibration_files), seed=cfg.seed,
-            calib_seconds=round(calib, 2), eval_seconds=round(total - calib, 2),
-            act_range={"fp32": "float", "pytorch": PYTORCH_ACT_RANGE}.get(method) or summary["act_range"],
-            engine=engine,
-            extra={"top5": round(100.0 * float(metrics["test/top5"]), 2), "weights": str(card.weights),
+            calib_seconds=round(calib, 2), eval_seconds=round(total - calib, 2), act_range=act_range, engine=engine,
+            extra={**extra, "weights": str(card.weights),
                    "float_ops": ",".join(summary["float_ops"]) if summary else ""},
         )
-        console.print(f"  {method:>7}: top1 {row.value:6.2f}  top5 {row.extra['top5']:6.2f}  "
+        shown = "  ".join(f"{k} {v:6.2f}" for k, v in extra.items())
+        console.print(f"  {method:>7}: {spec.metric} {row.value:6.2f}  {shown}  "
                       f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}")
         rows.append(row)
         if cfg.out:
@@ -118,6 +152,8 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     """Train ``cfg.model`` (from random init unless model.weights is set) on the data's training
     split; write half-precision weights and a Markdown card beside them; return the weights path."""
     console = console or Console()
+    if task_spec(cfg.task) is TASKS["detection"]:
+        return _train_detector(cfg, console, command)
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights or "random")
@@ -147,4 +183,48 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
         f"- FP32 Top-1: {top1:.2f} %\n- weights: float16 state dict\n"
         f"- command: `{command or 'hqbench train task=classification model=' + cfg.model.name}`\n")
     console.print(f"{cfg.model.name}: trained {seconds / 60:.1f} min, FP32 top1 {top1:.2f} -> {out}")
+    return out
+
+
+def _darknet_files() -> tuple[Path, Path]:
+    env = os.environ.get("HQBENCH_DATA")
+    folder = Path(env).expanduser() / "weights" if env else None
+    files = (folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights") if folder else None
+    if files is None or not all(f.is_file() for f in files):
+        raise FileNotFoundError("train.init=darknet needs yolov3-tiny.cfg and yolov3-tiny.weights under "
+                                "$HQBENCH_DATA/weights; set HQBENCH_DATA, or pass train.init=random or a checkpoint")
+    return files
+
+
+def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
+    """Fine-tune YOLOv3-tiny with ultralytics' trainer; write fp16 weights and a card; return the weights path."""
+    from .tasks.yolo_training import save_half_state_dict, train_yolo
+
+    _, card = create_model(cfg.model.name, weights="random")  # the card fixes the input size
+    dm, source = build_data(cfg, card)
+    init = cfg.train.init
+    start = dict(darknet=_darknet_files()) if init == "darknet" else ({} if init == "random" else dict(init=init))
+    work_dir = Path(__file__).resolve().parents[1] / ".cache" / f"train-{cfg.model.name}"
+    console.print(f"[bold]{cfg.model.name}[/]: training on {source} at {card.input_size}px from {init} "
+                  f"({'%.2f h' % cfg.train.hours if cfg.train.hours else '%d epochs' % cfg.train.epochs})")
+    result = train_yolo(dm.root, work_dir, imgsz=card.input_size, epochs=cfg.train.epochs, hours=cfg.train.hours,
+                        batch=cfg.train.batch, seed=cfg.seed, workers=cfg.train.workers, **start)
+    out = Path(cfg.train.checkpoint or Path(__file__).resolve().parents[1] / "checkpoints" / f"{cfg.model.name}.pt")
+    save_half_state_dict(result.weights, out)
+    n_train = len(dm._split("train"))
+    out.with_suffix(".md").write_text(
+        f"# {cfg.model.name}\n\n"
+        f"- architecture: ultralytics yolov3-tiny.yaml with Darknet's LeakyReLU(0.1), one class (ship), "
+        f"anchor-free Detect head\n"
+        f"- data: {source}; trained on train2017 ({n_train} images), evaluated on test2017 "
+        f"({len(dm.eval_files)} images)\n"
+        f"- start: {init}\n"
+        f"- training: ultralytics trainer, {result.epochs} epochs at {card.input_size}px, batch {cfg.train.batch}, "
+        f"seed {cfg.seed}, {result.seconds / 60:.1f} min on this machine (CPU)\n"
+        f"- FP32 mAP50 {100 * result.map50:.2f}, mAP50-95 {100 * result.map50_95:.2f} (ultralytics val on test2017; "
+        f"`hqbench test task=detection model={cfg.model.name} method=fp32` gives the figure used in tables)\n"
+        f"- weights: float16 state dict (EMA weights of the best epoch)\n"
+        f"- command: `{command or 'hqbench train task=detection model=' + cfg.model.name}`\n")
+    console.print(f"{cfg.model.name}: trained {result.epochs} epochs in {result.seconds / 60:.1f} min, "
+                  f"mAP50 {100 * result.map50:.2f} -> {out}")
     return out

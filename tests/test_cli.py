@@ -80,3 +80,18 @@ def test_result_py_runs_the_embedded_demo_without_data(tmp_path, monkeypatch):
     fp32 = next(r["value"] for r in rows if r["model"] == "mobilenet_v2_fmnist" and r["method"] == "fp32")
     assert fp32 > 80 and all(r["n_eval"] == 200 for r in rows)
     assert "Fashion-MNIST subset" in rows[0]["dataset"]
+
+
+def test_detection_task_runs_every_column_through_hooks(tmp_path):
+    """hqbench test task=detection on generated scenes with an untrained detector: the plumbing
+    (letterboxed data, NMS, mAP, hooks-based PyTorch column, restore) independent of any checkpoint."""
+    out = tmp_path / "det.json"
+    code = main(["test", "task=detection", "model=yolov3_tiny_synth", "model.weights=random", "data=synthetic_sar",
+                 f"data.root={tmp_path / 'scenes'}", "data.num_train=4", "data.num_test=3", "data.calib_size=2",
+                 "data.size=128", "method=fp32,pytorch,D", f"out={out}"])
+    assert code == 0
+    rows = json.loads(out.read_text())
+    assert [r["method"] for r in rows] == ["fp32", "pytorch", "D"]
+    assert {r["metric"] for r in rows} == {"mAP50"} and all(0 <= r["value"] <= 100 for r in rows)
+    assert [r["act_range"] for r in rows] == ["float", "0..127", "-128..127"]  # LeakyReLU: signed grid
+    assert all("mAP50_95" in r for r in rows) and "model.model.20" in rows[2]["float_ops"]

@@ -25,7 +25,7 @@ from lightning.pytorch.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils._pytree import tree_map
 
-from ..quant import ALIASES, canonical_name, prepare
+from ..quant import ALIASES, TORCH_X86_ACT_GRID, canonical_name, prepare
 from ..quant.baseline import torch_ao_ptq
 from ..quant.model import QuantizedModel, default_input_fn
 
@@ -48,26 +48,34 @@ class QuantizationCallback(Callback):
     """Quantize a LightningModule for evaluation with method A-D (or torch.ao's default PTQ).
 
     Args:
-        method: ``"A"``-``"D"``, a calibrator name, or ``"pytorch"`` (torch.ao FX x86 default PTQ,
-            which replaces the submodule named by ``submodule`` while active).
+        method: ``"A"``-``"D"``, a calibrator name, or ``"pytorch"``: PyTorch's default x86 PTQ
+            (per-channel symmetric weights, HistogramObserver with reduce_range: 0..127 affine
+            activations). See ``pytorch_via``.
         calib_dataloader: calibration batches; defaults to ``trainer.datamodule.calibration_dataloader()``.
         num_batches: calibration batches per pass (all when None).
         engine: ``"fake"`` (fake-quant) or ``"int"`` (the integer-only reference executor).
         input_fn: maps a batch to the module's positional inputs (default: ``batch[0]``).
         float_scopes: module names whose functional ops stay float (detector decoding).
         submodule: attribute holding the network, used by the ``"pytorch"`` baseline.
+        pytorch_via: how ``"pytorch"`` runs. ``"fx"``: torch.ao itself (FX graph mode, reference
+            model), replacing ``pl_module.<submodule>`` while active. ``"hooks"``: torch's default
+            observers and ranges applied through hqbench's hooks, for networks torch.fx cannot
+            trace (ultralytics' detectors); BN is folded as for A-D.
     """
 
     def __init__(self, method: str = "D", calib_dataloader: Iterable | None = None, num_batches: int | None = None,
                  engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
-                 float_scopes: tuple[str, ...] = (), submodule: str = "model"):
+                 float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx"):
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+        if pytorch_via not in ("fx", "hooks"):
+            raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
         self.method = "pytorch" if method == "pytorch" else canonical_name(method)
         if self.method == "pytorch" and engine != "fake":
             raise ValueError("the pytorch baseline runs as torch's reference model; use engine='fake'")
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
+        self.pytorch_via = pytorch_via
         self.calib_seconds = 0.0
         self.summary: dict | None = None  # what the last activation quantized, kept after restore
         self.qmodel: QuantizedModel | None = None
@@ -132,13 +140,16 @@ class QuantizationCallback(Callback):
         if self._undo:
             return
         start = time.perf_counter()
-        if self.method == "pytorch":
+        if self.method == "pytorch" and self.pytorch_via == "fx":
             self._activate_baseline(trainer, pl_module)
         else:
+            hooks_baseline = self.method == "pytorch"  # torch's HistogramObserver = calibrator C, on 0..127
+            method, act_grid = ("histogram", TORCH_X86_ACT_GRID) if hooks_baseline else (self.method, None)
             needs_data = self._saved_state is None  # a restored checkpoint needs one batch, to record the graph
             batches = self._calibration_batches(trainer, pl_module.device, limit=None if needs_data else 1)
             example = self.input_fn(batches[0])
-            qmodel = prepare(pl_module, example, self.method, inplace=True, float_scopes=self.float_scopes)
+            qmodel = prepare(pl_module, example, method, inplace=True, float_scopes=self.float_scopes,
+                             act_grid=act_grid)
             self._undo.append(qmodel.remove)
             if needs_data:
                 with _progress(f"calibrating {self.letter}", len(batches) * qmodel.num_passes) as advance:

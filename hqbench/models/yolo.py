@@ -27,6 +27,7 @@ CACHE_DIR = REPO / ".cache" / "ultralytics"
 CHECKPOINTS = REPO / "checkpoints"
 LEAKY = "nn.LeakyReLU(0.1)"  # Darknet's "leaky"; ultralytics' yolov3-tiny.yaml would give SiLU
 SAR_INPUT_SIZE = 512  # SSDD images are at most 653 px wide, mostly 500: 512 keeps small ships at scale
+SYNTH_INPUT_SIZE = 256  # hqbench.data.synthetic_sar's default scene size
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")  # what ultralytics' check_font would download
 
 
@@ -144,6 +145,28 @@ def _read_detection_state(path: Path) -> dict[str, torch.Tensor]:
         return net.float().state_dict()
 
 
+def _yolo_sar_model(name: str, input_size: int, weights: str | None) -> tuple[nn.Module, ModelCard]:
+    source = RANDOM
+    path = None
+    if weights != RANDOM:
+        path = Path(weights).expanduser() if weights else CHECKPOINTS / f"{name}.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with "
+                                    f"`hqbench train task=detection model={name} ...`, or pass model.weights=PATH)")
+        source = str(path)
+    model = build_yolov3_tiny(nc=1)
+    if path is not None:
+        state = {k: v.float() for k, v in _read_detection_state(path).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{name}: weights file {path} does not fit the architecture; "
+                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    # Pixels scaled to [0, 1], no normalisation; letterboxed to input_size (grey 114 padding).
+    card = ModelCard(name=name, input_size=input_size, resize=input_size, mean=(0.0,) * 3, std=(1.0,) * 3,
+                     num_classes=1, weights=source)
+    return model.eval(), card
+
+
 @register_model("yolov3_tiny_sar")
 def yolov3_tiny_sar(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
     """YOLOv3-tiny (LeakyReLU, one class: ship) fine-tuned on SAR ships; 512x512 letterboxed input.
@@ -157,23 +180,10 @@ def yolov3_tiny_sar(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
         FileNotFoundError: the weights file is missing (naming it and how to make it).
         ValueError: the file does not fit the architecture.
     """
-    source = RANDOM
-    path = None
-    if weights != RANDOM:
-        path = Path(weights).expanduser() if weights else CHECKPOINTS / "yolov3_tiny_sar.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"yolov3_tiny_sar: weights file {path} does not exist (train it with "
-                                    "`hqbench train task=detection model=yolov3_tiny_sar ...`, "
-                                    "or pass model.weights=PATH)")
-        source = str(path)
-    model = build_yolov3_tiny(nc=1)
-    if path is not None:
-        state = {k: v.float() for k, v in _read_detection_state(path).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"yolov3_tiny_sar: weights file {path} does not fit the architecture; "
-                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
-    # Pixels scaled to [0, 1], no normalisation; letterboxed to input_size (grey 114 padding).
-    card = ModelCard(name="yolov3_tiny_sar", input_size=SAR_INPUT_SIZE, resize=SAR_INPUT_SIZE, mean=(0.0,) * 3,
-                     std=(1.0,) * 3, num_classes=1, weights=source)
-    return model.eval(), card
+    return _yolo_sar_model("yolov3_tiny_sar", SAR_INPUT_SIZE, weights)
+
+
+@register_model("yolov3_tiny_synth")
+def yolov3_tiny_synth(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """YOLOv3-tiny trained on the embedded synthetic SAR scenes (256x256); weights as :func:`yolov3_tiny_sar`."""
+    return _yolo_sar_model("yolov3_tiny_synth", SYNTH_INPUT_SIZE, weights)

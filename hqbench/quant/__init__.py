@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .calibrators import ALIASES, TITLES, canonical_name, create_calibrator, list_calibrators
-from .grid import QuantGrid, range_to_qparams
+from .grid import TORCH_X86_ACT_GRID, QuantGrid, range_to_qparams
 from .model import QuantizedModel, default_input_fn
 
 
@@ -45,18 +45,20 @@ def _example_from(data: Iterable, input_fn: Callable) -> tuple:
 
 
 def prepare(model: nn.Module, example_inputs: tuple | torch.Tensor, method: str = "D", *, inplace: bool = False,
-            act_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = ()) -> QuantizedModel:
+            act_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = (),
+            act_grid: QuantGrid | None = None) -> QuantizedModel:
     """Fold BN and attach (uncalibrated) quantizers; no data is observed yet.
 
     Use this with :meth:`QuantizedModel.load_quant_state_dict` to restore saved qparams without
-    recalibrating.
+    recalibrating. ``act_grid`` stores every activation on one grid instead of the hybrid
+    scheme's per-producer choice (e.g. :data:`TORCH_X86_ACT_GRID`, torch's default).
     """
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not inplace:
         model = copy.deepcopy(model)
     return QuantizedModel(model.eval(), example_inputs, method, act_bits=act_bits,
-                          weight_per_channel=weight_per_channel, float_scopes=float_scopes)
+                          weight_per_channel=weight_per_channel, float_scopes=float_scopes, act_grid=act_grid)
 
 
 def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None], method: str = "D", *,
@@ -86,6 +88,6 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
 
 
 __all__ = [
-    "ALIASES", "TITLES", "QuantGrid", "QuantizedModel", "canonical_name", "create_calibrator",
+    "ALIASES", "TITLES", "TORCH_X86_ACT_GRID", "QuantGrid", "QuantizedModel", "canonical_name", "create_calibrator",
     "list_calibrators", "prepare", "quantize", "range_to_qparams",
 ]

@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-ACT_RANGE = "0..127"  # quint8 with reduce_range=True
+from .grid import TORCH_X86_ACT_GRID
+
+ACT_RANGE = TORCH_X86_ACT_GRID.describe()  # quint8 with reduce_range=True
 
 
 @torch.no_grad()

@@ -43,6 +43,10 @@ class QuantGrid:
         return f"{self.qmin}..{self.qmax}"
 
 
+# torch.ao's default x86 activations: quint8 with reduce_range=True, i.e. affine 0..127 everywhere.
+TORCH_X86_ACT_GRID = QuantGrid(bits=7, signed=False)
+
+
 def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point that map ``[lo, hi]`` (widened to contain 0) onto ``grid``.
 

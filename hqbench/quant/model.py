@@ -19,7 +19,7 @@ from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
 from .points import attach_points
 from .graph import Graph, record
-from .grid import fake_quantize_weight, weight_qparams
+from .grid import QuantGrid, fake_quantize_weight, weight_qparams
 from .scheme import Plan, analyse
 
 STATE_VERSION = 1  # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
@@ -45,7 +45,8 @@ class QuantizedModel(nn.Module):
     """
 
     def __init__(self, model: nn.Module, example_inputs: tuple, method: str, act_bits: int = 8,
-                 weight_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = ()):
+                 weight_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = (),
+                 act_grid: QuantGrid | None = None):
         super().__init__()
         self.method = canonical_name(method)
         self.act_bits, self.weight_bits, self.weight_per_channel = act_bits, weight_bits, weight_per_channel
@@ -54,7 +55,8 @@ class QuantizedModel(nn.Module):
         self.plan: Plan = analyse(self.graph, act_bits, float_scopes)
         self._folds = fold_batchnorm(model, self.plan.folds)
         self.quantizers = nn.ModuleDict(
-            {_key(p.name): ActQuantizer(p.name, create_calibrator(self.method), p.grid) for p in self.plan.points.values()}
+            {_key(p.name): ActQuantizer(p.name, create_calibrator(self.method), act_grid or p.grid)
+             for p in self.plan.points.values()}
         )
         self._float_weights: dict[str, torch.Tensor] = {}
         self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)

@@ -32,3 +32,21 @@ def test_same_qparams_as_torch_ao(method, kind, signed):
     scale, zp = range_to_qparams(*calibrator.compute_range(grid), grid)
     assert torch.allclose(scale, ref_scale.reshape(()), rtol=1e-6), (scale, ref_scale)
     assert int(zp) == int(ref_zp)
+
+
+@pytest.mark.parametrize("kind", ["signed", "relu"])
+def test_pytorch_column_through_hooks_matches_torch_x86_default(kind):
+    """The detector's PyTorch column: calibrator C on TORCH_X86_ACT_GRID gives the qparams of torch's
+    default x86 activation observer, HistogramObserver(reduce_range=True) on quint8."""
+    from hqbench.quant import TORCH_X86_ACT_GRID
+
+    observer = HistogramObserver(dtype=torch.quint8, reduce_range=True)
+    calibrator = create_calibrator("C")
+    for x in _batches(kind):
+        observer(x)
+        calibrator.observe(x)
+    ref_scale, ref_zp = observer.calculate_qparams()
+    scale, zp = range_to_qparams(*calibrator.compute_range(TORCH_X86_ACT_GRID), TORCH_X86_ACT_GRID)
+    assert TORCH_X86_ACT_GRID.describe() == "0..127"
+    assert torch.allclose(scale, ref_scale.reshape(()), rtol=1e-6), (scale, ref_scale)
+    assert int(zp) == int(ref_zp)

@@ -1,0 +1,82 @@
+"""Fine-tune YOLOv3-tiny on HRSID-layout data with ultralytics' trainer (its loss, augmentation, EMA).
+
+Detection training is ultralytics' job; hqbench adds the offline guard, the Darknet start, the
+conversion of the HRSID layout into ultralytics' (under a cache, never in the data folder) and
+the half-precision checkpoint that :func:`hqbench.models.yolo.yolov3_tiny_sar` loads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from hqbench.data.sar import write_yolo_dataset
+from hqbench.models.yolo import convert_darknet, offline_ultralytics, save_ultralytics_checkpoint
+
+
+@dataclass
+class YoloTrainResult:
+    weights: Path  # ultralytics' best.pt (EMA weights of the best validation epoch)
+    epochs: int  # epochs actually run (ultralytics fits them to ``hours`` when that is set)
+    seconds: float
+    map50: float  # ultralytics' validation mAP50 of best.pt on the test split
+    map50_95: float
+
+
+def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path | None = None,
+               darknet: tuple[str | Path, str | Path] | None = None, imgsz: int = 512, epochs: int = 30,
+               hours: float | None = None, batch: int = 16, seed: int = 0, workers: int = 0,
+               close_mosaic: int = 3, warmup_epochs: float = 1.0) -> YoloTrainResult:
+    """Fine-tune YOLOv3-tiny (LeakyReLU) on ``data_root`` (HRSID layout) and return ultralytics' best weights.
+
+    Args:
+        data_root: folder with ``JPEGImages/`` and ``annotations/{train2017,test2017}.json``.
+        work_dir: cache for the converted dataset and ultralytics' run folder.
+        init: an ultralytics/hqbench checkpoint to start from; else ``darknet``.
+        darknet: ``(cfg, weights)`` of the official Darknet YOLOv3-tiny: backbone and neck start
+            from it, the one-class head is fresh. Neither ``init`` nor ``darknet``: random start.
+        imgsz: square training size. epochs / hours: ultralytics' ``epochs`` / ``time`` (hours
+            override epochs and the learning-rate schedule is fitted to them).
+        close_mosaic: last epochs trained without mosaic augmentation.
+        warmup_epochs: learning-rate warm-up (ultralytics' default 3 is most of a short CPU run).
+    """
+    ul = offline_ultralytics()
+    work_dir = Path(work_dir).expanduser().resolve()
+    data_yaml = write_yolo_dataset(data_root, work_dir / "dataset")
+    if init is None:
+        from hqbench.models.yolo import build_yolov3_tiny
+
+        model = convert_darknet(*darknet, nc=1) if darknet else build_yolov3_tiny(nc=1)
+        init = save_ultralytics_checkpoint(model, work_dir / "init.pt")
+    run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+    extra = {"time": hours} if hours else {}
+    start = time.perf_counter()
+    yolo = ul.YOLO(str(init))
+    yolo.train(data=str(data_yaml), imgsz=imgsz, epochs=epochs, batch=batch, seed=seed, deterministic=True,
+               workers=workers, amp=False, device="cpu" if not torch.cuda.is_available() else None,
+               close_mosaic=close_mosaic, warmup_epochs=warmup_epochs, project=str(work_dir / "runs"), name=run_name, plots=False,
+               exist_ok=False, verbose=False, **extra)
+    seconds = time.perf_counter() - start
+    trainer = yolo.trainer
+    best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
+    metrics = ul.YOLO(str(best)).val(data=str(data_yaml), imgsz=imgsz, batch=batch, split="val", plots=False,
+                                     project=str(work_dir / "runs"), name=run_name + "-val", verbose=False)
+    return YoloTrainResult(weights=best, epochs=int(trainer.epoch) + 1, seconds=seconds,
+                           map50=float(metrics.box.map50), map50_95=float(metrics.box.map))
+
+
+def save_half_state_dict(weights: str | Path, out: str | Path) -> Path:
+    """Write an ultralytics checkpoint's (EMA) network as a float16 state dict, atomically."""
+    from hqbench.models.yolo import _read_detection_state
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in _read_detection_state(Path(weights)).items()}
+    tmp = out.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out)
+    return out
