@@ -19,6 +19,7 @@ from rich.console import Console
 
 from .callbacks import QuantizationCallback
 from .models import create_model
+from .models._weights import CHECKPOINTS
 from .quant.baseline import ACT_RANGE as PYTORCH_ACT_RANGE
 from .reporting import ResultRow, append_row
 from .tasks.classification import ClassificationTask
@@ -168,7 +169,7 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     seconds = time.perf_counter() - start
     top1 = 100.0 * float(trainer.test(task, datamodule=dm, verbose=False)[0]["test/top1"])
-    out = Path(cfg.train.checkpoint or Path(__file__).resolve().parents[1] / "checkpoints" / f"{cfg.model.name}.pt")
+    out = Path(cfg.train.checkpoint or CHECKPOINTS / f"{cfg.model.name}.pt")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in task.model.state_dict().items()}, tmp)
@@ -209,7 +210,7 @@ def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
                   f"({'%.2f h' % cfg.train.hours if cfg.train.hours else '%d epochs' % cfg.train.epochs})")
     result = train_yolo(dm.root, work_dir, imgsz=card.input_size, epochs=cfg.train.epochs, hours=cfg.train.hours,
                         batch=cfg.train.batch, seed=cfg.seed, workers=cfg.train.workers, **start)
-    out = Path(cfg.train.checkpoint or Path(__file__).resolve().parents[1] / "checkpoints" / f"{cfg.model.name}.pt")
+    out = Path(cfg.train.checkpoint or CHECKPOINTS / f"{cfg.model.name}.pt")
     save_half_state_dict(result.weights, out)
     n_train = len(dm._split("train"))
     out.with_suffix(".md").write_text(

@@ -13,12 +13,12 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
 from hqbench.data.transforms import build_transform
 from hqbench.models.card import ModelCard
 
@@ -68,7 +68,7 @@ class ArrayImageDataset(Dataset):
         return self.transform(Image.fromarray(self.images[i], mode="L")), int(self.labels[i])
 
 
-class FashionMNISTDataModule(L.LightningDataModule):
+class FashionMNISTDataModule(BenchmarkDataModule):
     """Evaluation on the test split, calibration drawn from the training split with a seed.
 
     Args:
@@ -83,13 +83,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
                  num_workers: int = 0, eval_limit: int | None = None, calib_size: int = 256, seed: int = 0,
                  train_limit: int | None = None):
         super().__init__()
+        check_sizes(eval_limit, calib_size)
         self.root = None if root is None else Path(root).expanduser()
         self.card, self.batch_size, self.num_workers = card, batch_size, num_workers
         self.eval_limit, self.calib_size, self.seed, self.train_limit = eval_limit, calib_size, seed, train_limit
         self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
-
-    def set_card(self, card: ModelCard) -> None:
-        self.card = card
 
     @property
     def source(self) -> str:
@@ -120,8 +118,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return np.arange(min(n, self.eval_limit) if self.eval_limit else n)
 
     def _seeded(self, count: int, salt: int) -> np.ndarray:
-        g = torch.Generator().manual_seed(self.seed * 1000 + salt)
-        return torch.randperm(len(self._arrays["train"][1]), generator=g)[:count].numpy()
+        return np.array(seeded_draw(len(self._arrays["train"][1]), count, self.seed * 1000 + salt), dtype=np.int64)
 
     @property
     def eval_files(self) -> list[str]:
@@ -144,15 +141,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
         n = len(self._arrays["train"][1])
         return self._loader(self._subset("train", self._seeded(min(self.train_limit or n, n), salt=2)), shuffle=True)
 
-    def test_dataloader(self) -> DataLoader:
+    def _eval_samples(self) -> tuple[np.ndarray, np.ndarray]:
         self.setup()
-        return self._loader(self._subset("test", self._eval_indices()))
+        return self._subset("test", self._eval_indices())
 
-    val_dataloader = predict_dataloader = test_dataloader
-
-    def calibration_dataloader(self) -> DataLoader:
+    def _calib_samples(self) -> tuple[np.ndarray, np.ndarray]:
         self.setup()
-        return self._loader(self._subset("train", self._seeded(self.calib_size, salt=1)))
+        return self._subset("train", self._seeded(self.calib_size, salt=1))
 
 
 def build_embedded_subset(root: str | Path, out: str | Path = EMBEDDED) -> None:

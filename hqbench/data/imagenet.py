@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-import lightning as L
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
 from hqbench.data.transforms import build_transform
 from hqbench.models.card import ModelCard
 
@@ -61,7 +61,7 @@ def read_synset_mapping(path: Path) -> list[str]:
     return wnids
 
 
-class ImageNetDataModule(L.LightningDataModule):
+class ImageNetDataModule(BenchmarkDataModule):
     """Evaluation batches from ``val/`` and calibration batches from ``train/``.
 
     Args:
@@ -89,10 +89,7 @@ class ImageNetDataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        if eval_limit is not None and eval_limit < 1:
-            raise ValueError(f"eval_limit must be a positive integer or None, got {eval_limit}")
-        if calib_size < 1:
-            raise ValueError(f"calib_size must be a positive integer, got {calib_size}")
+        check_sizes(eval_limit, calib_size)
         self.root = Path(root).expanduser()
         self.card = card
         self.batch_size = batch_size
@@ -103,10 +100,6 @@ class ImageNetDataModule(L.LightningDataModule):
         self._classes: list[str] | None = None
         self._eval: list[tuple[Path, int]] | None = None
         self._calib: list[tuple[Path, int]] | None = None
-
-    def set_card(self, card: ModelCard) -> None:
-        """Set the ModelCard whose preprocessing the loaders apply."""
-        self.card = card
 
     @property
     def classes(self) -> list[str]:
@@ -146,10 +139,8 @@ class ImageNetDataModule(L.LightningDataModule):
                     f"calib_size={self.calib_size} but {self.root / 'train'} holds only "
                     f"{len(pool)} images"
                 )
-            # torch.Generator (not Python's random) so the draw is the same on every platform and
-            # rank; the pool is sorted first so the draw does not depend on directory order.
-            g = torch.Generator().manual_seed(self.seed)
-            order = torch.randperm(len(pool), generator=g)[: self.calib_size].tolist()
+            # The pool is sorted, so the draw does not depend on directory order.
+            order = seeded_draw(len(pool), self.calib_size, self.seed)
             self._calib = [pool[i] for i in order]
         return self._calib
 
@@ -190,19 +181,3 @@ class ImageNetDataModule(L.LightningDataModule):
         dataset = ImageListDataset(samples, build_transform(self.card))
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        """Evaluation batches ``(images, labels)``."""
-        return self._loader(self._eval_samples())
-
-    def val_dataloader(self) -> DataLoader:
-        """Same as :meth:`test_dataloader`: ImageNet's val split is the benchmark's test set."""
-        return self._loader(self._eval_samples())
-
-    def predict_dataloader(self) -> DataLoader:
-        """Same as :meth:`test_dataloader`."""
-        return self._loader(self._eval_samples())
-
-    def calibration_dataloader(self) -> DataLoader:
-        """Calibration batches ``(images, labels)``, unshuffled, in ``calibration_files`` order."""
-        return self._loader(self._calib_samples())

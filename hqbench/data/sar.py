@@ -17,12 +17,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
 from hqbench.models.card import ModelCard
 
 SPLITS = {"train": "train2017", "test": "test2017"}
@@ -167,7 +167,7 @@ def write_yolo_dataset(root: str | Path, out_dir: str | Path) -> Path:
     return yaml
 
 
-class SARShipDataModule(L.LightningDataModule):
+class SARShipDataModule(BenchmarkDataModule):
     """Test batches from ``test2017`` and seeded calibration batches from ``train2017``.
 
     Batches are ``(images (N, 3, imgsz, imgsz), [target dict, ...])``; see :func:`collate`.
@@ -186,10 +186,7 @@ class SARShipDataModule(L.LightningDataModule):
     def __init__(self, root: str | Path, card: ModelCard | None = None, imgsz: int = 512, batch_size: int = 16,
                  num_workers: int = 0, eval_limit: int | None = None, calib_size: int = 64, seed: int = 0):
         super().__init__()
-        if eval_limit is not None and eval_limit < 1:
-            raise ValueError(f"eval_limit must be a positive integer or None, got {eval_limit}")
-        if calib_size < 1:
-            raise ValueError(f"calib_size must be a positive integer, got {calib_size}")
+        check_sizes(eval_limit, calib_size)
         self.root = Path(root).expanduser()
         self.imgsz = card.input_size if card is not None else imgsz
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -236,22 +233,9 @@ class SARShipDataModule(L.LightningDataModule):
             if self.calib_size > len(pool):
                 raise ValueError(f"calib_size={self.calib_size} but {self.root / 'annotations'}/"
                                  f"{SPLITS['train']}.json lists only {len(pool)} images")
-            g = torch.Generator().manual_seed(self.seed)  # same draw on every platform and rank
-            self._calib = [pool[i] for i in torch.randperm(len(pool), generator=g)[: self.calib_size].tolist()]
+            self._calib = [pool[i] for i in seeded_draw(len(pool), self.calib_size, self.seed)]
         return self._calib
 
     def _loader(self, samples: list[Sample]) -> DataLoader:
         return DataLoader(SARShipDataset(samples, self.imgsz), batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers, collate_fn=collate)
-
-    def test_dataloader(self) -> DataLoader:
-        """Evaluation batches from ``test2017``."""
-        return self._loader(self._eval_samples())
-
-    def val_dataloader(self) -> DataLoader:
-        """Same as :meth:`test_dataloader` (SSDD/HRSID ship no separate validation split)."""
-        return self._loader(self._eval_samples())
-
-    def calibration_dataloader(self) -> DataLoader:
-        """Calibration batches from ``train2017``, unshuffled, in ``calibration_files`` order."""
-        return self._loader(self._calib_samples())

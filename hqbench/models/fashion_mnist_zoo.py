@@ -17,9 +17,8 @@ from torchvision import models as tvm
 
 from hqbench.models._registry import register_model
 from hqbench.models.card import ModelCard
-from hqbench.models.torchvision_zoo import RANDOM, _read_state_dict
+from hqbench.models._weights import CHECKPOINTS, RANDOM, read_state_dict
 
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 # Fashion-MNIST training-set pixel statistics, replicated over the three channels.
 _MEAN, _STD = (0.2860,) * 3, (0.3530,) * 3
 
@@ -47,7 +46,7 @@ def _build(name: str, weights: str | None) -> tuple[nn.Module, ModelCard]:
         if not path.is_file():
             raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with "
                                     f"`hqbench train task=classification data=fashion_mnist model={name} ...`)")
-        model.load_state_dict({k: v.float() for k, v in _read_state_dict(path).items()})
+        model.load_state_dict({k: v.float() for k, v in read_state_dict(path).items()})
         source = str(path)
     card = ModelCard(name=name, input_size=32, resize=32, mean=_MEAN, std=_STD, num_classes=10, weights=source)
     return model.eval(), card

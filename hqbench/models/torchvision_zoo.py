@@ -9,7 +9,7 @@ have put them. Nothing is downloaded: a missing file raises with the exact path 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 
@@ -18,10 +18,9 @@ from torch import nn
 from torchvision import models as tvm
 
 from hqbench.models._registry import register_model
+from hqbench.models._weights import RANDOM, read_state_dict
 from hqbench.models.card import ModelCard
 
-RANDOM = "random"
-_LIGHTNING_PREFIX = "model."  # ClassificationTask keeps the classifier in its ``model`` attribute
 # torchvision's GoogLeNet checkpoint still carries the two training-only auxiliary heads.
 _GOOGLENET_AUX = ("aux1.", "aux2.")
 
@@ -40,25 +39,6 @@ def _card(name: str, weights_enum: Enum, source: str, imagenet_norm: bool = True
         num_classes=len(weights_enum.meta["categories"]), weights=source,
         interpolation=t.interpolation.value,
     )
-
-
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle errors come in many types; say which file broke
-        raise ValueError(f"could not read weights file {path}: {err}") from err
-    if not isinstance(obj, Mapping):
-        raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning checkpoint
-        sd = obj["state_dict"]
-        foreign = sorted(k for k in sd if not k.startswith(_LIGHTNING_PREFIX))
-        if foreign:
-            raise ValueError(
-                f"Lightning checkpoint {path}: expected every state_dict key to start with "
-                f"{_LIGHTNING_PREFIX!r}, found e.g. {foreign[:3]}"
-            )
-        return {k[len(_LIGHTNING_PREFIX):]: v for k, v in sd.items()}
-    return dict(obj)
 
 
 def _resolve_file(name: str, weights: str | None, weights_enum: Enum) -> Path:
@@ -89,7 +69,7 @@ def _build(
     if weights == RANDOM:
         return model, _card(name, weights_enum, RANDOM, imagenet_norm)
     path = _resolve_file(name, weights, weights_enum)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
     # Non-strict only so the listed prefixes may be absent from the model; anything else must match.
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.startswith(ignore_prefixes)]

@@ -20,11 +20,10 @@ from torch import nn
 from hqbench.models._registry import register_model
 from hqbench.models.card import ModelCard
 from hqbench.models.darknet import DarknetYoloHead, load_darknet_weights
-from hqbench.models.torchvision_zoo import RANDOM, _read_state_dict
+from hqbench.models._weights import CHECKPOINTS, RANDOM, read_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "ultralytics"
-CHECKPOINTS = REPO / "checkpoints"
 LEAKY = "nn.LeakyReLU(0.1)"  # Darknet's "leaky"; ultralytics' yolov3-tiny.yaml would give SiLU
 SAR_INPUT_SIZE = 512  # SSDD images are at most 653 px wide, mostly 500: 512 keeps small ships at scale
 SYNTH_INPUT_SIZE = 256  # hqbench.data.synthetic_sar's default scene size
@@ -130,10 +129,10 @@ def save_ultralytics_checkpoint(model: nn.Module, path: str | Path) -> Path:
     return path
 
 
-def _read_detection_state(path: Path) -> dict[str, torch.Tensor]:
+def read_detection_state(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a plain/Lightning file, or from an ultralytics checkpoint (``ema``/``model``)."""
     try:
-        return _read_state_dict(path)
+        return read_state_dict(path)
     except ValueError:
         offline_ultralytics()
         from ultralytics.nn.tasks import torch_safe_load
@@ -156,7 +155,7 @@ def _yolo_sar_model(name: str, input_size: int, weights: str | None) -> tuple[nn
         source = str(path)
     model = build_yolov3_tiny(nc=1)
     if path is not None:
-        state = {k: v.float() for k, v in _read_detection_state(path).items()}
+        state = {k: v.float() for k, v in read_detection_state(path).items()}
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"{name}: weights file {path} does not fit the architecture; "

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from hqbench.data.sar import write_yolo_dataset
-from hqbench.models.yolo import convert_darknet, offline_ultralytics, save_ultralytics_checkpoint
+from hqbench.models.yolo import (build_yolov3_tiny, convert_darknet, offline_ultralytics, read_detection_state,
+                                 save_ultralytics_checkpoint)
 
 
 @dataclass
@@ -48,8 +49,6 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
     work_dir = Path(work_dir).expanduser().resolve()
     data_yaml = write_yolo_dataset(data_root, work_dir / "dataset")
     if init is None:
-        from hqbench.models.yolo import build_yolov3_tiny
-
         model = convert_darknet(*darknet, nc=1) if darknet else build_yolov3_tiny(nc=1)
         init = save_ultralytics_checkpoint(model, work_dir / "init.pt")
     run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -71,11 +70,9 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
 
 def save_half_state_dict(weights: str | Path, out: str | Path) -> Path:
     """Write an ultralytics checkpoint's (EMA) network as a float16 state dict, atomically."""
-    from hqbench.models.yolo import _read_detection_state
-
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in _read_detection_state(Path(weights)).items()}
+    state = {k: v.half() if v.is_floating_point() else v for k, v in read_detection_state(Path(weights)).items()}
     tmp = out.with_suffix(".tmp")
     torch.save(state, tmp)
     os.replace(tmp, out)
