@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg, console, command="hqbench " + " ".join(argv))
             return 0
         rows = run(cfg, console)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+    except (ValueError, FileNotFoundError, KeyError, NotImplementedError) as err:
         console.print(f"[red]error:[/] {err}")
         return 1
     print_tables(rows, title=f"hqbench {task}", console=console)

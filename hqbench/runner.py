@@ -205,7 +205,7 @@ def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
     dm, source = build_data(cfg, card)
     init = cfg.train.init
     start = dict(darknet=_darknet_files()) if init == "darknet" else ({} if init == "random" else dict(init=init))
-    work_dir = Path(__file__).resolve().parents[1] / ".cache" / f"train-{cfg.model.name}"
+    work_dir = Path(cfg.train.work_dir or Path(__file__).resolve().parents[1] / ".cache" / f"train-{cfg.model.name}")
     console.print(f"[bold]{cfg.model.name}[/]: training on {source} at {card.input_size}px from {init} "
                   f"({'%.2f h' % cfg.train.hours if cfg.train.hours else '%d epochs' % cfg.train.epochs})")
     result = train_yolo(dm.root, work_dir, imgsz=card.input_size, epochs=cfg.train.epochs, hours=cfg.train.hours,

@@ -95,3 +95,21 @@ def test_detection_task_runs_every_column_through_hooks(tmp_path):
     assert {r["metric"] for r in rows} == {"mAP50"} and all(0 <= r["value"] <= 100 for r in rows)
     assert [r["act_range"] for r in rows] == ["float", "0..127", "-128..127"]  # LeakyReLU: signed grid
     assert all("mAP50_95" in r for r in rows) and "model.model.20" in rows[2]["float_ops"]
+
+
+def test_train_detection_writes_half_precision_weights_and_a_card(tmp_path):
+    """hqbench train task=detection: ultralytics fine-tunes, the result loads through the registry."""
+    ckpt = tmp_path / "det.pt"
+    code = main(["train", "task=detection", "model=yolov3_tiny_synth", "data=synthetic_sar",
+                 f"data.root={tmp_path / 'scenes'}", "data.num_train=4", "data.num_test=2", "data.calib_size=2",
+                 "train.init=random", "train.epochs=1", "train.batch=2", f"train.checkpoint={ckpt}",
+                 f"train.work_dir={tmp_path / 'work'}"])
+    assert code == 0
+    state = __import__("torch").load(ckpt, weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {__import__("torch").float16}
+    card = ckpt.with_suffix(".md").read_text()
+    assert "1 epochs" in card and "train2017 (4 images)" in card and "FP32 mAP50" in card
+    from hqbench.models import create_model
+
+    model, model_card = create_model("yolov3_tiny_synth", weights=str(ckpt))
+    assert model_card.weights == str(ckpt)

@@ -69,6 +69,12 @@ class IntegerExecutor:
             raise RuntimeError("the integer executor needs a calibrated model: run calibrate() first")
         self.q = qmodel
         self.graph, self.plan = qmodel.graph, qmodel.plan
+        # A consumer of one element of a multi-output op was recorded against the whole op.
+        split = next((n for n in self.graph.nodes if n.multi_output and n.users), None)
+        if split is not None:
+            raise NotImplementedError(
+                f"the integer executor cannot replay {split.name!r} ({split.op} returns several tensors, "
+                f"in {split.scope or 'the top level'}); use engine='fake' for this model")
         self.modules = dict(qmodel.model.named_modules())
         self.chain_of = {end: compute for compute, (end, _) in self.plan.chains.items()}
         # BN and activation nodes fused into a compute layer run inside it.

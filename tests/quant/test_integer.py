@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from hqbench.quant import quantize
 
@@ -22,3 +23,21 @@ def test_integer_path_agrees_with_fake_quant(trained_net, calib_batches, method)
     assert (fake.argmax(1) == integer.argmax(1)).float().mean() >= 0.99
     assert ((fake_q - int_q).abs() <= 1).float().mean() >= 0.999
     assert (integer.argmax(1) == y).float().mean() >= float_acc - 0.03
+
+
+def test_multi_output_ops_are_refused_by_name():
+    """A consumer of one chunk of torch.chunk cannot be replayed: say which op, not a TypeError."""
+    from hqbench.quant import quantize
+
+    class Split(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 4, 1)
+
+        def forward(self, x):
+            a, b = torch.chunk(self.conv(x), 2, dim=1)
+            return a * b
+
+    qmodel = quantize(Split().eval(), [torch.randn(2, 2, 4, 4)], method="B")
+    with pytest.raises(NotImplementedError, match="chunk"):
+        qmodel.integer_executor()
