@@ -67,7 +67,7 @@ def test_result_py_prints_the_paper_table(real_data, tmp_path):
 
 def test_result_py_runs_the_embedded_demo_without_data(tmp_path, monkeypatch):
     """A fresh machine: no HQBENCH_DATA, no data.root. Rows come from the embedded Fashion-MNIST
-    subset and the committed checkpoints; a row whose checkpoint is missing says which file."""
+    subset, generated SAR scenes and the committed checkpoints."""
     monkeypatch.delenv("HQBENCH_DATA", raising=False)
     out = tmp_path / "demo.json"
     env = {k: v for k, v in __import__("os").environ.items() if k != "HQBENCH_DATA"}
@@ -78,8 +78,12 @@ def test_result_py_runs_the_embedded_demo_without_data(tmp_path, monkeypatch):
     rows = json.loads(out.read_text())
     assert {("mobilenet_v2_fmnist", m) for m in ("fp32", "pytorch", "B")} <= {(r["model"], r["method"]) for r in rows}
     fp32 = next(r["value"] for r in rows if r["model"] == "mobilenet_v2_fmnist" and r["method"] == "fp32")
-    assert fp32 > 80 and all(r["n_eval"] == 200 for r in rows)
+    classification = [r for r in rows if r["task"] == "classification"]
+    assert fp32 > 80 and all(r["n_eval"] == 200 for r in classification)
     assert "Fashion-MNIST subset" in rows[0]["dataset"]
+    detection = {r["method"]: r for r in rows if r["task"] == "detection"}
+    assert set(detection) == {"fp32", "pytorch", "B"} and "synthetic SAR" in detection["fp32"]["dataset"]
+    assert detection["fp32"]["value"] > 50 and detection["B"]["value"] > 50
 
 
 def test_detection_task_runs_every_column_through_hooks(tmp_path):

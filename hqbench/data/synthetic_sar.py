@@ -43,7 +43,7 @@ class SceneConfig:
 
     size: int = 256
     ships: tuple[int, int] = (1, 8)  # ships per scene, inclusive
-    ship_length: tuple[float, float] = (8.0, 40.0)  # log-uniform
+    ship_length: tuple[float, float] = (10.0, 48.0)  # log-uniform
     aspect: tuple[float, float] = (3.0, 7.0)  # length / width
     ship_to_clutter_db: tuple[float, float] = (8.0, 25.0)
     land_probability: float = 0.35

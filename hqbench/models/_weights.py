@@ -34,3 +34,19 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             )
         return {k[len(LIGHTNING_PREFIX):]: v for k, v in sd.items()}
     return dict(obj)
+
+
+def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path | None:
+    """The weights file a project-trained model loads: ``weights``, else ``checkpoints/<name>.pt``;
+    ``None`` for ``weights="random"``.
+
+    Raises:
+        FileNotFoundError: the file is missing; the message names it and ``train_hint`` (how to make it).
+    """
+    if weights == RANDOM:
+        return None
+    path = Path(weights).expanduser() if weights else CHECKPOINTS / f"{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with `{train_hint}`, "
+                                "or pass model.weights=PATH)")
+    return path

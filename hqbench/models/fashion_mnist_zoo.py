@@ -10,14 +10,13 @@ trained with ``hqbench train``; see the card beside each file).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from torch import nn
 from torchvision import models as tvm
 
 from hqbench.models._registry import register_model
 from hqbench.models.card import ModelCard
-from hqbench.models._weights import CHECKPOINTS, RANDOM, read_state_dict
+from hqbench.models._weights import RANDOM, project_checkpoint, read_state_dict
 
 # Fashion-MNIST training-set pixel statistics, replicated over the three channels.
 _MEAN, _STD = (0.2860,) * 3, (0.3530,) * 3
@@ -40,15 +39,11 @@ _ARCHITECTURES = {
 
 def _build(name: str, weights: str | None) -> tuple[nn.Module, ModelCard]:
     model = _ARCHITECTURES[name]()
-    source = RANDOM
-    if weights != RANDOM:
-        path = Path(weights).expanduser() if weights else CHECKPOINTS / f"{name}.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with "
-                                    f"`hqbench train task=classification data=fashion_mnist model={name} ...`)")
+    path = project_checkpoint(name, weights, f"hqbench train task=classification data=fashion_mnist model={name} ...")
+    if path is not None:
         model.load_state_dict({k: v.float() for k, v in read_state_dict(path).items()})
-        source = str(path)
-    card = ModelCard(name=name, input_size=32, resize=32, mean=_MEAN, std=_STD, num_classes=10, weights=source)
+    card = ModelCard(name=name, input_size=32, resize=32, mean=_MEAN, std=_STD, num_classes=10,
+                     weights=str(path) if path else RANDOM)
     return model.eval(), card
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from hqbench.models._registry import register_model
 from hqbench.models.card import ModelCard
 from hqbench.models.darknet import DarknetYoloHead, load_darknet_weights
-from hqbench.models._weights import CHECKPOINTS, RANDOM, read_state_dict
+from hqbench.models._weights import RANDOM, project_checkpoint, read_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO / ".cache" / "ultralytics"
@@ -145,14 +145,7 @@ def read_detection_state(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _yolo_sar_model(name: str, input_size: int, weights: str | None) -> tuple[nn.Module, ModelCard]:
-    source = RANDOM
-    path = None
-    if weights != RANDOM:
-        path = Path(weights).expanduser() if weights else CHECKPOINTS / f"{name}.pt"
-        if not path.is_file():
-            raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with "
-                                    f"`hqbench train task=detection model={name} ...`, or pass model.weights=PATH)")
-        source = str(path)
+    path = project_checkpoint(name, weights, f"hqbench train task=detection model={name} ...")
     model = build_yolov3_tiny(nc=1)
     if path is not None:
         state = {k: v.float() for k, v in read_detection_state(path).items()}
@@ -162,7 +155,7 @@ def _yolo_sar_model(name: str, input_size: int, weights: str | None) -> tuple[nn
                              f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     # Pixels scaled to [0, 1], no normalisation; letterboxed to input_size (grey 114 padding).
     card = ModelCard(name=name, input_size=input_size, resize=input_size, mean=(0.0,) * 3, std=(1.0,) * 3,
-                     num_classes=1, weights=source)
+                     num_classes=1, weights=str(path) if path else RANDOM)
     return model.eval(), card
 
 
