@@ -179,6 +179,7 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
         f"# {cfg.model.name}\n\n"
         f"- data: {source}, {n_train} training images (seed {cfg.seed}); evaluated on {len(dm.eval_files)} test images\n"
         f"- input: {card.input_size}x{card.input_size}, mean {card.mean[0]}, std {card.std[0]}\n"
+        f"- start: {cfg.model.weights or 'random initialisation'}\n"
         f"- training: {cfg.train.epochs} epochs, {cfg.train.optimizer} with a one-cycle schedule, max lr {cfg.train.lr}, "
         f"weight decay {cfg.train.weight_decay}, batch {cfg.data.batch_size}, {seconds / 60:.1f} min on this machine\n"
         f"- FP32 Top-1: {top1:.2f} %\n- weights: float16 state dict\n"
