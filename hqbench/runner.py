@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig
@@ -19,7 +18,7 @@ from rich.console import Console
 
 from .callbacks import QuantizationCallback
 from .models import create_model
-from .models._weights import CHECKPOINTS
+from .models._weights import CHECKPOINTS, write_half_state_dict
 from .quant.baseline import ACT_RANGE as PYTORCH_ACT_RANGE
 from .reporting import ResultRow, append_row
 from .tasks.classification import ClassificationTask
@@ -170,10 +169,7 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     seconds = time.perf_counter() - start
     top1 = 100.0 * float(trainer.test(task, datamodule=dm, verbose=False)[0]["test/top1"])
     out = Path(cfg.train.checkpoint or CHECKPOINTS / f"{cfg.model.name}.pt")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in task.model.state_dict().items()}, tmp)
-    os.replace(tmp, out)  # never leave a half-written checkpoint under the final name
+    write_half_state_dict(task.model.state_dict(), out)
     n_train = len(dm.train_dataloader().dataset)
     out.with_suffix(".md").write_text(
         f"# {cfg.model.name}\n\n"

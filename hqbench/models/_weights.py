@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -50,3 +51,14 @@ def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path 
         raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with `{train_hint}`, "
                                 "or pass model.weights=PATH)")
     return path
+
+
+def write_half_state_dict(state: Mapping[str, torch.Tensor], out: Path) -> Path:
+    """Save ``state`` with floating tensors in float16, atomically: a crash never leaves a
+    half-written file under the final name."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp)
+    os.replace(tmp, out)
+    return out

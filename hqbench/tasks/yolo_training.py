@@ -7,7 +7,6 @@ the half-precision checkpoint that :func:`hqbench.models.yolo.yolov3_tiny_sar` l
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from hqbench.data.sar import write_yolo_dataset
+from hqbench.models._weights import write_half_state_dict
 from hqbench.models.yolo import (build_yolov3_tiny, convert_darknet, offline_ultralytics, read_detection_state,
                                  save_ultralytics_checkpoint)
 
@@ -70,10 +70,4 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
 
 def save_half_state_dict(weights: str | Path, out: str | Path) -> Path:
     """Write an ultralytics checkpoint's (EMA) network as a float16 state dict, atomically."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in read_detection_state(Path(weights)).items()}
-    tmp = out.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out)
-    return out
+    return write_half_state_dict(read_detection_state(Path(weights)), Path(out))
