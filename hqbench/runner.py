@@ -209,7 +209,7 @@ def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
                         batch=cfg.train.batch, seed=cfg.seed, workers=cfg.train.workers, **start)
     out = Path(cfg.train.checkpoint or CHECKPOINTS / f"{cfg.model.name}.pt")
     save_half_state_dict(result.weights, out)
-    n_train = len(dm._split("train"))
+    n_train = len(dm.train_files)
     out.with_suffix(".md").write_text(
         f"# {cfg.model.name}\n\n"
         f"- architecture: ultralytics yolov3-tiny.yaml with Darknet's LeakyReLU(0.1), one class (ship), "

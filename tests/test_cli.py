@@ -117,3 +117,14 @@ def test_train_detection_writes_half_precision_weights_and_a_card(tmp_path):
 
     model, model_card = create_model("yolov3_tiny_synth", weights=str(ckpt))
     assert model_card.weights == str(ckpt)
+
+    # A second stage starts from the fp16 checkpoint itself (how the committed checkpoints were refined).
+    ckpt2 = tmp_path / "det2.pt"
+    code = main(["train", "task=detection", "model=yolov3_tiny_synth", "data=synthetic_sar",
+                 f"data.root={tmp_path / 'scenes'}", "data.num_train=4", "data.num_test=2", "data.calib_size=2",
+                 f"train.init={ckpt}", "train.epochs=1", "train.batch=2", f"train.checkpoint={ckpt2}",
+                 f"train.work_dir={tmp_path / 'work2'}"])
+    assert code == 0 and f"start: {ckpt}" in ckpt2.with_suffix(".md").read_text()
+    torch = __import__("torch")
+    start = torch.load(tmp_path / "work2" / "init.pt", weights_only=False)["model"].state_dict()
+    assert all(torch.equal(start[k].half(), v) for k, v in state.items())

@@ -215,6 +215,11 @@ class SARShipDataModule(BenchmarkDataModule):
         return [s.path for s in self._eval_samples()]
 
     @property
+    def train_files(self) -> list[Path]:
+        """Every image ``train2017`` lists (the pool calibration draws from, and what training sees)."""
+        return [s.path for s in self._split("train")]
+
+    @property
     def calibration_files(self) -> list[Path]:
         """Calibration images drawn from ``train2017`` with the seeded generator, in feeding order."""
         return [s.path for s in self._calib_samples()]

@@ -37,7 +37,7 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
     Args:
         data_root: folder with ``JPEGImages/`` and ``annotations/{train2017,test2017}.json``.
         work_dir: cache for the converted dataset and ultralytics' run folder.
-        init: an ultralytics/hqbench checkpoint to start from; else ``darknet``.
+        init: weights to start from: an hqbench (fp16 state dict) or ultralytics checkpoint; else ``darknet``.
         darknet: ``(cfg, weights)`` of the official Darknet YOLOv3-tiny: backbone and neck start
             from it, the one-class head is fresh. Neither ``init`` nor ``darknet``: random start.
         imgsz: square training size. epochs / hours: ultralytics' ``epochs`` / ``time`` (hours
@@ -50,7 +50,14 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
     data_yaml = write_yolo_dataset(data_root, work_dir / "dataset")
     if init is None:
         model = convert_darknet(*darknet, nc=1) if darknet else build_yolov3_tiny(nc=1)
-        init = save_ultralytics_checkpoint(model, work_dir / "init.pt")
+    else:  # any file hqbench reads (its fp16 checkpoints included) becomes an ultralytics checkpoint
+        model = build_yolov3_tiny(nc=1)
+        state = {k: v.float() for k, v in read_detection_state(Path(init)).items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"init weights {init} do not fit one-class YOLOv3-tiny; "
+                             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+    init = save_ultralytics_checkpoint(model, work_dir / "init.pt")
     run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {"time": hours} if hours else {}
     start = time.perf_counter()
