@@ -9,6 +9,7 @@ kernels), i.e. torch's own fake-INT8, comparable with hqbench's fake-quant colum
 from __future__ import annotations
 
 import itertools
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -34,7 +35,9 @@ def torch_ao_ptq(model: nn.Module, calib_data: Iterable, example_inputs: tuple,
 
     model = copy.deepcopy(model).eval()
     try:
-        prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs)
+        with warnings.catch_warnings():  # torch's own x86 defaults trip its reduce_range deprecation notice
+            warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
+            prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs)
     except Exception as err:  # torch.fx raises many types; the user needs the model name and why
         raise ValueError(f"torch.fx cannot trace {type(model).__name__} for the PyTorch baseline: {err}") from err
     seen = 0

@@ -207,7 +207,7 @@ def notes_line(rows: Iterable[ResultRow]) -> str:
     quantised = [r for r in rows if r.method != "fp32"]
     parts = [
         "values in %",
-        "best INT8 per row in bold",
+        "best INT8 per row marked",
         f"n_eval {_distinct(r.n_eval for r in rows)}",
     ]
     if quantised:
