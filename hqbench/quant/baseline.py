@@ -28,22 +28,22 @@ def torch_ao_ptq(model: nn.Module, calib_data: Iterable, example_inputs: tuple,
     Raises:
         ValueError: the model cannot be traced by torch.fx (say which), or the data is empty.
     """
+    import copy
+
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_to_reference_fx, prepare_fx
 
-    import copy
-
     model = copy.deepcopy(model).eval()
-    try:
-        with warnings.catch_warnings():  # torch's own x86 defaults trip its reduce_range deprecation notice
-            warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
+    with warnings.catch_warnings():  # torch's own x86 defaults trip its reduce_range deprecation notice
+        warnings.filterwarnings("ignore", message="Please use quant_min and quant_max", category=UserWarning)
+        try:
             prepared = prepare_fx(model, get_default_qconfig_mapping("x86"), example_inputs)
-    except Exception as err:  # torch.fx raises many types; the user needs the model name and why
-        raise ValueError(f"torch.fx cannot trace {type(model).__name__} for the PyTorch baseline: {err}") from err
-    seen = 0
-    for batch in itertools.islice(calib_data, num_batches):
-        prepared(*input_fn(batch))
-        seen += 1
-    if seen == 0:
-        raise ValueError("calibration data is empty: no batch was seen")
-    return convert_to_reference_fx(prepared).eval()
+        except Exception as err:  # torch.fx raises many types; the user needs the model name and why
+            raise ValueError(f"torch.fx cannot trace {type(model).__name__} for the PyTorch baseline: {err}") from err
+        seen = 0
+        for batch in itertools.islice(calib_data, num_batches):
+            prepared(*input_fn(batch))
+            seen += 1
+        if seen == 0:
+            raise ValueError("calibration data is empty: no batch was seen")
+        return convert_to_reference_fx(prepared).eval()
