@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra.utils import get_class
 
 from hqbench.cli import main
@@ -109,8 +110,8 @@ def test_train_detection_writes_half_precision_weights_and_a_card(tmp_path):
                  "train.init=random", "train.epochs=1", "train.batch=2", f"train.checkpoint={ckpt}",
                  f"train.work_dir={tmp_path / 'work'}"])
     assert code == 0
-    state = __import__("torch").load(ckpt, weights_only=True)
-    assert {v.dtype for v in state.values() if v.is_floating_point()} == {__import__("torch").float16}
+    state = torch.load(ckpt, weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
     card = ckpt.with_suffix(".md").read_text()
     assert "1 epochs" in card and "train2017 (4 images)" in card and "FP32 mAP50" in card
     from hqbench.models import create_model
@@ -125,6 +126,5 @@ def test_train_detection_writes_half_precision_weights_and_a_card(tmp_path):
                  f"train.init={ckpt}", "train.epochs=1", "train.batch=2", f"train.checkpoint={ckpt2}",
                  f"train.work_dir={tmp_path / 'work2'}"])
     assert code == 0 and f"start: {ckpt}" in ckpt2.with_suffix(".md").read_text()
-    torch = __import__("torch")
     start = torch.load(tmp_path / "work2" / "init.pt", weights_only=False)["model"].state_dict()
     assert all(torch.equal(start[k].half(), v) for k, v in state.items())

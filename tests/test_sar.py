@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 from torchvision.ops import box_convert
 
+from hqbench.cli import main
 from hqbench.data.sar import PAD_VALUE, SARShipDataModule, write_yolo_dataset
 from hqbench.tasks.detection import DetectionTask, head_scope, nms
 
@@ -204,12 +205,8 @@ def test_bad_sizes_are_rejected(tmp_path):
 
 def test_trained_detector_finds_ships_in_fp32_and_int8(sar_root, tmp_path):
     """The committed SSDD checkpoint through `hqbench test task=detection` on 16 shared test images."""
-    import json as _json
-
-    from hqbench.cli import main
-
     out = tmp_path / "sar.json"
     assert main(["test", "task=detection", f"data.root={sar_root}", "data.eval_limit=16", "data.calib_size=8",
                  "method=fp32,pytorch,D", f"out={out}"]) == 0
-    rows = {r["method"]: r for r in _json.loads(out.read_text())}
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
     assert rows["fp32"]["value"] > 70 and rows["D"]["value"] > 60 and rows["pytorch"]["act_range"] == "0..127"

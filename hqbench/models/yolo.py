@@ -144,15 +144,24 @@ def read_detection_state(path: Path) -> dict[str, torch.Tensor]:
         return net.float().state_dict()
 
 
+def load_yolov3_tiny(path: Path, owner: str) -> nn.Module:
+    """One-class YOLOv3-tiny with the weights of ``path`` (any file :func:`read_detection_state` reads).
+
+    Raises:
+        ValueError: the file does not fit the architecture (naming ``owner``, the file and the keys).
+    """
+    model = build_yolov3_tiny(nc=1)
+    state = {k: v.float() for k, v in read_detection_state(Path(path)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{owner}: weights file {path} does not fit the architecture; "
+                         f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    return model
+
+
 def _yolo_sar_model(name: str, input_size: int, weights: str | None) -> tuple[nn.Module, ModelCard]:
     path = project_checkpoint(name, weights, f"hqbench train task=detection model={name} ...")
-    model = build_yolov3_tiny(nc=1)
-    if path is not None:
-        state = {k: v.float() for k, v in read_detection_state(path).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"{name}: weights file {path} does not fit the architecture; "
-                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    model = load_yolov3_tiny(path, name) if path is not None else build_yolov3_tiny(nc=1)
     # Pixels scaled to [0, 1], no normalisation; letterboxed to input_size (grey 114 padding).
     card = ModelCard(name=name, input_size=input_size, resize=input_size, mean=(0.0,) * 3, std=(1.0,) * 3,
                      num_classes=1, weights=str(path) if path else RANDOM)

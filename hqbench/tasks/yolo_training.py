@@ -15,8 +15,8 @@ import torch
 
 from hqbench.data.sar import write_yolo_dataset
 from hqbench.models._weights import write_half_state_dict
-from hqbench.models.yolo import (build_yolov3_tiny, convert_darknet, offline_ultralytics, read_detection_state,
-                                 save_ultralytics_checkpoint)
+from hqbench.models.yolo import (build_yolov3_tiny, convert_darknet, load_yolov3_tiny, offline_ultralytics,
+                                 read_detection_state, save_ultralytics_checkpoint)
 
 
 @dataclass
@@ -51,12 +51,7 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
     if init is None:
         model = convert_darknet(*darknet, nc=1) if darknet else build_yolov3_tiny(nc=1)
     else:  # any file hqbench reads (its fp16 checkpoints included) becomes an ultralytics checkpoint
-        model = build_yolov3_tiny(nc=1)
-        state = {k: v.float() for k, v in read_detection_state(Path(init)).items()}
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"init weights {init} do not fit one-class YOLOv3-tiny; "
-                             f"missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}")
+        model = load_yolov3_tiny(Path(init), "train.init")
     init = save_ultralytics_checkpoint(model, work_dir / "init.pt")
     run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {"time": hours} if hours else {}
