@@ -11,8 +11,8 @@ USAGE = """usage: hqbench test|train task=classification|detection [key=value ..
   model=NAME model.weights=PATH method=fp32,pytorch,A,B,C,D engine=fake|int
   data=imagenet|fashion_mnist data.root=PATH data.eval_limit=N data.calib_size=N
   seed=N out=results.json    train.epochs=N train.lr=X train.checkpoint=PATH
-  task=detection: data=sar|synthetic_sar, model=yolov3_tiny_sar|yolov3_tiny_synth,
-                  train.init=darknet|random|PATH train.hours=H
+  task=detection: model=yolov3_tiny_sar|yolov3_tiny_synth data=sar|synthetic_sar
+    train.init=darknet|random|PATH train.hours=H
 Configs live in tasks/; any key there can be overridden."""
 
 
