@@ -1,33 +1,44 @@
 #!/usr/bin/env python
-"""Reproduce the paper's table: python result.py [-A] [-B] [-C] [-D] [key=value ...]
+"""Reproduce the paper's table: python result.py [-A] [-B] [-C] [-D] [--method NAME ...] [key=value ...]
 
-No flag means all four methods. FP32 and the PyTorch baseline always run. Rows come from
-tasks/paper.yaml; overrides (data.root=..., data.eval_limit=..., out=...) apply to every row.
+No method flag means all four of the paper's methods. FP32 and the PyTorch baseline always run.
+Rows come from tasks/paper.yaml; overrides (data.root=..., data.eval_limit=..., bits=w8a8,w8a4,
+out=...) apply to every row. Each finished row is merged into the results file at once, so an
+interrupted run loses nothing, runs with other methods add to the same file, and a rerun skips rows
+the file already holds for the same configuration (redo=true reruns them).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 from rich.console import Console
 
 from hqbench.config import TASKS_DIR, compose
-from hqbench.quant import TITLES
-from hqbench.reporting import print_tables, write_all
+from hqbench.quant.calibrators import list_calibrators
+from hqbench.reporting import print_tables, read_results, write_all
 from hqbench.runner import run
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for letter, title in TITLES.items():
-        parser.add_argument(f"-{letter}", action="store_true", help=title)
+    letters = [e for e in list_calibrators() if e.letter]
+    for entry in letters:
+        parser.add_argument(f"-{entry.letter}", action="store_true", help=entry.title)
+    parser.add_argument("--method", action="append", default=[], metavar="NAME",
+                        help="another registered method (percentile, entropy, percentile:99.999, ...); repeatable")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides for every row")
     args = parser.parse_args(argv)
-    letters = [m for m in TITLES if getattr(args, m)] or list(TITLES)
+    methods = [e.letter for e in letters if getattr(args, e.letter)] + args.method
+    methods = methods or [e.letter for e in letters]
     out = next((o.split("=", 1)[1] for o in args.overrides if o.startswith("out=")), "results/paper.json")
+    out = str(Path(out).with_suffix(".json"))
     overrides = [o for o in args.overrides if not o.startswith("out=")]
     console = Console()
     grid = OmegaConf.load(TASKS_DIR / "paper.yaml")
@@ -38,23 +49,30 @@ def main(argv: list[str] | None = None) -> int:
         console.print("No data configured (data.root=... or HQBENCH_DATA): running the embedded demo "
                       "(Fashion-MNIST subset shipped with hqbench, synthetic SAR scenes). "
                       "See README for your own ImageNet and HRSID.")
+    command = shlex.join(["result.py", *argv])
     rows, skipped = [], []
     for entry in entries:
         try:
-            cfg = compose(entry.get("task", "classification"), [f"model={entry.model}", f"data={entry.data}",
-                                             f"method=[fp32,pytorch,{','.join(letters)}]", *overrides])
-            rows += run(cfg, console)
+            cfg = compose(entry.get("task", "classification"), [
+                f"model={entry.model}", f"data={entry.data}", f"method=[fp32,pytorch,{','.join(methods)}]",
+                f"out={out}", *overrides])
+            rows += run(cfg, console, command=command)
         except FileNotFoundError as err:  # weights or data not on this machine: say so, keep going
             skipped.append(f"{entry.model}: {err}")
             console.print(f"[yellow]skipped {entry.model}:[/] {err}")
     if not rows:
         console.print("[red]no row could run[/]")
         return 1
-    paths = write_all(rows, out, title=title)
+    everything = read_results(out)  # this run's rows merged with what the file held before
+    paths = write_all(everything, out, title=title)
     print_tables(rows, title=title, console=console)
+    if len({r.bits for r in rows if r.method != "fp32"}) > 1:
+        from hqbench.reporting.plots import plot_sweep
+
+        paths["png"] = plot_sweep(everything, Path(out).with_suffix(".png"))
     for line in skipped:
         console.print(f"[yellow]not run[/] {line}")
-    console.print("written: " + ", ".join(str(p) for p in paths.values()))
+    console.print("written (merged with earlier rows of the file): " + ", ".join(str(p) for p in paths.values()))
     return 0
 
 

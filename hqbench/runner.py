@@ -4,32 +4,41 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
 import sys
 import time
 import warnings
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
+from . import __version__
 from .callbacks import QuantizationCallback
+from .methods import FP32, PYTORCH, check_engine, row_method
 from .models import create_model
-from .models._weights import CHECKPOINTS, write_half_state_dict
-from .quant.baseline import ACT_RANGE as PYTORCH_ACT_RANGE
-from .reporting import ResultRow, append_row
+from .models._weights import write_half_state_dict
+from .quant import parse_bit_widths
+from .quant.baseline import torch_act_grid
+from .quant.model import _check_keep
+from .reporting import ResultRow, append_row, find_row
+from .reporting.results import FLOAT_BITS
+from .reporting.stats import encode_outcomes
 from .tasks.classification import ClassificationTask
 from .tasks.detection import DetectionTask
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Where each datamodule looks under $HQBENCH_DATA; a datamodule in EMBEDDED falls back to its
 # package copy (or, for synthetic SAR, generated scenes) when neither a root nor that folder exists.
 DATA_SUBDIR = {"ImageNetDataModule": "imagenet", "FashionMNISTDataModule": "fashion-mnist",
                "SARShipDataModule": "sar-ships"}
 EMBEDDED = {"FashionMNISTDataModule", "SyntheticSARDataModule"}
-METHODS = ("fp32", "pytorch", "A", "B", "C", "D")
 
 
 @dataclass(frozen=True)
@@ -86,11 +95,16 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*quantized tensor creation functions.*are deprecated.*")
 
 
-def _trainer(cfg: DictConfig, callbacks: list) -> L.Trainer:
+def _trainer(cfg: DictConfig, callbacks: list, **overrides) -> L.Trainer:
+    """An evaluation Trainer; every ``trainer.*`` key of the config is passed to ``L.Trainer``."""
     on_terminal = sys.stdout.isatty()
-    return L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, logger=False,
-                     enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=on_terminal,
-                     callbacks=callbacks + ([RichProgressBar()] if on_terminal else []))
+    kwargs = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=on_terminal)
+    kwargs.update(OmegaConf.to_container(cfg.trainer, resolve=True), **overrides)
+    kwargs["callbacks"] = callbacks + ([RichProgressBar()] if kwargs["enable_progress_bar"] else [])
+    try:
+        return L.Trainer(**kwargs)
+    except TypeError as err:  # an unknown trainer.* key: name it
+        raise ValueError(f"bad trainer.* key: {err}") from None
 
 
 def task_spec(name: str) -> TaskSpec:
@@ -99,53 +113,165 @@ def task_spec(name: str) -> TaskSpec:
     return TASKS[name]
 
 
-def run(cfg: DictConfig, console: Console | None = None) -> list[ResultRow]:
-    """Evaluate ``cfg.model`` under every method in ``cfg.method``; rows are appended to ``cfg.out``."""
+def portable_path(path: object) -> str:
+    """A path as rows store it: under ``$HQBENCH_DATA`` or the repository, relative to it; never a
+    machine's absolute path (elsewhere: ``~/...``, or the last two parts after ``.../``)."""
+    text = str(path)
+    if not text or text in ("random", "None") or not os.path.isabs(text):
+        return text
+    p = Path(text).resolve()
+    env = os.environ.get("HQBENCH_DATA")
+    for base, label in ((Path(env).expanduser().resolve(), "$HQBENCH_DATA") if env else (None, None), (REPO, None),
+                        (Path.home().resolve(), "~")):
+        if base is not None and p.is_relative_to(base):
+            rel = p.relative_to(base).as_posix()
+            return f"{label}/{rel}" if label else rel
+    return ".../" + "/".join(p.parts[-2:])
+
+
+def _git_commit() -> str:
+    """The checkout's commit, when hqbench runs from a git checkout (no network, a local read)."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def provenance(command: str = "") -> dict[str, str]:
+    """What produced a row: hqbench and torch versions, git commit, UTC time, command line."""
+    import torch
+
+    return {"hqbench_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One (method, widths) run of a model: what the row key and the callback need."""
+
+    method: str
+    weight_bits: int
+    act_bits: int
+    options: dict
+
+
+def plan_cells(cfg: DictConfig) -> list[Cell]:
+    """Methods x bit widths from the config, validated up front (one line per bad key).
+
+    FP32 runs once (its widths are 32); option keys apply to hqbench's methods, not to fp32 or
+    pytorch, and appear in a row's ``options`` only where they differ from the defaults.
+    """
+    methods = [row_method(str(m)) for m in _as_list(cfg.method, "method")]
+    widths = [parse_bit_widths(b) for b in _as_list(cfg.get("bits", "w8a8"), "bits")]
+    keep = _check_keep(cfg.get("keep_8bit"))
+    weight_range = str(cfg.get("weight_range", "minmax"))
+    bias_correction = cfg.get("bias_correction", False)
+    if not isinstance(bias_correction, bool):
+        raise ValueError(f"bias_correction must be true or false, got {bias_correction!r}")
+    options = {k: v for k, v in (("weight_range", weight_range if weight_range != "minmax" else None),
+                                 ("bias_correction", "true" if bias_correction else None),
+                                 ("keep_8bit", "+".join(keep) or None)) if v}
+    cells = []
+    for method in dict.fromkeys(methods):
+        if method == FP32:
+            cells.append(Cell(FP32, FLOAT_BITS, FLOAT_BITS, {}))
+            continue
+        for w, a in widths:
+            if method == PYTORCH:
+                torch_act_grid(a)  # refuse widths torch's observers cannot hold, before any work
+            mine = {} if method == PYTORCH else dict(options)
+            if w >= 8 and a >= 8:
+                mine.pop("keep_8bit", None)  # nothing is below 8 bits to keep: the same run as without it
+            cells.append(Cell(method, w, a, mine))
+    return cells
+
+
+def _as_list(value, key: str) -> list:
+    items = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
+    if not items or any(i is None or str(i) == "" for i in items):
+        raise ValueError(f"{key}: give at least one value")
+    return items
+
+
+def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> list[ResultRow]:
+    """Evaluate ``cfg.model`` under every method and bit width in the config.
+
+    Each finished row is merged into ``cfg.out`` at once (under a lock); a row already there with
+    the same key is reused, not rerun, unless ``redo=true``.
+    """
     console = console or Console()
-    bad = [m for m in cfg.method if m not in METHODS]
-    if bad:
-        raise ValueError(f"unknown method(s) {bad}; valid: {', '.join(METHODS)}")
+    cells = plan_cells(cfg)
+    engine = check_engine(cfg.engine)
     spec = task_spec(cfg.task)
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights)
     dm, source = build_data(cfg, card)
-    console.print(f"[bold]{cfg.model.name}[/]: weights {card.weights}; data {source} "
-                  f"({len(dm.eval_files)} eval, {len(dm.calibration_files)} calibration images, seed {cfg.seed})")
+    dataset = portable_path(source)
+    console.print(f"[bold]{cfg.model.name}[/]: weights {portable_path(card.weights)}; data {dataset} "
+                  f"({len(dm.eval_files)} eval, {len(dm.calibration_files)} calibration images, seed {cfg.seed})",
+                  soft_wrap=True)
     task = spec.module(model, card)
     float_scopes = getattr(task, "float_scopes", ())  # a detector's box decoding stays float
     rows = []
-    for method in cfg.method:
-        engine = "float" if method == "fp32" else ("fake" if method == "pytorch" else cfg.engine)
-        callbacks = [] if method == "fp32" else [
-            QuantizationCallback(method, engine=engine, float_scopes=float_scopes, pytorch_via=spec.pytorch_via)]
-        start = time.perf_counter()
-        metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
-        total = time.perf_counter() - start
-        calib = callbacks[0].calib_seconds if callbacks else 0.0
-        summary = callbacks[0].summary if callbacks else None
-        if method == "fp32":
-            act_range = "float"
-        elif method == "pytorch" and spec.pytorch_via == "fx":
-            act_range = PYTORCH_ACT_RANGE
-        else:
-            act_range = summary["act_range"]
-        extra = {name: round(100.0 * float(metrics[key]), 2) for name, key in spec.extra.items()}
-        row = ResultRow(
-            task=cfg.task, model=cfg.model.name, dataset=source, method=method, metric=spec.metric,
-            value=100.0 * float(metrics[spec.key]), n_eval=len(dm.eval_files),
-            n_calib=0 if method == "fp32" else len(dm.calibration_files), seed=cfg.seed,
-            calib_seconds=round(calib, 2), eval_seconds=round(total - calib, 2), act_range=act_range, engine=engine,
-            extra={**extra, "weights": str(card.weights),
-                   "float_ops": ",".join(summary["float_ops"]) if summary else ""},
-        )
-        shown = "  ".join(f"{k} {v:6.2f}" for k, v in extra.items())
-        console.print(f"  {method:>7}: {spec.metric} {row.value:6.2f}  {shown}  "
-                      f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}")
+    for cell in cells:
+        row_engine = "float" if cell.method == FP32 else ("fake" if cell.method == PYTORCH else engine)
+        base = dict(task=cfg.task, model=cfg.model.name, dataset=dataset, method=cell.method, metric=spec.metric,
+                    n_eval=len(dm.eval_files), n_calib=0 if cell.method == FP32 else len(dm.calibration_files),
+                    seed=cfg.seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits,
+                    options=cell.options)
+        label = f"{cell.method}" + ("" if cell.method == FP32 else f" w{cell.weight_bits}a{cell.act_bits}")
+        done = None if cfg.get("redo", False) else find_row(cfg.out, _probe(base).key)
+        if done is not None:
+            console.print(f"  {label:>10}: {spec.metric} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",
+                          soft_wrap=True)
+            rows.append(done)
+            continue
+        row = _run_cell(cfg, spec, task, dm, cell, row_engine, float_scopes, base, card, command)
+        shown = "  ".join(f"{k} {row.extra[k]:6.2f}" for k in spec.extra)
+        console.print(f"  {label:>10}: {spec.metric} {row.value:6.2f}  {shown}  "
+                      f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}", soft_wrap=True)
         rows.append(row)
         if cfg.out:
             append_row(row, cfg.out, siblings=True)
     return rows
+
+
+def _probe(base: dict) -> ResultRow:
+    """A row with only the key fields filled, to look the key up."""
+    return ResultRow(**base, value=float("nan"), calib_seconds=0.0, eval_seconds=0.0, act_range="")
+
+
+def _run_cell(cfg, spec, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
+              command: str) -> ResultRow:
+    keep = cell.options.get("keep_8bit")
+    callbacks = [] if cell.method == FP32 else [QuantizationCallback(
+        cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=spec.pytorch_via,
+        weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
+        weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options)]
+    start = time.perf_counter()
+    metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
+    total = time.perf_counter() - start
+    calib = callbacks[0].calib_seconds if callbacks else 0.0
+    summary = callbacks[0].summary if callbacks else None
+    if cell.method == FP32:
+        act_range = "float"
+    elif cell.method == PYTORCH and spec.pytorch_via == "fx":
+        act_range = torch_act_grid(cell.act_bits).describe()
+    else:
+        act_range = summary["act_range"]
+    extra = {name: round(100.0 * float(metrics[key]), 2) for name, key in spec.extra.items()}
+    if hasattr(task, "outcomes"):
+        extra["outcomes"] = encode_outcomes(task.outcomes().cpu().numpy())
+    eval_seconds = total - calib
+    extra["images_per_s"] = round(len(dm.eval_files) / eval_seconds, 2) if eval_seconds > 0 else None
+    return ResultRow(**base, value=100.0 * float(metrics[spec.key]), calib_seconds=round(calib, 2),
+                     eval_seconds=round(eval_seconds, 2), act_range=act_range,
+                     extra={**extra, "weights": portable_path(card.weights),
+                            "float_ops": ",".join(summary["float_ops"]) if summary else "",
+                            **provenance(command)})
 
 
 def train(cfg: DictConfig, console: Console | None = None, command: str = "") -> Path:
@@ -154,6 +280,7 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     console = console or Console()
     if task_spec(cfg.task) is TASKS["detection"]:
         return _train_detector(cfg, console, command)
+    out = _train_output(cfg)
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights or "random")
@@ -168,7 +295,6 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     seconds = time.perf_counter() - start
     top1 = 100.0 * float(trainer.test(task, datamodule=dm, verbose=False)[0]["test/top1"])
-    out = Path(cfg.train.checkpoint or CHECKPOINTS / f"{cfg.model.name}.pt")
     write_half_state_dict(task.model.state_dict(), out)
     n_train = len(dm.train_dataloader().dataset)
     out.with_suffix(".md").write_text(
@@ -181,6 +307,19 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
         f"- FP32 Top-1: {top1:.2f} %\n- weights: float16 state dict\n"
         f"- command: `{command or 'hqbench train task=classification model=' + cfg.model.name}`\n")
     console.print(f"{cfg.model.name}: trained {seconds / 60:.1f} min, FP32 top1 {top1:.2f} -> {out}")
+    return out
+
+
+def _train_output(cfg: DictConfig) -> Path:
+    """Where ``hqbench train`` writes: ``train.checkpoint``, or ``outputs/<model>.pt`` in the working folder.
+
+    Never the shipped ``checkpoints/``, and never over an existing file unless ``train.overwrite=true``;
+    checked before training starts, so no hour of training ends in a refusal.
+    """
+    out = Path(cfg.train.checkpoint or Path("outputs") / f"{cfg.model.name}.pt").expanduser()
+    taken = [p for p in (out, out.with_suffix(".md")) if p.exists()]
+    if taken and not cfg.train.get("overwrite", False):
+        raise FileExistsError(f"{taken[0]} exists; pass train.checkpoint=NEW_PATH, or train.overwrite=true to replace it")
     return out
 
 
@@ -198,6 +337,7 @@ def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
     """Fine-tune YOLOv3-tiny with ultralytics' trainer; write fp16 weights and a card; return the weights path."""
     from .tasks.yolo_training import save_half_state_dict, train_yolo
 
+    out = _train_output(cfg)
     _, card = create_model(cfg.model.name, weights="random")  # the card fixes the input size
     dm, source = build_data(cfg, card)
     init = cfg.train.init
@@ -207,7 +347,7 @@ def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
                   f"({'%.2f h' % cfg.train.hours if cfg.train.hours else '%d epochs' % cfg.train.epochs})")
     result = train_yolo(dm.root, work_dir, imgsz=card.input_size, epochs=cfg.train.epochs, hours=cfg.train.hours,
                         batch=cfg.train.batch, seed=cfg.seed, workers=cfg.train.workers, **start)
-    out = Path(cfg.train.checkpoint or CHECKPOINTS / f"{cfg.model.name}.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_half_state_dict(result.weights, out)
     n_train = len(dm.train_files)
     out.with_suffix(".md").write_text(

@@ -1,6 +1,7 @@
 """QuantizationCallback inside a LightningModule hqbench did not write."""
 
 import lightning as L
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -85,11 +86,97 @@ def test_callback_quantizes_then_restores_and_checkpoints(tmp_path):
     assert out_a == out_b
 
 
+class PositionalModule(UserModule):
+    def test_step(self, batch, batch_idx):
+        x, y = batch
+        self.correct += int((self(x).argmax(1) == y).sum())
+        self.seen += len(y)
+        self.log("acc", self.correct / self.seen)
+
+
 def test_fp32_and_quantized_in_one_process_agree_closely():
     torch.manual_seed(0)
-    module = UserModule().eval()
+    module = PositionalModule().eval()
     fp32 = _trainer([]).test(module, _data(2), verbose=False)[0]["acc"]
     module.correct = module.seen = 0
     int8 = _trainer([QuantizationCallback("B", calib_dataloader=_data(1), engine="int")]).test(
         module, _data(2), verbose=False)[0]["acc"]
     assert abs(fp32 - int8) <= 0.1
+
+
+def test_integer_engine_refuses_forward_keywords_instead_of_dropping_them():
+    """forward(x, temperature=2.0) under engine=int: the replayed graph cannot take it; say so."""
+    torch.manual_seed(0)
+    module = UserModule().eval()
+    callback = QuantizationCallback("B", calib_dataloader=_data(1), engine="int")
+    with pytest.raises(NotImplementedError, match="temperature"):
+        _trainer([callback]).test(module, _data(2), verbose=False)
+    assert isinstance(module.backbone[1], nn.BatchNorm2d)  # restored after the failure
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+
+
+def test_failed_calibration_restores_the_float_model():
+    """A failure inside calibration (NaN activations) must not leave BN folded or hooks attached."""
+    torch.manual_seed(0)
+    module = UserModule().eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    bad = DataLoader(TensorDataset(torch.full((8, 1, 8, 8), float("nan")), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    with pytest.raises(ValueError, match="non-finite"):
+        _trainer([QuantizationCallback("D", calib_dataloader=bad)]).test(module, _data(2), verbose=False)
+    assert isinstance(module.backbone[1], nn.BatchNorm2d)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    module(torch.randn(2, 1, 8, 8))  # a plain forward works again
+
+
+class FitModule(PositionalModule):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", F.cross_entropy(self(batch[0]), batch[1]))
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.5)
+
+
+@pytest.mark.parametrize("recalibrate", [True, False])
+def test_validation_during_fit_recalibrates_unless_frozen(recalibrate):
+    """Weights change between validations: by default each validation calibrates afresh."""
+    torch.manual_seed(0)
+    callback = QuantizationCallback("B", calib_dataloader=_data(1), recalibrate=recalibrate)
+    ranges = []
+
+    class Spy(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            logits = list(callback._saved_state["points"].values())[-1]  # the last layer's output range
+            ranges.append(logits["clip"].clone())
+
+    trainer = L.Trainer(accelerator="cpu", max_epochs=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+                        callbacks=[callback, Spy()])
+    module = FitModule()
+    trainer.fit(module, _data(3), _data(4))
+    assert len(ranges) == 3
+    if recalibrate:
+        assert not any(torch.equal(ranges[0], r) for r in ranges[1:])
+    else:
+        assert all(torch.equal(ranges[0], r) for r in ranges[1:])
+
+
+def test_callback_runs_at_low_bit_widths_and_records_them():
+    torch.manual_seed(0)
+    module = PositionalModule().eval()
+    callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=4, act_bits=4)
+    _trainer([callback]).test(module, _data(2), verbose=False)
+    assert callback.summary["act_range"] == "-8..7 & 0..15"
+    assert callback.summary["weights"].startswith("int4")
+    # This net has two compute layers, the first and the last: keeping both leaves nothing below 8 bits.
+    kept = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=4, act_bits=4, keep_8bit="first,last")
+    _trainer([kept]).test(module, _data(2), verbose=False)
+    assert kept.summary["act_range"] == "-128..127 & 0..255"
+    for bad in (dict(act_bits=0), dict(weight_bits=17), dict(act_bits=2.5), dict(keep_8bit="middle")):
+        with pytest.raises(ValueError):
+            QuantizationCallback("D", **bad)

@@ -36,7 +36,7 @@ def test_usage_and_errors(capsys):
     assert main(["test", "task=nope"]) == 1
     assert "unknown task 'nope'; valid: classification" in capsys.readouterr().out
     assert main(["test", "method=Z", "data.root=/nonexistent"]) == 1
-    assert "unknown method(s) ['Z']" in capsys.readouterr().out
+    assert "unknown method 'Z'; valid: fp32, pytorch, A, B, C, D" in capsys.readouterr().out
     assert main(["test", "model=nope"]) == 1
     assert "nope" in capsys.readouterr().out
 

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from hqbench.methods import method_title
 from hqbench.reporting import (
     METHOD_COLUMNS,
     ResultRow,
     append_row,
     markdown_table,
+    notes_line,
     paper_table,
     print_tables,
     read_results,
@@ -37,6 +39,8 @@ def _row(model: str, method: str, value: float, **kw) -> ResultRow:
         act_range="float" if method == "fp32" else "mixed: 0..255 & -128..127",
         engine="float" if method == "fp32" else "fake",
     )
+    if method == "fp32":
+        fields.update(weight_bits=32, act_bits=32)
     fields.update(kw)
     return ResultRow(**fields)
 
@@ -120,14 +124,14 @@ def test_append_row_replaces_by_key_and_appends_new(tmp_path, rows):
     back = read_results(out)
     assert back == result
     assert [r.value for r in back] == [71.59, 70.5, 69.91, 70.4]
-    assert sorted(os.listdir(out.parent)) == ["r.json"]
+    assert sorted(os.listdir(out.parent)) == ["r.json", "r.json.lock"]  # no temp files left
 
 
 def test_append_row_siblings_writes_csv_and_md(tmp_path, rows):
     out = tmp_path / "r.json"
     for r in rows:
         append_row(r, out, siblings=True)
-    assert sorted(os.listdir(tmp_path)) == ["r.csv", "r.json", "r.md"]
+    assert sorted(os.listdir(tmp_path)) == ["r.csv", "r.json", "r.json.lock", "r.md"]
     with open(tmp_path / "r.csv", newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows)
@@ -181,7 +185,7 @@ def test_bad_values_name_key_and_list_choices(tmp_path, rows):
 
 
 def test_row_validation():
-    with pytest.raises(ValueError, match="valid: fake, int, float"):
+    with pytest.raises(ValueError, match="valid: float, fake, int"):
         _row("vgg16", "D", 1.0, engine="gpu")
     with pytest.raises(ValueError, match="clash"):
         _row("vgg16", "D", 1.0, extra={"value": 2.0})
@@ -232,6 +236,19 @@ def test_markdown_table(rows):
 def test_method_vocabulary_is_one_table():
     assert list(METHOD_COLUMNS) == ["fp32", "pytorch", "A", "B", "C", "D"]
     assert METHOD_COLUMNS["D"] == "Activation Redistribution"
+    assert METHOD_COLUMNS == {m: method_title(m) for m in METHOD_COLUMNS}  # titles live in hqbench.methods
+
+
+def test_files_written_before_bit_widths_render_as_before(tmp_path, rows):
+    data = [r.to_dict() for r in rows]
+    for d in data:
+        del d["weight_bits"], d["act_bits"], d["options"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    back = read_results(old)
+    assert markdown_table(back) == markdown_table(rows)
+    assert "| vgg16 | top1 | 71.59 | 70.10 | 69.91 | **71.33** | 71.02 |" in markdown_table(back)
+    assert "significance unknown (no per-image outcomes)" in notes_line(back)
 
 
 def test_print_tables_emits_no_ansi_off_terminal(rows, no_colour_env):

@@ -25,11 +25,10 @@ from lightning.pytorch.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils._pytree import tree_map
 
-from ..quant import ALIASES, TORCH_X86_ACT_GRID, canonical_name, prepare
-from ..quant.baseline import torch_ao_ptq
-from ..quant.model import QuantizedModel, default_input_fn
-
-ENGINES = ("fake", "int")
+from ..methods import PYTORCH, check_engine, row_method
+from ..quant import canonical_name, check_bits, prepare
+from ..quant.baseline import torch_act_grid, torch_ao_ptq
+from ..quant.model import QuantizedModel, _check_keep, default_input_fn
 
 
 @contextlib.contextmanager
@@ -53,7 +52,8 @@ class QuantizationCallback(Callback):
             activations). See ``pytorch_via``.
         calib_dataloader: calibration batches; defaults to ``trainer.datamodule.calibration_dataloader()``.
         num_batches: calibration batches per pass (all when None).
-        engine: ``"fake"`` (fake-quant) or ``"int"`` (the integer-only reference executor).
+        engine: ``"fake"`` (fake-quant), ``"int"`` (the integer-only reference executor) or
+            ``"onnxruntime"`` (the calibrated model exported as ONNX QDQ and run by ONNX Runtime).
         input_fn: maps a batch to the module's positional inputs (default: ``batch[0]``).
         float_scopes: module names whose functional ops stay float (detector decoding).
         submodule: attribute holding the network, used by the ``"pytorch"`` baseline.
@@ -61,18 +61,33 @@ class QuantizationCallback(Callback):
             model), replacing ``pl_module.<submodule>`` while active. ``"hooks"``: torch's default
             observers and ranges applied through hqbench's hooks, for networks torch.fx cannot
             trace (ultralytics' detectors); BN is folded as for A-D.
+        act_bits, weight_bits, keep_8bit, weight_range, bias_correction: as in
+            :func:`hqbench.quant.quantize`; the ``"pytorch"`` baseline uses torch's observers at the
+            matching widths (:mod:`hqbench.quant.baseline`).
+        recalibrate: calibrate again at every test/validation/predict start (the default: during
+            ``fit`` the weights change between validations), except right after a checkpoint
+            restored calibrated ranges. ``False`` calibrates once and reuses the ranges.
     """
 
     def __init__(self, method: str = "D", calib_dataloader: Iterable | None = None, num_batches: int | None = None,
                  engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
-                 float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx"):
-        if engine not in ENGINES:
-            raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+                 float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
+                 act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
+                 weight_range: str = "minmax", bias_correction: bool = False, recalibrate: bool = True):
+        check_engine(engine)
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
-        self.method = "pytorch" if method == "pytorch" else canonical_name(method)
-        if self.method == "pytorch" and engine != "fake":
+        self.method = PYTORCH if method == PYTORCH else canonical_name(method)
+        if self.method == PYTORCH and engine != "fake":
             raise ValueError("the pytorch baseline runs as torch's reference model; use engine='fake'")
+        self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
+        self.keep_8bit, self.weight_range = _check_keep(keep_8bit), weight_range
+        self.bias_correction, self.recalibrate = bool(bias_correction), bool(recalibrate)
+        if self.method == PYTORCH:
+            torch_act_grid(self.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
+            if self.keep_8bit or weight_range != "minmax" or self.bias_correction:
+                raise ValueError("the pytorch baseline is torch's own recipe: keep_8bit, weight_range and "
+                                 "bias_correction apply to hqbench's methods only")
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
         self.pytorch_via = pytorch_via
@@ -80,16 +95,17 @@ class QuantizationCallback(Callback):
         self.summary: dict | None = None  # what the last activation quantized, kept after restore
         self.qmodel: QuantizedModel | None = None
         self._saved_state: dict | None = None
+        self._from_checkpoint = False  # ranges came from load_state_dict: use them once before recalibrating
         self._undo: list[Callable[[], None]] = []
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(method=self.method, engine=self.engine)
+        return self._generate_state_key(method=self.method, engine=self.engine, bits=f"w{self.weight_bits}a{self.act_bits}")
 
     @property
     def letter(self) -> str:
         """The paper's letter for this method, or the method name."""
-        return {v: k for k, v in ALIASES.items()}.get(self.method, self.method)
+        return row_method(self.method)
 
     # -------------------------------------------------------------- lifecycle
     def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -111,8 +127,11 @@ class QuantizationCallback(Callback):
     def on_predict_end(self, trainer, pl_module) -> None:
         self._restore()
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        self._restore()  # a failure mid-calibration or mid-test must not leave BN folded or hooks attached
+
     def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._restore()  # also after an exception mid-test
+        self._restore()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -120,6 +139,7 @@ class QuantizationCallback(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._saved_state = dict(state_dict) or None
+        self._from_checkpoint = self._saved_state is not None
 
     # ---------------------------------------------------------------- helpers
     def _calibration_batches(self, trainer: L.Trainer, device: torch.device, limit: int | None = None) -> list:
@@ -140,37 +160,60 @@ class QuantizationCallback(Callback):
         if self._undo:
             return
         start = time.perf_counter()
-        if self.method == "pytorch" and self.pytorch_via == "fx":
+        if self.method == PYTORCH and self.pytorch_via == "fx":
             self._activate_baseline(trainer, pl_module)
         else:
-            hooks_baseline = self.method == "pytorch"  # torch's HistogramObserver = calibrator C, on 0..127
-            method, act_grid = ("histogram", TORCH_X86_ACT_GRID) if hooks_baseline else (self.method, None)
-            needs_data = self._saved_state is None  # a restored checkpoint needs one batch, to record the graph
+            hooks_baseline = self.method == PYTORCH  # torch's HistogramObserver = calibrator C, on its grid
+            method, act_grid = ("histogram", torch_act_grid(self.act_bits)) if hooks_baseline else (self.method, None)
+            needs_data = self._saved_state is None or (self.recalibrate and not self._from_checkpoint)
+            # A restored state needs one batch, to record the graph.
             batches = self._calibration_batches(trainer, pl_module.device, limit=None if needs_data else 1)
             example = self.input_fn(batches[0])
             qmodel = prepare(pl_module, example, method, inplace=True, float_scopes=self.float_scopes,
-                             act_grid=act_grid)
+                             act_grid=act_grid, act_bits=self.act_bits, weight_bits=self.weight_bits,
+                             keep_8bit=self.keep_8bit, weight_range=self.weight_range)
             self._undo.append(qmodel.remove)
             if needs_data:
                 with _progress(f"calibrating {self.letter}", len(batches) * qmodel.num_passes) as advance:
                     qmodel.calibrate(batches, input_fn=self.input_fn, on_batch=lambda i, n: advance())
+                if self.bias_correction:
+                    qmodel.correct_bias(batches, input_fn=self.input_fn)
                 self._saved_state = qmodel.quant_state_dict()
             else:
                 qmodel.load_quant_state_dict(self._saved_state)
-            if self.engine == "int":
-                executor = qmodel.integer_executor()
-                handle = pl_module.register_forward_hook(lambda m, args, out: executor(*args))
-                self._undo.append(handle.remove)
+            self._from_checkpoint = False
+            if self.engine != "fake":
+                self._attach_engine(pl_module, qmodel, example)
             self.qmodel = qmodel
             self.summary = qmodel.summary()
         self.calib_seconds = time.perf_counter() - start
+
+    def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
+        """Route the module's forward through the integer executor or ONNX Runtime."""
+        if self.engine == "int":
+            engine = qmodel.integer_executor()
+        else:
+            from ..quant.onnx_engine import OnnxRuntimeEngine
+
+            engine = OnnxRuntimeEngine(qmodel, example)
+
+        def run(module, args, kwargs, out):
+            if kwargs:  # the replayed graph was recorded without them: refuse rather than ignore them
+                raise NotImplementedError(
+                    f"engine={self.engine} replays the graph recorded at calibration, which cannot take forward's "
+                    f"keyword arguments {sorted(kwargs)}; use engine=fake, or call forward with positional tensors only")
+            return engine(*args)
+
+        handle = pl_module.register_forward_hook(run, with_kwargs=True)
+        self._undo.append(handle.remove)
 
     def _activate_baseline(self, trainer, pl_module) -> None:
         network = getattr(pl_module, self.submodule, None)
         if network is None:
             raise ValueError(f"the pytorch baseline needs the network at pl_module.{self.submodule}; pass submodule=")
         batches = self._calibration_batches(trainer, pl_module.device)
-        quantized = torch_ao_ptq(network, batches, self.input_fn(batches[0]), self.input_fn)
+        quantized = torch_ao_ptq(network, batches, self.input_fn(batches[0]), self.input_fn,
+                                 weight_bits=self.weight_bits, act_bits=self.act_bits)
         setattr(pl_module, self.submodule, quantized)
         self._undo.append(lambda: setattr(pl_module, self.submodule, network))
 

@@ -33,9 +33,10 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .calibrators import ALIASES, TITLES, canonical_name, create_calibrator, list_calibrators
+from .bits import check_bits, format_bit_widths, parse_bit_widths
+from .calibrators import canonical_name, create_calibrator, list_calibrators, register_calibrator
 from .grid import TORCH_X86_ACT_GRID, QuantGrid, range_to_qparams
-from .model import QuantizedModel, default_input_fn
+from .model import KEEP_8BIT, QuantizedModel, default_input_fn
 
 
 def _example_from(data: Iterable, input_fn: Callable) -> tuple:
@@ -45,26 +46,41 @@ def _example_from(data: Iterable, input_fn: Callable) -> tuple:
 
 
 def prepare(model: nn.Module, example_inputs: tuple | torch.Tensor, method: str = "D", *, inplace: bool = False,
-            act_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = (),
-            act_grid: QuantGrid | None = None) -> QuantizedModel:
+            act_bits: int = 8, weight_bits: int = 8, weight_per_channel: bool = True,
+            float_scopes: tuple[str, ...] = (), act_grid: QuantGrid | None = None,
+            keep_8bit: tuple[str, ...] | str = (), weight_range: str = "minmax") -> QuantizedModel:
     """Fold BN and attach (uncalibrated) quantizers; no data is observed yet.
 
     Use this with :meth:`QuantizedModel.load_quant_state_dict` to restore saved qparams without
     recalibrating. ``act_grid`` stores every activation on one grid instead of the hybrid
     scheme's per-producer choice (e.g. :data:`TORCH_X86_ACT_GRID`, torch's default).
+
+    Args:
+        act_bits, weight_bits: 2..16. Unsigned grids keep all ``2**act_bits`` levels.
+        keep_8bit: ``("first", "last")`` (or ``"first,last"``) keeps the first and last compute
+            layers' weights, and the activations they read and write, at 8 bits.
+        weight_range: ``"minmax"`` (max |w| per channel) or ``"mse"`` (least-squared-error clip).
+
+    Raises:
+        ValueError: a bad width, ``keep_8bit`` entry or ``weight_range``, in one line.
     """
+    check_bits(act_bits, "act_bits")
+    check_bits(weight_bits, "weight_bits")
     if isinstance(example_inputs, torch.Tensor):
         example_inputs = (example_inputs,)
     if not inplace:
         model = copy.deepcopy(model)
-    return QuantizedModel(model.eval(), example_inputs, method, act_bits=act_bits,
-                          weight_per_channel=weight_per_channel, float_scopes=float_scopes, act_grid=act_grid)
+    return QuantizedModel(model.eval(), example_inputs, method, act_bits=act_bits, weight_bits=weight_bits,
+                          weight_per_channel=weight_per_channel, float_scopes=float_scopes, act_grid=act_grid,
+                          keep_8bit=keep_8bit, weight_range=weight_range)
 
 
 def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None], method: str = "D", *,
              num_batches: int | None = None, seed: int | None = None, inplace: bool = False,
              example_inputs: tuple | None = None, input_fn: Callable[[Any], tuple] = default_input_fn,
-             act_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = ()) -> QuantizedModel:
+             act_bits: int = 8, weight_bits: int = 8, weight_per_channel: bool = True,
+             float_scopes: tuple[str, ...] = (), keep_8bit: tuple[str, ...] | str = (), weight_range: str = "minmax",
+             bias_correction: bool = False) -> QuantizedModel:
     """Prepare, calibrate and freeze ``model``; returns a fake-quant :class:`QuantizedModel`.
 
     Args:
@@ -74,6 +90,9 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
         method: ``"A"``-``"D"`` or a registered calibrator name (:func:`list_calibrators`).
         num_batches: batches per calibration pass (all when None).
         seed: seeds torch's RNG first, for loaders that shuffle.
+        act_bits, weight_bits, keep_8bit, weight_range: see :func:`prepare`.
+        bias_correction: subtract the per-channel output-mean shift that quantization causes,
+            measured on the calibration data (:mod:`hqbench.quant.bias_correction`).
     """
     canonical_name(method)  # fail on a bad name before any work
     if seed is not None:
@@ -82,12 +101,17 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
         if callable(calib_data) and not hasattr(calib_data, "__iter__"):
             raise ValueError("a forward_loop callable needs example_inputs= to record the graph")
         example_inputs = _example_from(calib_data, input_fn)
-    qmodel = prepare(model, example_inputs, method, inplace=inplace, act_bits=act_bits,
-                     weight_per_channel=weight_per_channel, float_scopes=float_scopes)
-    return qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
+    qmodel = prepare(model, example_inputs, method, inplace=inplace, act_bits=act_bits, weight_bits=weight_bits,
+                     weight_per_channel=weight_per_channel, float_scopes=float_scopes, keep_8bit=keep_8bit,
+                     weight_range=weight_range)
+    qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
+    if bias_correction:
+        qmodel.correct_bias(calib_data, num_batches=num_batches, input_fn=input_fn)
+    return qmodel
 
 
 __all__ = [
-    "ALIASES", "TITLES", "TORCH_X86_ACT_GRID", "QuantGrid", "QuantizedModel", "canonical_name", "create_calibrator",
-    "list_calibrators", "prepare", "quantize", "range_to_qparams",
+    "KEEP_8BIT", "TORCH_X86_ACT_GRID", "QuantGrid", "QuantizedModel", "canonical_name", "check_bits",
+    "create_calibrator", "format_bit_widths", "list_calibrators", "parse_bit_widths", "prepare", "quantize",
+    "range_to_qparams", "register_calibrator",
 ]

@@ -59,7 +59,6 @@ class Node:
     kwargs: dict = field(default_factory=dict)
     scope: str = ""
     users: list["Node"] = field(default_factory=list)
-    example: torch.Tensor | None = None  # first tensor output, for shapes and sign checks
     multi_output: bool = False  # returned a tuple/list of tensors (chunk, split, meshgrid)
 
     @property
@@ -183,7 +182,6 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
         for inp in node.inputs:
             inp.users.append(node)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
-        node.example = outs[0].detach() if outs else None
         node.multi_output = isinstance(out, (tuple, list))
         for o in outs:
             producer[id(o)] = node

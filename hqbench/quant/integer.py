@@ -29,7 +29,6 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from .graph import Node
-from .grid import weight_qparams
 from .scheme import COMPUTE_MODULES, _is_passthrough, fused_activation
 
 _SHIFT = 31
@@ -138,8 +137,8 @@ class IntegerExecutor:
         module = node.target
         end, act = self.plan.chains[node.name]
         w = module.weight.detach()
-        s_w = weight_qparams(w, self.q.weight_bits, self.q.weight_per_channel)
-        qmax_w = 2 ** (self.q.weight_bits - 1) - 1
+        s_w = self.q.weight_scale(node.name)  # the scale fake-quant used (minmax or MSE clip)
+        qmax_w = 2 ** (self.q.layer_weight_bits(node.name) - 1) - 1
         w_q = torch.clamp(torch.round(w / s_w), -qmax_w, qmax_w).double()
         s_acc = (x.scale.double() * s_w.double().reshape(-1))  # per output channel
         bias = module.bias.detach().double() if module.bias is not None else torch.zeros_like(s_acc)

@@ -14,15 +14,20 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from .bits import check_bits
 from .calibrators import canonical_name, create_calibrator
 from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
 from .points import attach_points
 from .graph import Graph, record
-from .grid import QuantGrid, fake_quantize_weight, weight_qparams
+from .grid import QuantGrid
 from .scheme import Plan, analyse
+from .weights import WEIGHT_METHODS, quantize_weight, weight_scale
 
-STATE_VERSION = 1  # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
+# v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
+# v2: adds "weight_bits", "keep_8bit", "weight_range" and "bias_shift" ({layer: tensor}); v1 loads as w8, none kept.
+STATE_VERSION = 2
+KEEP_8BIT = ("first", "last")  # layers the low-bit literature keeps at 8 bits: first conv, classifier
 
 
 def _key(name: str) -> str:
@@ -46,20 +51,40 @@ class QuantizedModel(nn.Module):
 
     def __init__(self, model: nn.Module, example_inputs: tuple, method: str, act_bits: int = 8,
                  weight_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = (),
-                 act_grid: QuantGrid | None = None):
+                 act_grid: QuantGrid | None = None, keep_8bit: tuple[str, ...] = (), weight_range: str = "minmax"):
         super().__init__()
         self.method = canonical_name(method)
-        self.act_bits, self.weight_bits, self.weight_per_channel = act_bits, weight_bits, weight_per_channel
+        self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
+        self.weight_per_channel = weight_per_channel
+        self.keep_8bit = _check_keep(keep_8bit)
+        if weight_range not in WEIGHT_METHODS:
+            raise ValueError(f"unknown weight_range {weight_range!r}; valid: {', '.join(WEIGHT_METHODS)}")
+        self.weight_range = weight_range
         self.model = model
         self.graph: Graph = record(model, example_inputs)
-        self.plan: Plan = analyse(self.graph, act_bits, float_scopes)
+        self.plan: Plan = analyse(self.graph, self.act_bits, float_scopes)
         self._folds = fold_batchnorm(model, self.plan.folds)
+        kept_layers, kept_points = self._kept(self.keep_8bit)
+        self._layer_bits = {n: max(8, self.weight_bits) if n in kept_layers else self.weight_bits
+                            for n in self.plan.compute}
+        grids = {p.name: QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in kept_points else p.grid
+                 for p in self.plan.points.values()}
         self.quantizers = nn.ModuleDict(
-            {_key(p.name): ActQuantizer(p.name, create_calibrator(self.method), act_grid or p.grid)
-             for p in self.plan.points.values()}
+            {_key(name): ActQuantizer(name, create_calibrator(self.method), act_grid or grid)
+             for name, grid in grids.items()}
         )
-        self._float_weights: dict[str, torch.Tensor] = {}
+        # Per-channel output-mean shift subtracted from each layer's bias in quant mode (bias correction).
+        self.bias_shift: dict[str, torch.Tensor] = {}
+        self._float_weights: dict[str, tuple] = {}
+        self._weight_scales: dict[str, torch.Tensor] = {}
         self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
+
+    def _kept(self, keep: tuple[str, ...]) -> tuple[set[str], set[str]]:
+        """Layers kept at 8 bits, and the activation points they read and write."""
+        layers = {self.plan.compute[0] if k == "first" else self.plan.compute[-1] for k in keep}
+        points = {self.plan.compute_inputs[n] for n in layers if n in self.plan.compute_inputs}
+        points |= {self.plan.chains[n][0] for n in layers}
+        return layers, points & set(self.plan.points)
 
     # ----------------------------------------------------------------- hooks
     def quantizer(self, name: str) -> ActQuantizer:
@@ -85,6 +110,10 @@ class QuantizedModel(nn.Module):
         """``"float"`` (BN still folded, no rounding), ``"observe"`` or ``"quant"`` (fake INT8)."""
         if mode not in ("float", OBSERVE, QUANT):
             raise ValueError(f"unknown mode {mode!r}; valid: float, observe, quant")
+        if mode == QUANT:  # checked once here, so forward has no data-dependent branch (export)
+            missing = [q.name for q in self.quantizers.values() if not bool(q.calibrated)]
+            if missing:
+                raise RuntimeError(f"layer {missing[0]!r} was never calibrated; run calibration before quantizing")
         modules = dict(self.model.named_modules())
         with torch.no_grad():
             for name in self.plan.compute:
@@ -93,11 +122,16 @@ class QuantizedModel(nn.Module):
                     self._float_weights.setdefault(name, (module.weight.detach().clone(),
                                                           None if module.bias is None else module.bias.detach().clone()))
                     weight, bias = self._float_weights[name]
-                    module.weight.copy_(fake_quantize_weight(weight, self.weight_bits, self.weight_per_channel))
+                    bits = self._layer_bits[name]
+                    scale = weight_scale(weight, bits, self.weight_per_channel, self.weight_range)
+                    self._weight_scales[name] = scale
+                    module.weight.copy_(quantize_weight(weight, scale, bits))
                     if bias is not None:
+                        if name in self.bias_shift:
+                            bias = bias - self.bias_shift[name].to(bias)
                         # int32 bias at scale s_in * s_w, as the integer kernel adds it.
                         s_in = self.quantizer(self.plan.compute_inputs[name]).scale
-                        s_acc = s_in * weight_qparams(weight, self.weight_bits, self.weight_per_channel).reshape(-1)
+                        s_acc = s_in * scale.reshape(-1)
                         module.bias.copy_(torch.round(bias / s_acc) * s_acc)
                 elif name in self._float_weights:
                     weight, bias = self._float_weights.pop(name)
@@ -106,6 +140,16 @@ class QuantizedModel(nn.Module):
                         module.bias.copy_(bias)
         for q in self.quantizers.values():
             q.mode = OFF if mode == "float" else mode
+
+    def layer_weight_bits(self, name: str) -> int:
+        """Weight bits of compute layer ``name`` (8 where ``keep_8bit`` keeps it)."""
+        return self._layer_bits[name]
+
+    def weight_scale(self, name: str) -> torch.Tensor:
+        """The weight scale fake-quant uses for ``name`` (set on entering quant mode)."""
+        if name not in self._weight_scales:
+            raise RuntimeError(f"layer {name!r}: weights are not quantized yet; calibrate or load a state first")
+        return self._weight_scales[name]
 
     # ------------------------------------------------------------ calibration
     @property
@@ -161,20 +205,48 @@ class QuantizedModel(nn.Module):
         self.set_mode(QUANT)
         return self
 
+    def correct_bias(self, data: Iterable, num_batches: int | None = None,
+                     input_fn: Callable[[Any], tuple] = default_input_fn) -> "QuantizedModel":
+        """Measure each layer's quantization mean shift on ``data`` and subtract it from its bias.
+
+        A forward_loop callable cannot be used here: the shift is measured batch by batch.
+        """
+        from .bias_correction import measure_bias_shift
+
+        if callable(data) and not hasattr(data, "__iter__"):
+            raise ValueError("bias_correction needs calibration batches (a DataLoader or list), not a forward_loop")
+        batches = list(itertools.islice(data, num_batches))
+        self.bias_shift = {}
+        self.set_mode(QUANT)
+        self.bias_shift = measure_bias_shift(self, batches, input_fn)
+        self.set_mode("float")  # re-enter quant mode so the corrected biases are rounded
+        self.set_mode(QUANT)
+        return self
+
     def integer_executor(self):
         """An :class:`~hqbench.quant.integer.IntegerExecutor` over this calibrated model."""
         from .integer import IntegerExecutor
 
         return IntegerExecutor(self)
 
+    def export_onnx(self, path, example_inputs=None, **kw) -> dict:
+        """Write a QDQ ONNX model, its qstate and encodings; see :func:`hqbench.quant.export.export_onnx`."""
+        from .export import export_onnx
+
+        if example_inputs is None:
+            raise ValueError("export_onnx needs example_inputs= (one batch of model inputs) to trace the model")
+        return export_onnx(self, path, example_inputs, **kw)
+
     # ------------------------------------------------------------------ state
     def quant_state_dict(self) -> dict:
         """Calibrated qparams keyed by layer name (CPU tensors), without the model's weights."""
         return {
             "version": STATE_VERSION, "method": self.method, "act_bits": self.act_bits,
-            "weight_per_channel": self.weight_per_channel,
+            "weight_bits": self.weight_bits, "weight_per_channel": self.weight_per_channel,
+            "keep_8bit": list(self.keep_8bit), "weight_range": self.weight_range,
             "points": {q.name: {k: v.detach().cpu().clone() for k, v in q.state_dict().items()}
                        for q in self.quantizers.values()},
+            "bias_shift": {k: v.detach().cpu().clone() for k, v in self.bias_shift.items()},
         }
 
     def load_quant_state_dict(self, state: dict) -> None:
@@ -184,8 +256,11 @@ class QuantizedModel(nn.Module):
             ValueError: version, method, bits or layer names differ, saying exactly what differs.
         """
         mine = self.quant_state_dict()
-        problems = [f"{k}: saved {state.get(k)!r}, model {mine[k]!r}"
-                    for k in ("version", "method", "act_bits", "weight_per_channel") if state.get(k) != mine[k]]
+        if state.get("version") == 1:  # v1 states were all w8 with nothing kept at 8 bits
+            state = {**state, "version": STATE_VERSION, "weight_bits": 8, "keep_8bit": [], "weight_range": "minmax",
+                     "bias_shift": {}}
+        keys = ("version", "method", "act_bits", "weight_bits", "weight_per_channel", "keep_8bit", "weight_range")
+        problems = [f"{k}: saved {state.get(k)!r}, model {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
         saved, have = set(state.get("points", {})), set(mine["points"])
         if saved - have:
             problems.append(f"layers only in the saved state: {sorted(saved - have)[:10]}")
@@ -195,6 +270,7 @@ class QuantizedModel(nn.Module):
             raise ValueError("calibrated state does not match this model: " + "; ".join(problems))
         for q in self.quantizers.values():
             q.load_state_dict(state["points"][q.name])
+        self.bias_shift = {k: v.clone() for k, v in state.get("bias_shift", {}).items()}
         self.set_mode(QUANT)
 
     def summary(self) -> dict:
@@ -206,5 +282,18 @@ class QuantizedModel(nn.Module):
             "points": {q.name: {"grid": q.grid.describe(), "producer": self.plan.points[q.name].producer,
                                 "clip": [round(float(v), 6) for v in q.clip]} for q in self.quantizers.values()},
             "float_ops": dict(self.plan.float_ops),
-            "weights": f"int{self.weight_bits} symmetric per-{'channel' if self.weight_per_channel else 'tensor'}",
+            "weights": f"int{self.weight_bits} symmetric per-{'channel' if self.weight_per_channel else 'tensor'}"
+                       + (f", {self.weight_range} range" if self.weight_range != "minmax" else "")
+                       + (f", {'+'.join(self.keep_8bit)} kept at 8 bits" if self.keep_8bit else ""),
         }
+
+
+def _check_keep(keep: object) -> tuple[str, ...]:
+    """``"first,last"`` / ``["first"]`` / ``()`` -> a tuple of KEEP_8BIT names, or a one-line error."""
+    if keep is None or keep == "" or keep == "none":
+        return ()
+    items = keep.split(",") if isinstance(keep, str) else list(keep)
+    bad = [k for k in items if k not in KEEP_8BIT]
+    if bad:
+        raise ValueError(f"keep_8bit: unknown {bad}; valid: {', '.join(KEEP_8BIT)} (comma-separated), or none")
+    return tuple(k for k in KEEP_8BIT if k in items)

@@ -2,8 +2,9 @@
 
 Every write goes to a temporary file in the target folder and is moved into place with
 ``os.replace``, so a crash or a serialisation error mid-write leaves the previous file intact.
-:func:`append_row` rewrites the whole file after each finished run, so a long benchmark never
-loses finished rows and can resume from the file.
+:func:`append_row` merges one finished run into the file under an exclusive lock (``<file>.lock``),
+so a long benchmark never loses finished rows, several processes can write one file, and a rerun
+can skip what the file already holds (:func:`find_row`).
 """
 
 from __future__ import annotations
@@ -13,16 +14,19 @@ import csv
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TextIO
 
-from hqbench.reporting.tables import METHOD_COLUMNS, markdown_table, notes_line
+from hqbench.methods import FP32, ROW_ENGINES, row_method
+from hqbench.reporting.tables import markdown_table, notes_line
 
 TASKS: tuple[str, ...] = ("classification", "detection")
-ENGINES: tuple[str, ...] = ("fake", "int", "float")
+ENGINES: tuple[str, ...] = ROW_ENGINES
 _SUFFIXES = (".json", ".csv", ".md")
+FLOAT_BITS = 32  # what an fp32 row records as its weight and activation bits
 
 
 @dataclass
@@ -31,8 +35,11 @@ class ResultRow:
 
     ``value`` is in percent. ``act_range`` is the activation integer range as printed in the
     paper, e.g. ``"0..255"`` or ``"mixed: 0..255 & -128..127"`` (``"float"`` for FP32).
-    ``extra`` holds optional entries (top5, weights path, layers kept in float); they are
-    serialised as top-level keys next to the fields, so names may not clash with them.
+    ``weight_bits``/``act_bits`` are 32 for FP32. ``options`` holds the run-level settings that
+    change the number besides the method (``weight_range``, ``bias_correction``, ``keep_8bit``),
+    only where they differ from the defaults. ``extra`` holds optional entries (top5, weights
+    path, per-image outcomes, provenance); they are serialised as top-level keys next to the
+    fields, so names may not clash with them.
 
     Raises:
         ValueError: On an unknown task, method or engine (the message lists valid ones) or an
@@ -40,8 +47,8 @@ class ResultRow:
 
     >>> row = ResultRow("classification", "vgg16", "imagenet", "D", "top1", 71.2, 50000, 1000,
     ...                 0, 3.5, 120.0, "mixed: 0..255 & -128..127", "fake", {"top5": 90.1})
-    >>> row.key, row.to_dict()["top5"]
-    (('classification', 'vgg16', 'imagenet', 'D', 'fake'), 90.1)
+    >>> row.key[:5], row.bits, row.to_dict()["top5"]
+    (('classification', 'vgg16', 'imagenet', 'D', 'fake'), 'w8a8', 90.1)
     """
 
     task: str
@@ -57,24 +64,39 @@ class ResultRow:
     eval_seconds: float
     act_range: str
     engine: str
+    weight_bits: int = 8
+    act_bits: int = 8
+    options: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_choice("task", self.task, TASKS)
-        _check_choice("method", self.method, tuple(METHOD_COLUMNS))
+        if row_method(self.method) != self.method:
+            raise ValueError(f"method {self.method!r} is spelled {row_method(self.method)!r} in result rows")
         _check_choice("engine", self.engine, ENGINES)
-        clash = sorted(set(self.extra) & {*_FIELD_TYPES, "extra"})
+        if not isinstance(self.options, dict):
+            raise ValueError(f"options must be a mapping of option name to value, got {self.options!r}")
+        self.options = {str(k): str(v) for k, v in sorted(self.options.items())}
+        clash = sorted(set(self.extra) & {*_FIELD_TYPES, "options", "extra"})
         if clash:
             raise ValueError(f"extra keys {clash} clash with ResultRow field names; rename them")
 
     @property
-    def key(self) -> tuple[str, str, str, str, str]:
-        """Identity of a run in a results file: (task, model, dataset, method, engine)."""
-        return (self.task, self.model, self.dataset, self.method, self.engine)
+    def bits(self) -> str:
+        """``"w8a8"``, or ``"float"`` for an FP32 row."""
+        return "float" if self.method == FP32 else f"w{self.weight_bits}a{self.act_bits}"
+
+    @property
+    def key(self) -> tuple:
+        """Identity of a run: everything that changes its number (task, model, data, method, engine,
+        seed, image counts, bit widths, options). Rows with equal keys replace each other."""
+        return (self.task, self.model, self.dataset, self.method, self.engine, self.seed, self.n_eval, self.n_calib,
+                self.weight_bits, self.act_bits, tuple(self.options.items()))
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict: the fields in declaration order, then the ``extra`` entries."""
         out: dict[str, Any] = {name: getattr(self, name) for name in _FIELD_TYPES}
+        out["options"] = dict(self.options)
         out.update(self.extra)
         return out
 
@@ -89,6 +111,9 @@ class ResultRow:
         Raises:
             ValueError: Naming ``source`` and the key, on missing keys, wrong types or values.
         """
+        if "weight_bits" not in data or "act_bits" not in data:  # files written before bit widths were recorded
+            bits = FLOAT_BITS if data.get("method") == FP32 else 8
+            data = {"weight_bits": bits, "act_bits": bits, **data}
         missing = [k for k in _FIELD_TYPES if k not in data]
         if missing:
             raise ValueError(f"{source}: missing key {', '.join(map(repr, missing))}")
@@ -99,15 +124,18 @@ class ResultRow:
             if not (isinstance(raw, str) if typ is str else number and (typ is float or float(raw).is_integer())):
                 raise ValueError(f"{source}: key {name!r} must be {typ.__name__}, got {raw!r}")
             kwargs[name] = typ(raw)
-        extra = {k: v for k, v in data.items() if k not in _FIELD_TYPES}
+        options = data.get("options") or {}
+        if not isinstance(options, dict):
+            raise ValueError(f"{source}: key 'options' must be an object, got {options!r}")
+        extra = {k: v for k, v in data.items() if k not in _FIELD_TYPES and k != "options"}
         try:
-            return cls(**kwargs, extra=extra)
+            return cls(**kwargs, options=options, extra=extra)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
 
 _FIELD_TYPES: dict[str, type] = {
-    f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(ResultRow) if f.name != "extra"
+    f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(ResultRow) if f.name not in ("extra", "options")
 }
 
 
@@ -239,15 +267,44 @@ def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
     return rows
 
 
-def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bool = False) -> list[ResultRow]:
-    """Add one finished run to a JSON results file, replacing an earlier run with the same key.
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], timeout: float = 600.0):
+    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``; waits up to ``timeout`` seconds).
 
-    Not safe for concurrent writers: call it from one process (rank 0 under DDP).
+    Every read-modify-write of a results file happens under it, so concurrent writers never drop
+    each other's rows. The lock file is left in place (removing it would race with a waiter).
+    """
+    import fcntl
+
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{lock}: another process has held this results file for {timeout:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bool = False,
+               title: str | None = None) -> list[ResultRow]:
+    """Merge one finished run into a JSON results file, replacing an earlier run with the same key.
+
+    Safe for concurrent writers (processes or threads): the read-modify-write holds :func:`locked`.
 
     Args:
         row: The new row; it replaces the row with equal :attr:`ResultRow.key`, in place.
         out_path: The ``.json`` file; created if missing.
         siblings: Also rewrite the ``.csv`` and ``.md`` next to it.
+        title: Markdown heading when ``siblings``.
 
     Returns:
         All rows now in the file.
@@ -255,11 +312,24 @@ def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bo
     path = Path(out_path)
     if siblings and path.suffix != ".json":
         raise ValueError(f"{path}: siblings=True needs a .json results path")
-    rows = read_results(path) if path.exists() else []
-    idx = next((i for i, r in enumerate(rows) if r.key == row.key), None)
-    if idx is None:
-        rows.append(row)
-    else:
-        rows[idx] = row
-    (write_all if siblings else write_results)(rows, path)
+    with locked(path):
+        rows = read_results(path) if path.exists() else []
+        idx = next((i for i, r in enumerate(rows) if r.key == row.key), None)
+        if idx is None:
+            rows.append(row)
+        else:
+            rows[idx] = row
+        if siblings:
+            write_all(rows, path, title=title)
+        else:
+            write_results(rows, path)
     return rows
+
+
+def find_row(out_path: str | os.PathLike[str] | None, key: tuple) -> ResultRow | None:
+    """The row with ``key`` in a results file, if the file exists and holds one (for resuming)."""
+    if not out_path or not Path(out_path).exists():
+        return None
+    with locked(out_path):
+        rows = read_results(out_path)
+    return next((r for r in rows if r.key == key), None)

@@ -1,16 +1,17 @@
 """Result tables in the paper's layout: rich for the terminal, GitHub Markdown for files.
 
-One line per (task, model), one column per method in :data:`METHOD_COLUMNS` order, values in
-percent with two decimals; the best INT8 cell of each line is marked so the winner is visible
-without colour (bold plus ``*`` in rich, ``**bold**`` in Markdown).
+One line per setting (model, bit widths, run options, engine; see :mod:`hqbench.reporting.lines`),
+one column per method in the registry's column order, values in percent with two decimals. With
+per-image outcomes a cell also shows its 95 % bootstrap interval, and the best cell is marked only
+when it beats the others on the same images (exact McNemar, p < 0.05); cells it does not beat
+are marked ``~``. Without outcomes the maximum is marked and the notes say significance is unknown.
+Marks are characters, not only colour (``*``/``~`` in rich, ``**bold**``/``~`` in Markdown).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, RenderableType
 from rich.measure import Measurement
@@ -18,182 +19,194 @@ from rich.segment import Segments
 from rich.table import Table
 from rich.text import Text
 
-from ..quant.calibrators import TITLES
+from hqbench.methods import method_title
+from hqbench.reporting.lines import (
+    FP32,
+    Cell,
+    build_lines,
+    line_cells,
+    methods_of,
+    options_legend,
+    outcomes_of,
+    pvalue_pairs,
+)
 
 if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
 
-#: The single method vocabulary: result-file name -> column header, in the paper's column order.
-# The A-D titles live once, in the calibrator registry.
-METHOD_COLUMNS: dict[str, str] = {"fp32": "FP32", "pytorch": "PyTorch", **TITLES}
-#: Methods that compete for the "best INT8" mark (everything but the float reference).
-INT8_METHODS: tuple[str, ...] = tuple(m for m in METHOD_COLUMNS if m != "fp32")
+#: The paper's six methods and their headers (kept for callers of the old API; any registered
+#: method may appear in rows now, titled by :func:`hqbench.methods.method_title`).
+METHOD_COLUMNS: dict[str, str] = {m: method_title(m) for m in ("fp32", "pytorch", "A", "B", "C", "D")}
+#: The paper's methods that compete for the best mark (everything but the float reference).
+INT8_METHODS: tuple[str, ...] = tuple(m for m in METHOD_COLUMNS if m != FP32)
 
 _MISSING = "—"
 _UNBOUNDED = 10_000
+_SUFFIX = {"best": "*", "tie": "~", "": ""}
+_SIGNIFICANT = (
+    "best marked only when significant (McNemar exact, p<0.05); ~ = not significantly different from the best"
+)
+_UNTESTED = "best INT8 per row marked, significance unknown (no per-image outcomes)"
+_UNTESTED_SOME = "lines without per-image outcomes: best marked, significance unknown"
 
 
-@dataclass
-class _Line:
-    label: str
-    metric: str
-    cells: dict[str, ResultRow] = field(default_factory=dict)
+def _number(cell: Cell) -> str:
+    text = f"{cell.value:.2f}"
+    return f"{text} ± {cell.std:.2f}" if cell.std is not None else text
 
 
-def _lines(rows: Sequence[ResultRow]) -> list[_Line]:
-    """Group rows into table lines in first-seen order.
-
-    A line is one (task, model, dataset, metric). A method seen again under another engine
-    (say D both fake-quantised and integer-only) opens a follow-up line labelled ``[engine]``
-    rather than overwriting the first, so no result in the file is hidden by the table.
-    """
-    datasets: dict[tuple[str, str], set[str]] = {}
-    for r in rows:
-        datasets.setdefault((r.task, r.model), set()).add(r.dataset)
-    groups: dict[tuple[str, str, str, str], list[_Line]] = {}
-    order: list[_Line] = []
-    for r in rows:
-        lines = groups.setdefault((r.task, r.model, r.dataset, r.metric), [])
-        line = next((ln for ln in lines if r.method not in ln.cells), None)
-        if line is None:
-            label = r.model
-            if len(datasets[(r.task, r.model)]) > 1:
-                label += f" ({r.dataset})"
-            if lines:
-                label += f" [{r.engine}]"
-            line = _Line(label, r.metric)
-            lines.append(line)
-            order.append(line)
-        line.cells[r.method] = r
-    # Follow-up lines keep the FP32 reference of their group so each line reads on its own.
-    for lines in groups.values():
-        if "fp32" in lines[0].cells:
-            for ln in lines[1:]:
-                ln.cells.setdefault("fp32", lines[0].cells["fp32"])
-    return order
+def _rich_cell(cell: Cell | None, compact: bool) -> Text:
+    if cell is None:
+        return Text(_MISSING)
+    text = Text(_number(cell) + _SUFFIX[cell.mark], style="bold" if cell.mark == "best" else "")
+    if cell.ci is not None and not compact:
+        text.append(f"\n[{cell.ci[0]:.1f}, {cell.ci[1]:.1f}]", style="dim")
+    return text
 
 
-def _methods(rows: Iterable[ResultRow]) -> list[str]:
-    present = {r.method for r in rows}
-    return [m for m in METHOD_COLUMNS if m in present]
+def _md_cell(cell: Cell | None) -> str:
+    if cell is None:
+        return _MISSING
+    text = _number(cell)
+    text = f"**{text}**" if cell.mark == "best" else text + _SUFFIX[cell.mark]
+    return text + (f" [{cell.ci[0]:.1f}, {cell.ci[1]:.1f}]" if cell.ci is not None else "")
 
 
-def _best(line: _Line) -> set[str]:
-    """INT8 methods holding the line's maximum (all of them on a tie); NaN never wins."""
-    vals = {m: r.value for m, r in line.cells.items() if m in INT8_METHODS and not math.isnan(r.value)}
-    if not vals:
-        return set()
-    top = max(vals.values())
-    return {m for m, v in vals.items() if v == top}
+def _grid(rows: Sequence[ResultRow], intervals: bool = True) -> tuple[list[str], list[tuple[Any, dict[str, Cell]]]]:
+    methods = methods_of(rows)
+    return methods, [(line, line_cells(line, intervals)[0]) for line in build_lines(rows)]
 
 
-def _distinct(values: Iterable[object]) -> str:
-    return "/".join(dict.fromkeys(str(v) for v in values))
-
-
-def paper_table(rows: Iterable[ResultRow], title: str | None = None) -> Table:
+def paper_table(rows: Iterable[ResultRow], title: str | None = None, compact: bool = False) -> Table:
     """Accuracy table in the paper's layout.
 
     Args:
-        rows: Result rows, any order; lines appear in first-seen (task, model) order.
+        rows: Result rows, any order; lines appear in first-seen order.
         title: Optional table title.
+        compact: Leave out the bootstrap intervals (one text line per table line), for narrow
+            terminals; the marks still rest on the significance tests.
 
     Returns:
-        A rich ``Table`` with columns Model | Metric | one per method that has data; the best
-        INT8 cell of each line (max over PyTorch and A-D) is bold with a ``*`` suffix, missing
-        cells show ``—``.
+        A rich ``Table``: Model | Metric | one column per method with data. The best cell is
+        bold with ``*``, cells tied with it end in ``~``, missing cells show ``—``.
     """
     rows = list(rows)
-    methods = _methods(rows)
-    body = []
-    for line in _lines(rows):
-        best = _best(line)
-        cells = [Text(line.label), Text(line.metric)]
-        for m in methods:
-            r = line.cells.get(m)
-            if r is None:
-                cells.append(Text(_MISSING))
-            elif m in best:
-                cells.append(Text(f"{r.value:.2f}*", style="bold"))
-            else:
-                cells.append(Text(f"{r.value:.2f}"))
-        body.append(cells)
-    headers = ["Model", "Metric", *(METHOD_COLUMNS[m] for m in methods)]
-    return _table(headers, body, n_text=2, keep_cells=True, title=title, caption="values in %; * best INT8 per row")
+    methods, grid = _grid(rows, intervals=not compact)
+    body = [
+        [Text(line.label), Text(line.metric), *(_rich_cell(cells.get(m), compact) for m in methods)]
+        for line, cells in grid
+    ]
+    headers = ["Model", "Metric", *(method_title(m) for m in methods)]
+    caption = "values in %; * best, ~ tied with the best" if _has_outcomes(rows) else "values in %; * best INT8 per row"
+    return _table(headers, body, n_text=2, keep_cells=True, title=title, caption=caption)
 
 
 def timing_table(rows: Iterable[ResultRow]) -> Table:
-    """Wall-clock cost per model x method, as ``calibration / evaluation`` seconds.
+    """Wall-clock cost per line x method, as ``calibration / evaluation`` seconds (mean over draws).
 
     Args:
         rows: Result rows, as for :func:`paper_table`.
-
-    Returns:
-        A rich ``Table`` with one line per (task, model) and one column per method present.
     """
     rows = list(rows)
-    methods = _methods(rows)
-    body = [
-        [Text(line.label)]
-        + [
-            Text(f"{r.calib_seconds:.1f} / {r.eval_seconds:.1f}") if (r := line.cells.get(m)) else Text(_MISSING)
-            for m in methods
-        ]
-        for line in _lines(rows)
-    ]
-    headers = ["Model", *(METHOD_COLUMNS[m] for m in methods)]
+    methods = methods_of(rows)
+    body = []
+    for line in build_lines(rows):
+        cells = [Text(line.label)]
+        for m in methods:
+            draws = line.cells.get(m)
+            if not draws:
+                cells.append(Text(_MISSING))
+                continue
+            calib = sum(d.calib_seconds for d in draws) / len(draws)
+            cells.append(Text(f"{calib:.1f} / {sum(d.eval_seconds for d in draws) / len(draws):.1f}"))
+        body.append(cells)
+    headers = ["Model", *(method_title(m) for m in methods)]
     return _table(headers, body, n_text=1, keep_cells=False, title="Time (s): calibration / evaluation")
 
 
 def _table(headers: list[str], body: list[list[Text]], n_text: int, keep_cells: bool, **kwargs: str | None) -> Table:
     """Build a table whose first ``n_text`` columns are labels and the rest numbers.
 
-    With ``keep_cells`` number columns are as wide as their widest cell, so a narrow terminal
-    folds labels and headers instead of eliding accuracies to "71…".
+    With ``keep_cells`` number columns are as wide as their widest cell line, so a narrow
+    terminal folds labels and headers instead of eliding accuracies to "71…".
     """
     table = Table(**kwargs)
     for j, header in enumerate(headers):
         numeric = j >= n_text
-        width = max((cells[j].cell_len for cells in body), default=0) if numeric and keep_cells else None
+        width = None
+        if numeric and keep_cells:
+            width = max((len(part) for cells in body for part in cells[j].plain.split("\n")), default=0)
         table.add_column(header, justify="right" if numeric else "left", min_width=width, overflow="fold")
     for cells in body:
         table.add_row(*cells)
     return table
 
 
-def markdown_table(rows: Iterable[ResultRow]) -> str:
-    """The :func:`paper_table` layout as a GitHub Markdown table, best INT8 cell in bold.
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
 
-    Args:
-        rows: Result rows.
+
+def markdown_table(rows: Iterable[ResultRow]) -> str:
+    """The :func:`paper_table` layout as a GitHub Markdown table.
+
+    Cells read ``78.69 [76.4, 80.9]`` with outcomes, ``78.69 ± 0.12`` over several draws;
+    the best is ``**bold**`` and cells tied with it end in ``~``.
 
     Returns:
         Markdown text without a trailing newline.
     """
     rows = list(rows)
-    methods = _methods(rows)
+    methods, grid = _grid(rows)
     out = [
-        "| " + " | ".join(["Model", "Metric", *(METHOD_COLUMNS[m] for m in methods)]) + " |",
+        "| " + " | ".join(["Model", "Metric", *(method_title(m) for m in methods)]) + " |",
         "|" + "|".join(["---", "---", *(["---:"] * len(methods))]) + "|",
     ]
-    for line in _lines(rows):
-        best = _best(line)
-        cells = [line.label.replace("|", "\\|"), line.metric.replace("|", "\\|")]
-        for m in methods:
-            r = line.cells.get(m)
-            if r is None:
-                cells.append(_MISSING)
-            else:
-                cells.append(f"**{r.value:.2f}**" if m in best else f"{r.value:.2f}")
-        out.append("| " + " | ".join(cells) + " |")
+    for line, cells in grid:
+        parts = [_md_escape(line.label), _md_escape(line.metric), *(_md_cell(cells.get(m)) for m in methods)]
+        out.append("| " + " | ".join(parts) + " |")
     return "\n".join(out)
 
 
-def notes_line(rows: Iterable[ResultRow]) -> str:
-    """One line stating what the numbers mean: sizes, seed, engine and activation ranges.
+def pairwise_table(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
+    """For each line, every pair of quantised methods: values, ``diff`` (a - b) and McNemar ``p``.
 
-    Args:
-        rows: Result rows.
+    Each dict has ``line``, ``metric``, ``a``, ``b``, ``a_value``, ``b_value``, ``diff``, ``p``,
+    ``n`` (images) and ``seed`` (the draw compared); the last three are None without outcomes.
+    """
+    return [pair for line in build_lines(list(rows)) for pair in pvalue_pairs(line)]
+
+
+def pairwise_markdown(rows: Iterable[ResultRow]) -> str:
+    """:func:`pairwise_table` as a Markdown table for docs/RESULTS.md (``—`` where untestable)."""
+    out = ["| Model | Metric | A | B | A − B | McNemar p | images |", "|---|---|---|---|---:|---:|---:|"]
+    for p in pairwise_table(rows):
+        pv = _MISSING if p["p"] is None else f"{p['p']:.3g}"
+        n = _MISSING if p["n"] is None else str(p["n"])
+        out.append(
+            f"| {_md_escape(p['line'])} | {_md_escape(p['metric'])} | {method_title(p['a'])} | "
+            f"{method_title(p['b'])} | {p['diff']:+.2f} | {pv} | {n} |"
+        )
+    return "\n".join(out)
+
+
+def _distinct(values: Iterable[object]) -> str:
+    return "/".join(dict.fromkeys(str(v) for v in values))
+
+
+def _has_outcomes(rows: Iterable[ResultRow]) -> bool:
+    return any(outcomes_of(r) for r in rows)
+
+
+def _marking(rows: Sequence[ResultRow]) -> list[str]:
+    """How the marks were decided, per :func:`hqbench.reporting.lines.line_cells`."""
+    hows = {line_cells(line, intervals=False)[1] for line in build_lines(rows)}
+    if "tested" in hows:
+        return [_SIGNIFICANT, *([_UNTESTED_SOME] if "untested" in hows else [])]
+    return [_UNTESTED] if "untested" in hows else ["best INT8 per row marked"]
+
+
+def notes_line(rows: Iterable[ResultRow]) -> str:
+    """One line stating what the numbers mean: marks, sizes, draws, seeds, engines, ranges.
 
     Returns:
         A single line of plain text (no markup).
@@ -204,22 +217,34 @@ def notes_line(rows: Iterable[ResultRow]) -> str:
     rows = list(rows)
     if not rows:
         return "Notes: no results."
-    quantised = [r for r in rows if r.method != "fp32"]
-    parts = [
-        "values in %",
-        "best INT8 per row marked",
-        f"n_eval {_distinct(r.n_eval for r in rows)}",
-    ]
+    lines = build_lines(rows)
+    quantised = [r for r in rows if r.method != FP32]
+    parts = ["values in %", *_marking(rows)]
+    if _has_outcomes(rows):
+        parts.append("[lo, hi] = 95 % bootstrap interval over images")
+    draws = sorted({len(ds) for ln in lines for m, ds in ln.cells.items() if len(ds) > 1})
+    if draws:
+        parts.append(f"a ± s = mean ± sample std over n={_distinct(draws)} calibration draws")
+    parts.append(f"n_eval {_distinct(r.n_eval for r in rows)}")
     if quantised:
         parts.append(f"n_calib {_distinct(r.n_calib for r in quantised)}")
-    parts += [f"seed {_distinct(r.seed for r in rows)}", f"engine {_distinct(r.engine for r in rows)}"]
+    parts += [f"seed {_distinct(sorted({r.seed for r in rows}))}", f"engine {_distinct(r.engine for r in rows)}"]
+    if any(ln.bits != (8, 8) for ln in lines):
+        parts.append("lines without wXaY are w8a8")
+    if any(ln.show_counts for ln in lines):
+        parts.append("nN/cM = N evaluation and M calibration images")
+    legend = options_legend(rows)
+    if legend:
+        parts.append(f"options: {legend}")
     ranges = "; ".join(
-        f"{METHOD_COLUMNS[m]} {_distinct(r.act_range for r in rows if r.method == m)}" for m in _methods(rows)
+        f"{method_title(m)} {_distinct(r.act_range for r in rows if r.method == m)}" for m in methods_of(rows)
     )
-    return f"Notes: {', '.join(parts)}. Activation ranges: {ranges}."
+    return f"Notes: {'; '.join(parts)}. Activation ranges: {ranges}."
 
 
-def print_tables(rows: Iterable[ResultRow], title: str | None = None, console: Console | None = None) -> None:
+def print_tables(
+    rows: Iterable[ResultRow], title: str | None = None, console: Console | None = None, compact: bool = False
+) -> None:
     """Print the accuracy table, the timing table and the notes line.
 
     Args:
@@ -227,10 +252,11 @@ def print_tables(rows: Iterable[ResultRow], title: str | None = None, console: C
         title: Title of the accuracy table.
         console: Where to print; defaults to a new ``Console()``, which emits no ANSI escape
             codes when stdout is not a terminal.
+        compact: Leave the bootstrap intervals out of the accuracy table.
     """
     rows = list(rows)
     console = console if console is not None else Console()
-    _print(console, paper_table(rows, title))
+    _print(console, paper_table(rows, title, compact=compact))
     _print(console, timing_table(rows))
     console.print(Text(notes_line(rows)), soft_wrap=not console.is_terminal)
 

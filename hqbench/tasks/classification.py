@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection
+from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from hqbench.models.card import ModelCard
@@ -57,6 +58,8 @@ class ClassificationTask(L.LightningModule):
         # One collection per stage so validation during fit never mixes into a test result.
         self.val_metrics = metrics.clone(prefix="val/")
         self.test_metrics = metrics.clone(prefix="test/")
+        # Per-image Top-1 outcomes in evaluation order, for paired tests between methods (McNemar).
+        self.test_outcomes = CatMetric()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)``."""
@@ -77,8 +80,19 @@ class ClassificationTask(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics)
 
+    def on_test_epoch_start(self) -> None:
+        self.test_outcomes.reset()
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_metrics)
+        images, labels = batch
+        logits = self(images)
+        self.test_metrics.update(logits, labels)
+        self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
+        self.test_outcomes.update((logits.argmax(1) == labels).float())
+
+    def outcomes(self) -> torch.Tensor:
+        """Top-1 correct (bool) per test image of the last test run, in evaluation order."""
+        return self.test_outcomes.compute().bool().reshape(-1)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Logits for a batch of ``(images, labels)`` or of images alone."""

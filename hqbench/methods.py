@@ -1,0 +1,86 @@
+"""What a result row can name: methods and engines, read by the CLI, the runner, rows and tables.
+
+Methods are the float reference ``fp32``, ``pytorch`` (torch.ao's own default post-training
+quantization) and every calibrator in :mod:`hqbench.quant.calibrators`' registry, so a calibrator
+registered there is a method here with no other file to touch. A row records a calibrator by its
+paper letter when it has one (``"D"``), otherwise by name, with its option value when given
+(``"percentile:99.999"``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .quant.calibrators import calibrator_entry, canonical_name, list_calibrators, valid_methods
+
+FP32, PYTORCH = "fp32", "pytorch"
+_REFERENCE_TITLES = {FP32: "FP32", PYTORCH: "PyTorch"}
+
+#: Engines a quantized method runs on; ``float`` is what FP32 rows record.
+ENGINES: dict[str, str] = {
+    "fake": "fake-quant in torch (float arithmetic on the integer grid)",
+    "int": "hqbench's integer-only reference executor",
+    "onnxruntime": "ONNX QDQ export run by ONNX Runtime's CPU int8 kernels",
+}
+ROW_ENGINES: tuple[str, ...] = ("float", *ENGINES)
+
+
+def row_method(spec: str) -> str:
+    """The name a row records for ``spec``: ``"redistribution"`` -> ``"D"``; unknown names raise.
+
+    >>> row_method("redistribution"), row_method("fp32")
+    ('D', 'fp32')
+    """
+    if spec in _REFERENCE_TITLES:
+        return spec
+    try:
+        name = canonical_name(spec)
+    except ValueError:
+        raise ValueError(f"unknown method {spec!r}; valid: {', '.join(list_methods())}") from None
+    entry = calibrator_entry(name)
+    return entry.letter if entry.letter and ":" not in name else name
+
+
+def is_quantized(method: str) -> bool:
+    return method != FP32
+
+
+def method_title(method: str) -> str:
+    """Column header: ``"D"`` -> ``"Activation Redistribution"``, ``"percentile:99.999"`` -> ``"Percentile 99.999"``."""
+    if method in _REFERENCE_TITLES:
+        return _REFERENCE_TITLES[method]
+    entry = calibrator_entry(method)
+    _, _, value = method.partition(":")
+    return f"{entry.title} {value}" if value else entry.title
+
+
+def column_order(methods: Iterable[str]) -> list[str]:
+    """fp32, pytorch, the registry's calibrators in registration order, then anything else as first seen."""
+    present = list(dict.fromkeys(methods))
+    rank = {FP32: 0, PYTORCH: 1}
+    for i, entry in enumerate(list_calibrators()):
+        rank.setdefault(entry.letter or entry.name, 2 + i)
+
+    def key(m: str) -> tuple[int, int]:
+        base = m.partition(":")[0]
+        known = rank.get(m, rank.get(base))
+        if known is None:
+            try:
+                entry = calibrator_entry(base)
+                known = rank.get(entry.letter or entry.name)
+            except ValueError:
+                known = None
+        return (len(rank) + 2 if known is None else known, present.index(m))
+
+    return sorted(present, key=key)
+
+
+def list_methods() -> list[str]:
+    """Every accepted method spelling, for help and error messages."""
+    return [FP32, PYTORCH, *valid_methods()]
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
+    return engine

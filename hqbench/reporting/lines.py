@@ -1,0 +1,270 @@
+"""Table lines: how result rows group into one line per setting, and which cells win.
+
+A line is one (task, model, dataset, metric, weight bits, activation bits, options, engine);
+its cells are the methods run in that setting, each cell holding every calibration draw (rows
+that differ only in ``seed``). The FP32 row of the same (task, model, dataset, metric) is the
+reference repeated in each of its lines, so every line reads on its own. The renderers in
+:mod:`hqbench.reporting.tables` and :mod:`hqbench.reporting.plots` only format what this module
+decides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hqbench.methods import column_order
+from hqbench.reporting.stats import bootstrap_ci, decode_outcomes, draw_summary, mcnemar_exact, rank_cells
+
+if TYPE_CHECKING:
+    from hqbench.reporting.results import ResultRow
+
+FP32 = "fp32"
+ALPHA = 0.05
+#: How known run options appear in line labels; other keys show as ``key=value``.
+_OPTION_ABBREV: dict[str, str] = {"weight_range": "{v}", "bias_correction": "bc", "keep_8bit": "8bit:{v}"}
+
+
+@dataclass
+class Line:
+    """One table line: a label, its setting and, per method, the draws sorted by seed."""
+
+    label: str
+    metric: str
+    bits: tuple[int, int]
+    options: tuple[tuple[str, str], ...]
+    engine: str
+    group: tuple[str, str, str, str]
+    counts: tuple[int, int]  # (n_eval, n_calib) of the quantised rows
+    cells: dict[str, list[ResultRow]] = field(default_factory=dict)
+    show_counts: bool = False  # the label names the counts: its group ran on several
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What a table shows for one (line, method): value, spread and mark.
+
+    ``mark`` is ``"best"`` (the significant or, without outcomes, untested winner), ``"tie"``
+    (not significantly different from the best) or ``""``.
+    """
+
+    value: float
+    std: float | None = None
+    n_draws: int = 1
+    ci: tuple[float, float] | None = None
+    mark: str = ""
+
+
+def bits_label(weight_bits: int, act_bits: int) -> str:
+    """``"w4a8"``; the FP32 reference is ``"float"``."""
+    return "float" if (weight_bits, act_bits) == (32, 32) else f"w{weight_bits}a{act_bits}"
+
+
+def bits_sort_key(label: str) -> tuple[int, int]:
+    """Sweep order: widest first, weights before activations (w8a8, w8a6, w6a6, w4a8, w4a4)."""
+    if label == "float":
+        return (-32, -32)
+    w, _, a = label[1:].partition("a")
+    return (-int(w), -int(a))
+
+
+def _option_part(key: str, value: str) -> str | None:
+    fmt = _OPTION_ABBREV.get(key)
+    if value == "":
+        return None
+    if fmt is None:
+        return key if value == "true" else f"{key}={value}"
+    if "{v}" in fmt:
+        return fmt.format(v=value)
+    return fmt if value == "true" else f"no-{fmt}" if value == "false" else f"{fmt}={value}"
+
+
+def options_label(options: Mapping[str, str] | Iterable[tuple[str, str]]) -> str:
+    """Brief form of run options for a label: ``{"weight_range": "mse", "bias_correction": "true"}`` -> ``"mse+bc"``."""
+    items = dict(options)
+    known = [k for k in _OPTION_ABBREV if k in items]
+    parts = (_option_part(k, str(items[k])) for k in [*known, *sorted(set(items) - set(known))])
+    return "+".join(p for p in parts if p)
+
+
+def options_legend(rows: Iterable[ResultRow]) -> str:
+    """What the abbreviations in labels stand for, for the notes line (empty when none are used)."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        for k, v in _options(r):
+            part = _option_part(k, v)
+            if part and part != f"{k}={v}":
+                seen.setdefault(part, f"{k}={v}")
+    return ", ".join(f"{abbr} = {full}" for abbr, full in seen.items())
+
+
+def _options(row: ResultRow) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((str(k), str(v)) for k, v in (getattr(row, "options", None) or {}).items()))
+
+
+def _bits(row: ResultRow) -> tuple[int, int]:
+    return (row.weight_bits, row.act_bits)
+
+
+def build_lines(rows: Sequence[ResultRow]) -> list[Line]:
+    """Group rows into lines in first-seen order, each cell's draws sorted by seed.
+
+    Runs on different image counts (``n_eval``/``n_calib``) are different lines too, labelled
+    with the counts, so no result in a file is hidden. The FP32 reference of a line is the one
+    evaluated on as many images when there is one. A (task, model, dataset, metric) with only
+    an FP32 row still gets a line. A row repeating a (line, method, seed) replaces the earlier.
+    """
+    multi_dataset = _multi(rows, lambda r: (r.task, r.model), lambda r: r.dataset)
+    multi_counts = _multi(_quantised(rows), _group, lambda r: (r.n_eval, r.n_calib))
+    engines: dict[tuple, list[str]] = {}
+    lines: dict[tuple, Line] = {}
+    for r in _quantised(rows):
+        seen = engines.setdefault(_group(r), [])
+        if r.engine not in seen:
+            seen.append(r.engine)
+        key = (*_group(r), *_bits(r), _options(r), r.engine, r.n_eval, r.n_calib)
+        if key not in lines:
+            lines[key] = Line("", r.metric, _bits(r), _options(r), r.engine, _group(r), (r.n_eval, r.n_calib))
+        _add(lines[key].cells.setdefault(r.method, []), r)
+    refs: dict[tuple, list[ResultRow]] = {}
+    for r in rows:
+        if r.method == FP32:
+            refs.setdefault(_group(r), []).append(r)
+    for group, ref in refs.items():
+        if group not in engines:
+            lines[(*group, "fp32-only")] = Line("", ref[0].metric, (8, 8), (), ref[0].engine, group, (0, 0))
+    for line in lines.values():
+        ref = refs.get(line.group, [])
+        for r in [r for r in ref if r.n_eval == line.counts[0]] or ref:
+            _add(line.cells.setdefault(FP32, []), r)
+        line.show_counts = line.group in multi_counts
+        line.label = _label(line, multi_dataset, engines.get(line.group, []))
+    return list(lines.values())
+
+
+def _group(row: ResultRow) -> tuple[str, str, str, str]:
+    return (row.task, row.model, row.dataset, row.metric)
+
+
+def _quantised(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    return [r for r in rows if r.method != FP32]
+
+
+def _add(draws: list[ResultRow], row: ResultRow) -> None:
+    draws[:] = sorted([d for d in draws if d.seed != row.seed] + [row], key=lambda d: d.seed)
+
+
+def _multi(rows: Sequence[ResultRow], by: Any, what: Any) -> set:
+    found: dict[Any, set] = {}
+    for r in rows:
+        found.setdefault(by(r), set()).add(what(r))
+    return {k for k, v in found.items() if len(v) > 1}
+
+
+def _label(line: Line, multi_dataset: set, engines: list[str]) -> str:
+    task, model, dataset, _ = line.group
+    label = model + (f" ({dataset})" if (task, model) in multi_dataset else "")
+    if line.bits != (8, 8):
+        label += f" {bits_label(*line.bits)}"
+    opts = options_label(line.options)
+    if opts:
+        label += f" {opts}" if line.bits != (8, 8) else f" w8a8 {opts}"
+    if line.show_counts:
+        label += f" n{line.counts[0]}/c{line.counts[1]}"
+    if engines and line.engine != engines[0]:
+        label += f" [{line.engine}]"
+    return label
+
+
+def methods_of(rows: Iterable[ResultRow]) -> list[str]:
+    """Methods present, in the registry's column order."""
+    return column_order(r.method for r in rows)
+
+
+@lru_cache(maxsize=4096)
+def _ci(outcomes: str) -> tuple[float, float]:
+    return bootstrap_ci(decode_outcomes(outcomes))
+
+
+def outcomes_of(row: ResultRow) -> str | None:
+    """The row's encoded per-image outcomes, or None for rows written without them."""
+    value = row.extra.get("outcomes")
+    return value if isinstance(value, str) and value else None
+
+
+def _seeds_with_outcomes(draws: list[ResultRow]) -> set[int]:
+    return {d.seed for d in draws if outcomes_of(d)}
+
+
+def _vector(draws: list[ResultRow], seed: int) -> np.ndarray:
+    return decode_outcomes(outcomes_of(next(d for d in draws if d.seed == seed)))
+
+
+def _mean(draws: list[ResultRow]) -> float:
+    return draw_summary([d.value for d in draws])[0]
+
+
+def _winners(line: Line) -> tuple[dict[str, str], str]:
+    """Marks for the quantised cells and how they were decided: "tested", "untested" or "single".
+
+    Tested when every competing cell has outcomes for a seed they all share (the lowest such
+    seed is used): the best is marked alone only if McNemar separates it from every other cell,
+    otherwise the cells tied with it are marked ``"tie"``. Untested lines mark the maximum.
+    """
+    values = {m: _mean(ds) for m, ds in line.cells.items() if m != FP32}
+    values = {m: v for m, v in values.items() if not math.isnan(v)}
+    if len(values) < 2:
+        return {m: "best" for m in values}, "single"
+    common = set.intersection(*(_seeds_with_outcomes(line.cells[m]) for m in values))
+    vectors = {m: _vector(line.cells[m], min(common)) for m in values} if common else {}
+    if not vectors or len({v.size for v in vectors.values()}) != 1:
+        top = max(values.values())
+        return {m: "best" for m, v in values.items() if v == top}, "untested"
+    rank = rank_cells({m: vectors[m] for m in column_order(values)}, ALPHA, scores=values)
+    if rank["tied"] == [rank["best"]]:
+        return {rank["best"]: "best"}, "tested"
+    return {m: "tie" for m in rank["tied"]}, "tested"
+
+
+def line_cells(line: Line, intervals: bool = True) -> tuple[dict[str, Cell], str]:
+    """Every cell of a line, marked, and how the marks were decided (see :func:`_winners`).
+
+    Args:
+        line: A line from :func:`build_lines`.
+        intervals: Compute bootstrap intervals of single-draw cells that carry outcomes.
+    """
+    marks, how = _winners(line)
+    cells = {}
+    for m, draws in line.cells.items():
+        mean, std = draw_summary([d.value for d in draws])
+        enc = outcomes_of(draws[0]) if len(draws) == 1 else None
+        ci = _ci(enc) if intervals and enc else None
+        cells[m] = Cell(mean, std, len(draws), ci, marks.get(m, ""))
+    return cells, how
+
+
+def _pair(line: Line, a: str, b: str) -> dict[str, Any]:
+    va, vb = _mean(line.cells[a]), _mean(line.cells[b])
+    seeds = _seeds_with_outcomes(line.cells[a]) & _seeds_with_outcomes(line.cells[b])
+    p = n = seed = None
+    if seeds:
+        xa, xb = _vector(line.cells[a], min(seeds)), _vector(line.cells[b], min(seeds))
+        if xa.size == xb.size:
+            p, n, seed = mcnemar_exact(xa, xb), int(xa.size), min(seeds)
+    return {"line": line.label, "metric": line.metric, "a": a, "b": b, "a_value": va, "b_value": vb,
+            "diff": va - vb, "p": p, "n": n, "seed": seed}
+
+
+def pvalue_pairs(line: Line) -> list[dict[str, Any]]:
+    """Every pair of quantised methods of a line: values, difference and exact McNemar p.
+
+    The p-value uses the lowest seed both cells have outcomes for; ``p``, ``n`` and ``seed``
+    are None when there is no such draw or the draws cover different numbers of images.
+    """
+    methods = [m for m in column_order(line.cells) if m != FP32]
+    return [_pair(line, a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
