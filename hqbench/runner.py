@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -26,6 +27,7 @@ from .models._weights import write_half_state_dict
 from .quant import parse_bit_widths
 from .quant.baseline import torch_act_grid
 from .quant.model import _check_keep
+from .quant.weights import WEIGHT_METHODS
 from .reporting import ResultRow, append_row, find_row
 from .reporting.results import FLOAT_BITS
 from .reporting.stats import encode_outcomes
@@ -80,7 +82,12 @@ def resolve_data_root(data_cfg: DictConfig) -> str | None:
 def build_data(cfg: DictConfig, card):
     """The configured datamodule with its root resolved, set up; and a description of its source."""
     root = resolve_data_root(cfg.data)
-    dm = instantiate(cfg.data, root=root, card=card, seed=cfg.seed)
+    try:
+        dm = instantiate(cfg.data, root=root, card=card, seed=cfg.seed)
+    except InstantiationException as err:  # Hydra wraps the datamodule's own one-line error: unwrap it
+        if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
+            raise err.__cause__ from None
+        raise
     dm.setup("test")
     return dm, getattr(dm, "source", None) or str(root)
 
@@ -167,6 +174,8 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     widths = [parse_bit_widths(b) for b in _as_list(cfg.get("bits", "w8a8"), "bits")]
     keep = _check_keep(cfg.get("keep_8bit"))
     weight_range = str(cfg.get("weight_range", "minmax"))
+    if weight_range not in WEIGHT_METHODS:
+        raise ValueError(f"weight_range: unknown {weight_range!r}; valid: {', '.join(WEIGHT_METHODS)}")
     bias_correction = cfg.get("bias_correction", False)
     if not isinstance(bias_correction, bool):
         raise ValueError(f"bias_correction must be true or false, got {bias_correction!r}")

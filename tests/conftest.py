@@ -15,3 +15,24 @@ def real_data() -> Path:
     if not root or not (Path(root) / "imagenet").is_dir():
         pytest.skip("HQBENCH_DATA is unset or holds no imagenet/: real-data test not run")
     return Path(root)
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list:
+    """Refuse and record every connection attempt (and DNS lookup); the test asserts the list is empty.
+
+    Recorded rather than only raised, because some libraries swallow ``OSError`` around their probes.
+    """
+    import socket
+
+    attempts: list = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[1:] if args and isinstance(args[0], socket.socket) else args)
+        raise OSError("hqbench tests: network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts

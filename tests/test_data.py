@@ -140,3 +140,51 @@ def test_real_imagenet_first_val_batch():
     assert images.shape == (8, 3, 224, 224) and images.dtype == torch.float32
     assert labels.tolist() == [dm.classes.index(p.parent.name) for p in dm.eval_files]
     assert dm.calibration_files == ImageNetDataModule(root, calib_size=16).calibration_files
+
+
+# ------------------------------------------------------------------ bad data.* values and bad image files
+@pytest.mark.parametrize("key, value", [
+    ("calib_size", 0), ("calib_size", -1), ("calib_size", "abc"), ("calib_size", 2.5), ("calib_size", True),
+    ("eval_limit", 0), ("eval_limit", -1), ("eval_limit", "abc"),
+    ("batch_size", 0), ("batch_size", -3), ("batch_size", "abc"),
+])
+@pytest.mark.parametrize("module", ["imagenet", "sar", "fashion_mnist"])
+def test_bad_size_keys_name_the_key_and_what_is_valid(tmp_path, module, key, value):
+    """Checked when the datamodule is built (Hydra passes ``abc`` through as a string): one line
+    naming ``data.<key>``, the value, and what is valid; nothing is read from disk first."""
+    from hqbench.data.fashion_mnist import FashionMNISTDataModule
+    from hqbench.data.sar import SARShipDataModule
+
+    cls = {"imagenet": ImageNetDataModule, "sar": SARShipDataModule, "fashion_mnist": FashionMNISTDataModule}[module]
+    with pytest.raises(ValueError) as info:
+        cls(tmp_path / "absent", **{key: value})
+    message = str(info.value)
+    assert message.startswith(f"data.{key} must be a positive integer") and repr(value) in message
+    assert ("or null for all" in message) == (key == "eval_limit") and "\n" not in message
+
+
+def test_negative_num_workers_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"data.num_workers must be 0 .* got -1"):
+        ImageNetDataModule(tmp_path, num_workers=-1)
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_truncated_jpeg_is_named(fake_root):
+    """PIL decodes lazily and says only 'image file is truncated'; the error must say which file."""
+    bad = fake_root / "val" / "n00000005" / "n00000005_1.JPEG"
+    Image.effect_noise((64, 64), 50).convert("RGB").save(bad)  # noise: a JPEG long enough to cut mid-scan
+    _truncate(bad)
+    loader = _dm(fake_root, card=CARD, batch_size=8).test_dataloader()
+    with pytest.raises(ValueError, match=rf"image {bad} is damaged or truncated"):
+        next(iter(loader))
+
+
+def test_non_image_file_is_named(fake_root):
+    bad = fake_root / "val" / "n00000999" / "n00000999_0.JPEG"
+    bad.write_bytes(b"<html>not a jpeg</html>")
+    with pytest.raises(ValueError, match=rf"image {bad} is not an image Pillow can identify"):
+        next(iter(_dm(fake_root, card=CARD, batch_size=8).test_dataloader()))

@@ -80,6 +80,15 @@ def test_wrong_architecture_is_rejected(tmp_path):
         create_model("mobilenet_v2", weights=str(path))
 
 
+@pytest.mark.parametrize("name", ["googlenet_fmnist", "yolov3_tiny_synth"])
+def test_project_model_wrong_architecture_is_a_one_line_value_error(tmp_path, name):
+    """Project checkpoints of another network: a ValueError naming the file, not torch's RuntimeError."""
+    path = tmp_path / "other.pt"
+    torch.save({"classifier.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(ValueError, match=rf"{name}: weights file {path} does not fit the architecture"):
+        create_model(name, weights=str(path))
+
+
 def test_googlenet_skips_only_aux_heads(tmp_path):
     # torchvision's checkpoint includes aux1/aux2; loading must accept exactly those extra keys.
     full = tvm.googlenet(weights=None, aux_logits=True, init_weights=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -210,3 +211,103 @@ def test_trained_detector_finds_ships_in_fp32_and_int8(sar_root, tmp_path):
                  "method=fp32,pytorch,D", f"out={out}"]) == 0
     rows = {r["method"]: r for r in json.loads(out.read_text())}
     assert rows["fp32"]["value"] > 70 and rows["D"]["value"] > 60 and rows["pytorch"]["act_range"] == "0..127"
+
+
+# ------------------------------------------------------------------ every annotation entry is checked on load
+def _box(value):
+    return lambda c: c["annotations"][0].update(bbox=value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_box([300, 50, 60, 30]), r"annotations\[0\] \(id 5\) has bbox \[300, 50, 60, 30\], outside its 320x180"),
+    (_box([-20, 50, 60, 30]), r"annotations\[0\] \(id 5\) has bbox \[-20, 50, 60, 30\], outside"),
+    (_box([40, 50, -60, 30]), r"has bbox \[40, 50, -60, 30\]: width and height must be positive"),
+    (_box([40, 50, 60, 0]), r"has bbox \[40, 50, 60, 0\]: width and height must be positive"),
+    (_box([40, float("nan"), 60, 30]), r"has bbox \[40, nan, 60, 30\]; expected \[x, y, width, height\], four"),
+    (_box([40, 50, float("inf"), 30]), r"has bbox \[40, 50, inf, 30\]; expected"),
+    (_box([40, "50", 60, 30]), r"has bbox \[40, '50', 60, 30\]; expected"),
+    (_box([40, 50, 60]), r"has bbox \[40, 50, 60\]; expected"),
+    (_box(None), r"has bbox None; expected"),
+    (lambda c: c["annotations"][0].update(iscrowd="yes"), r"annotations\[0\] \(id 5\) has iscrowd 'yes'"),
+    (lambda c: c["annotations"][0].pop("image_id"), r"annotations\[0\] lacks \['image_id'\]"),
+    (lambda c: c["annotations"][0].update(image_id="4"), r"annotations\[0\] \(id 5\) names unknown image_id '4'"),
+    (lambda c: c["images"][1].update(id=4), r"images\[1\] repeats id 4"),
+    (lambda c: c["images"][0].update(id="4"), r"images\[0\] has id '4'; ids are integers"),
+    (lambda c: c["images"][0].update(width="wide"), r"images\[0\] \(id 4\) has width/height \('wide', 180\)"),
+    (lambda c: c["images"][0].update(file_name="../../etc/passwd"),
+     r"images\[0\] \(id 4\) has file_name '../../etc/passwd'"),
+    (lambda c: c["annotations"].__setitem__(0, 7), r"annotations\[0\] is 7, not an object"),
+    (lambda c: c["images"][0].update(file_name="gone.jpg"),
+     r"gone.jpg, listed in .*test2017.json, does not exist \(images\[0\], id 4\)"),
+])
+def test_bad_annotation_names_file_entry_and_value(tmp_path, edit, message):
+    """A ValueError naming test2017.json, the first bad entry (index, id) and its value; NaN and
+    inf arrive through JSON's NaN/Infinity literals, which Python's json accepts."""
+    pattern = message if "listed in" in message else r"test2017.json.*" + message
+    with pytest.raises(ValueError, match=pattern):
+        SARShipDataModule(_broken(tmp_path, edit), imgsz=64).setup()
+
+
+def test_box_sizes_come_from_the_image_when_the_entry_has_none(tmp_path):
+    def edit(c):
+        for im in c["images"]:
+            im.pop("width"), im.pop("height")
+        c["annotations"][0]["bbox"] = [300, 50, 60, 30]  # d.jpg is 320x180 on disk
+    with pytest.raises(ValueError, match=r"outside its 320x180 image"):
+        SARShipDataModule(_broken(tmp_path, edit), imgsz=64).setup()
+
+
+def test_a_box_on_the_edge_is_accepted(tmp_path):
+    """Labelling tools may pass the edge by a rounding pixel: d.jpg is 320x180, the box ends at 320.5, 180.5."""
+    root = _broken(tmp_path, _box([260, 150, 60.5, 30.5]))
+    SARShipDataModule(root, imgsz=64, calib_size=1).setup()
+
+
+@pytest.mark.parametrize("limit", [None, 1])
+def test_test_split_without_boxes_is_an_error_not_a_sentinel(tmp_path, limit):
+    """No boxes to find makes mAP undefined (torchmetrics' -1, printed -100.00): refuse, naming the file."""
+    def edit(c):  # none at all, or (limit 1) none among the evaluated images: d.jpg keeps none
+        c["annotations"] = [] if limit is None else [a for a in c["annotations"] if a["image_id"] != 4]
+    root = _broken(tmp_path, edit)
+    with pytest.raises(ValueError, match=r"test2017.json hold no \(non-crowd\) boxes, so mAP50 is undefined"):
+        SARShipDataModule(root, imgsz=64, eval_limit=limit, calib_size=1).setup()
+
+
+def test_only_crowd_boxes_count_as_none(tmp_path):
+    root = _broken(tmp_path, lambda c: [a.update(iscrowd=1) for a in c["annotations"]])
+    with pytest.raises(ValueError, match="hold no"):
+        _first_batch(root, calib_size=1)
+
+
+def test_damaged_sar_image_is_named(tmp_path):
+    root = _make_layout(tmp_path / "sar")
+    bad = root / "JPEGImages" / "d.jpg"
+    Image.effect_noise((320, 180), 60).convert("RGB").save(bad)
+    bad.write_bytes(bad.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=rf"image {bad} is damaged or truncated"):
+        _first_batch(root, calib_size=1)
+
+
+@pytest.mark.skipif(any(importlib.util.find_spec(m) for m in ("pi_heif", "pillow_heif")),
+                    reason="a HEIF plugin is installed here, so no plugin is missing")
+def test_image_needing_a_missing_plugin_says_what_to_install(tmp_path, no_network):
+    """HEIC is read only through an optional plugin (pillow-heif, or pi-heif, which ultralytics' patched
+    Image.open tries to import once ultralytics is loaded); neither is installed here."""
+    def edit(c):
+        c["images"][0]["file_name"] = "d.heic"
+    root = _broken(tmp_path, edit)
+    (root / "JPEGImages" / "d.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    with pytest.raises(ValueError, match=r"d.heic: Pillow cannot read .heic files here; it needs the optional pi-heif"):
+        _first_batch(root, calib_size=1)
+    assert no_network == []  # ultralytics' hook must not try to fetch the plugin
+
+
+def test_missing_codec_is_named(tmp_path, monkeypatch):
+    """A format Pillow knows but whose codec this build lacks ("decoder jpeg2k not available")."""
+    root = _make_layout(tmp_path / "sar")
+
+    def no_codec(self):
+        raise OSError("decoder jpeg2k not available")
+    monkeypatch.setattr(Image.Image, "load", no_codec)
+    with pytest.raises(ValueError, match=r"d.jpg: this Pillow lacks an optional codec \(decoder jpeg2k not"):
+        _first_batch(root, calib_size=1)

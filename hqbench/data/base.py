@@ -9,6 +9,7 @@ from and how a list of them becomes a ``DataLoader``.
 
 from __future__ import annotations
 
+from numbers import Integral
 from typing import Any, Sequence
 
 import lightning as L
@@ -18,11 +19,31 @@ from torch.utils.data import DataLoader
 from hqbench.models.card import ModelCard
 
 
-def check_sizes(eval_limit: int | None, calib_size: int) -> None:
-    if eval_limit is not None and eval_limit < 1:
-        raise ValueError(f"eval_limit must be a positive integer or None, got {eval_limit}")
-    if calib_size < 1:
-        raise ValueError(f"calib_size must be a positive integer, got {calib_size}")
+def positive_int(key: str, value: Any, *, optional: bool = False) -> int | None:
+    """``value`` if it is a positive integer (or ``None`` where ``optional``).
+
+    Hydra hands an override such as ``data.calib_size=abc`` or ``=1.5`` through unchanged, so the
+    type is checked here, where the value is consumed, not only its sign.
+
+    Raises:
+        ValueError: naming ``data.<key>``, the value and what is valid.
+    """
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+        valid = "a positive integer" + (", or null for all" if optional else "")
+        raise ValueError(f"data.{key} must be {valid}; got {value!r}")
+    return int(value)
+
+
+def check_sizes(eval_limit: Any, calib_size: Any, batch_size: Any = 1, num_workers: Any = 0) -> None:
+    """Validate the size keys every datamodule takes (see :func:`positive_int`)."""
+    positive_int("eval_limit", eval_limit, optional=True)
+    positive_int("calib_size", calib_size)
+    positive_int("batch_size", batch_size)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, Integral) or num_workers < 0:
+        raise ValueError(f"data.num_workers must be 0 (load in the main process) or a positive integer; "
+                         f"got {num_workers!r}")
 
 
 def seeded_draw(pool_size: int, count: int, seed: int) -> list[int]:

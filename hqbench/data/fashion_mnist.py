@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
+from hqbench.data.base import BenchmarkDataModule, check_sizes, positive_int, seeded_draw
 from hqbench.data.transforms import build_transform
 from hqbench.models.card import ModelCard
 
@@ -83,7 +83,8 @@ class FashionMNISTDataModule(BenchmarkDataModule):
                  num_workers: int = 0, eval_limit: int | None = None, calib_size: int = 256, seed: int = 0,
                  train_limit: int | None = None):
         super().__init__()
-        check_sizes(eval_limit, calib_size)
+        check_sizes(eval_limit, calib_size, batch_size, num_workers)
+        positive_int("train_limit", train_limit, optional=True)
         self.root = None if root is None else Path(root).expanduser()
         self.card, self.batch_size, self.num_workers = card, batch_size, num_workers
         self.eval_limit, self.calib_size, self.seed, self.train_limit = eval_limit, calib_size, seed, train_limit

@@ -16,10 +16,10 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
+from hqbench.data.images import read_image
 from hqbench.data.transforms import build_transform
 from hqbench.models.card import ModelCard
 
@@ -39,8 +39,7 @@ class ImageListDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            return self.transform(img), label
+        return self.transform(read_image(path)), label  # a damaged file is named, not just "truncated"
 
 
 def read_synset_mapping(path: Path) -> list[str]:
@@ -89,7 +88,7 @@ class ImageNetDataModule(BenchmarkDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        check_sizes(eval_limit, calib_size)
+        check_sizes(eval_limit, calib_size, batch_size, num_workers)
         self.root = Path(root).expanduser()
         self.card = card
         self.batch_size = batch_size

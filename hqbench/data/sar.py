@@ -23,11 +23,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
+from hqbench.data.coco import check_coco
+from hqbench.data.images import image_size, read_image
 from hqbench.models.card import ModelCard
 
 SPLITS = {"train": "train2017", "test": "test2017"}
-_KEYS = {"images": ("id", "file_name"), "annotations": ("image_id", "bbox", "category_id"),
-         "categories": ("id", "name")}
 PAD_VALUE = 114  # ultralytics' letterbox grey
 
 
@@ -70,8 +70,7 @@ class SARShipDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.samples[i]
-        with Image.open(s.path) as img:
-            image, scale, (px, py) = letterbox(img, self.imgsz)
+        image, scale, (px, py) = letterbox(read_image(s.path), self.imgsz)  # read_image names a bad file
         xywh = torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4)
         boxes = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1) * scale + torch.tensor([px, py, px, py])
         return image, {"boxes": boxes, "labels": torch.tensor(s.labels, dtype=torch.long),
@@ -88,9 +87,9 @@ def read_coco_split(root: Path, split: str) -> tuple[list[Sample], list[str]]:
     """Samples (sorted by file name) and class names of ``root/annotations/<split>.json``.
 
     Raises:
-        FileNotFoundError: the annotation file or an image it lists is missing.
-        ValueError: the JSON lacks a required key (naming it), or an annotation points at an
-            unknown image or category.
+        FileNotFoundError: the annotation file or the image folder is missing.
+        ValueError: any bad entry (see :func:`hqbench.data.coco.check_coco`), named with the file,
+            its index, id and value; a missing image raises ``MissingImageError``, both kinds.
     """
     ann_path = root / "annotations" / f"{split}.json"
     if not ann_path.is_file():
@@ -98,37 +97,21 @@ def read_coco_split(root: Path, split: str) -> tuple[list[Sample], list[str]]:
                                 "root/JPEGImages/*.jpg + root/annotations/{train2017,test2017}.json")
     try:
         coco = json.loads(ann_path.read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"SAR annotation file {ann_path} is not valid JSON: {err}") from err
-    for key, fields in _KEYS.items():
-        if not isinstance(coco, dict) or not isinstance(coco.get(key), list):
-            raise ValueError(f"SAR annotation file {ann_path} has no list {key!r}; "
-                             f"a COCO file needs {', '.join(_KEYS)}")
-        for k, entry in enumerate(coco[key]):
-            missing = [f for f in fields if f not in entry]
-            if missing:
-                raise ValueError(f"SAR annotation file {ann_path}: {key}[{k}] lacks {missing}; "
-                                 f"needs {', '.join(fields)}")
+    image_dir = root / "JPEGImages"
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"SAR image folder {image_dir} does not exist; expected root/JPEGImages/*.jpg")
+    check_coco(coco, ann_path, image_dir)  # every entry, before any is used
     categories = sorted(coco["categories"], key=lambda c: c["id"])
     label_of = {c["id"]: i for i, c in enumerate(categories)}
     images = {im["id"]: im for im in coco["images"]}
     per_image: dict[int, list[dict]] = {i: [] for i in images}
     for a in coco["annotations"]:
-        if a["image_id"] not in images:
-            raise ValueError(f"SAR annotation file {ann_path}: annotation {a.get('id')} "
-                             f"names unknown image_id {a['image_id']}")
-        if a["category_id"] not in label_of:
-            raise ValueError(f"SAR annotation file {ann_path}: annotation {a.get('id')} has category_id "
-                             f"{a['category_id']}; categories are {sorted(label_of)}")
         per_image[a["image_id"]].append(a)
-    image_dir = root / "JPEGImages"
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"SAR image folder {image_dir} does not exist; expected root/JPEGImages/*.jpg")
     samples = []
     for image_id, im in images.items():
         path = image_dir / im["file_name"]
-        if not path.is_file():
-            raise FileNotFoundError(f"image {path}, listed in {ann_path}, does not exist")
         anns = per_image[image_id]
         samples.append(Sample(path, image_id, tuple(tuple(map(float, a["bbox"])) for a in anns),
                               tuple(label_of[a["category_id"]] for a in anns),
@@ -156,8 +139,7 @@ def write_yolo_dataset(root: str | Path, out_dir: str | Path) -> Path:
             link = out_dir / "images" / split / s.path.name
             if not link.exists():
                 link.symlink_to(s.path)
-            with Image.open(s.path) as img:
-                w, h = img.size
+            w, h = image_size(s.path)
             rows = [f"{c} {(x + bw / 2) / w:.6f} {(y + bh / 2) / h:.6f} {bw / w:.6f} {bh / h:.6f}"
                     for (x, y, bw, bh), c, crowd in zip(s.boxes, s.labels, s.iscrowd) if not crowd]
             (out_dir / "labels" / split / f"{s.path.stem}.txt").write_text("\n".join(rows) + "\n" if rows else "")
@@ -186,7 +168,7 @@ class SARShipDataModule(BenchmarkDataModule):
     def __init__(self, root: str | Path, card: ModelCard | None = None, imgsz: int = 512, batch_size: int = 16,
                  num_workers: int = 0, eval_limit: int | None = None, calib_size: int = 64, seed: int = 0):
         super().__init__()
-        check_sizes(eval_limit, calib_size)
+        check_sizes(eval_limit, calib_size, batch_size, num_workers)
         self.root = Path(root).expanduser()
         self.imgsz = card.input_size if card is not None else imgsz
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -230,7 +212,13 @@ class SARShipDataModule(BenchmarkDataModule):
         self._calib_samples()
 
     def _eval_samples(self) -> list[Sample]:
-        return self._split("test")[: self.eval_limit]
+        samples = self._split("test")[: self.eval_limit]
+        if not any(not crowd for s in samples for crowd in s.iscrowd):
+            # torchmetrics would report mAP -1 (printed as -100.00): an empty benchmark, not a score.
+            cut = f"the first {len(samples)} (data.eval_limit={self.eval_limit}) of " if self.eval_limit else ""
+            raise ValueError(f"{cut}the {len(samples)} test images of {self.root / 'annotations'}/{SPLITS['test']}"
+                             ".json hold no (non-crowd) boxes, so mAP50 is undefined; the test split needs annotations")
+        return samples
 
     def _calib_samples(self) -> list[Sample]:
         if self._calib is None:

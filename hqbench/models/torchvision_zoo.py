@@ -65,11 +65,11 @@ def _build(
     ignore_prefixes: tuple[str, ...] = (),
     imagenet_norm: bool = True,
 ) -> tuple[nn.Module, ModelCard]:
-    model = make()
     if weights == RANDOM:
-        return model, _card(name, weights_enum, RANDOM, imagenet_norm)
+        return make(), _card(name, weights_enum, RANDOM, imagenet_norm)
     path = _resolve_file(name, weights, weights_enum)
-    state = read_state_dict(path)
+    state = read_state_dict(path)  # before building: a bad file fails fast, without VGG's init
+    model = make()
     # Non-strict only so the listed prefixes may be absent from the model; anything else must match.
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.startswith(ignore_prefixes)]

@@ -122,7 +122,11 @@ def convert_darknet(cfg_path: str | Path, weights_path: str | Path, nc: int = 1)
 
 
 def save_ultralytics_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model`` as ``{"model": model}``, the checkpoint layout ``ultralytics.YOLO(path)`` loads."""
+    """Write ``model`` as ``{"model": model}``, the checkpoint layout ``ultralytics.YOLO(path)`` loads.
+
+    ultralytics unpickles such a file with ``weights_only=False``; hqbench hands it only files
+    written here, from a network whose weights came from :func:`read_detection_state`.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model, "train_args": {}, "date": None, "version": None}, path)
@@ -130,18 +134,16 @@ def save_ultralytics_checkpoint(model: nn.Module, path: str | Path) -> Path:
 
 
 def read_detection_state(path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from a plain/Lightning file, or from an ultralytics checkpoint (``ema``/``model``)."""
-    try:
-        return read_state_dict(path)
-    except ValueError:
-        offline_ultralytics()
-        from ultralytics.nn.tasks import torch_safe_load
+    """A state dict from a plain or Lightning file, read with ``weights_only=True`` only.
 
-        ckpt, _ = torch_safe_load(str(path))
-        net = ckpt.get("ema") or ckpt.get("model")
-        if not isinstance(net, nn.Module):
-            raise ValueError(f"weights file {path} is neither a state dict nor an ultralytics checkpoint") from None
-        return net.float().state_dict()
+    There is deliberately no fallback to ultralytics' loader: it unpickles whole objects (code can
+    run), and for a damaged file named like one of its assets it deletes the file and downloads.
+    A full ultralytics checkpoint is refused with the one-line conversion to a state dict.
+
+    Raises:
+        ValueError: the file is not a readable state dict (one line naming it).
+    """
+    return read_state_dict(Path(path))
 
 
 def load_yolov3_tiny(path: Path, owner: str) -> nn.Module:
@@ -150,8 +152,8 @@ def load_yolov3_tiny(path: Path, owner: str) -> nn.Module:
     Raises:
         ValueError: the file does not fit the architecture (naming ``owner``, the file and the keys).
     """
+    state = {k: v.float() for k, v in read_detection_state(Path(path)).items()}  # before ultralytics is imported
     model = build_yolov3_tiny(nc=1)
-    state = {k: v.float() for k, v in read_detection_state(Path(path)).items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{owner}: weights file {path} does not fit the architecture; "
@@ -173,9 +175,9 @@ def yolov3_tiny_sar(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
     """YOLOv3-tiny (LeakyReLU, one class: ship) fine-tuned on SAR ships; 512x512 letterboxed input.
 
     Args:
-        weights: a state dict, a Lightning checkpoint (keys ``model.<...>``), or an ultralytics
-            checkpoint; ``None`` means ``checkpoints/yolov3_tiny_sar.pt``; ``"random"`` builds it
-            untrained.
+        weights: a state dict or a Lightning checkpoint (keys ``model.<...>``); a full ultralytics
+            checkpoint is refused (loading it would unpickle objects), the error says how to convert
+            it; ``None`` means ``checkpoints/yolov3_tiny_sar.pt``; ``"random"`` builds it untrained.
 
     Raises:
         FileNotFoundError: the weights file is missing (naming it and how to make it).

@@ -3,6 +3,11 @@
 Detection training is ultralytics' job; hqbench adds the offline guard, the Darknet start, the
 conversion of the HRSID layout into ultralytics' (under a cache, never in the data folder) and
 the half-precision checkpoint that :func:`hqbench.models.yolo.yolov3_tiny_sar` loads.
+
+ultralytics' trainer unpickles its checkpoints with ``weights_only=False``. So it is only ever
+given files written in this run: ``init.pt``, built here from a state dict read with
+``weights_only=True`` (or from Darknet's raw floats), the dataset yaml, and its own ``best.pt``.
+What leaves the run is a plain state dict, never a pickled model.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from hqbench.models.yolo import (build_yolov3_tiny, convert_darknet, load_yolov3
 
 @dataclass
 class YoloTrainResult:
-    weights: Path  # ultralytics' best.pt (EMA weights of the best validation epoch)
+    weights: Path  # plain state dict of ultralytics' best.pt (EMA weights of the best validation epoch)
     epochs: int  # epochs actually run (ultralytics fits them to ``hours`` when that is set)
     seconds: float
     map50: float  # ultralytics' validation mAP50 of best.pt on the test split
@@ -47,12 +52,12 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
     """
     ul = offline_ultralytics()
     work_dir = Path(work_dir).expanduser().resolve()
-    data_yaml = write_yolo_dataset(data_root, work_dir / "dataset")
     if init is None:
         model = convert_darknet(*darknet, nc=1) if darknet else build_yolov3_tiny(nc=1)
-    else:  # any file hqbench reads (its fp16 checkpoints included) becomes an ultralytics checkpoint
+    else:  # read safely (state dicts only) before anything else, so a bad file fails first
         model = load_yolov3_tiny(Path(init), "train.init")
-    init = save_ultralytics_checkpoint(model, work_dir / "init.pt")
+    data_yaml = write_yolo_dataset(data_root, work_dir / "dataset")
+    init = save_ultralytics_checkpoint(model, work_dir / "init.pt")  # written here, so safe to unpickle
     run_name = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
     extra = {"time": hours} if hours else {}
     start = time.perf_counter()
@@ -64,12 +69,15 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
     seconds = time.perf_counter() - start
     trainer = yolo.trainer
     best = Path(trainer.best if Path(trainer.best).is_file() else trainer.last)
-    metrics = ul.YOLO(str(best)).val(data=str(data_yaml), imgsz=imgsz, batch=batch, split="val", plots=False,
-                                     project=str(work_dir / "runs"), name=run_name + "-val", verbose=False)
-    return YoloTrainResult(weights=best, epochs=int(trainer.epoch) + 1, seconds=seconds,
+    # yolo.model is now best.pt's EMA network (ultralytics reloads it after training): keep its tensors only.
+    weights = best.with_name(f"{best.stem}_state.pt")
+    torch.save(yolo.model.float().state_dict(), weights)
+    metrics = yolo.val(data=str(data_yaml), imgsz=imgsz, batch=batch, split="val", plots=False,
+                       project=str(work_dir / "runs"), name=run_name + "-val", verbose=False)
+    return YoloTrainResult(weights=weights, epochs=int(trainer.epoch) + 1, seconds=seconds,
                            map50=float(metrics.box.map50), map50_95=float(metrics.box.map))
 
 
 def save_half_state_dict(weights: str | Path, out: str | Path) -> Path:
-    """Write an ultralytics checkpoint's (EMA) network as a float16 state dict, atomically."""
+    """Write the state dict ``weights`` (what :func:`train_yolo` returns) as float16, atomically."""
     return write_half_state_dict(read_detection_state(Path(weights)), Path(out))

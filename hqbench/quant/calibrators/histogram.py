@@ -10,6 +10,7 @@ import torch
 from torch.ao.quantization.observer import HistogramObserver
 
 from ..grid import QuantGrid
+from . import register_calibrator
 from .base import Calibrator
 
 
@@ -29,3 +30,5 @@ class Histogram(Calibrator):
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self.observer._non_linear_param_search()
         return lo.detach().clone(), hi.detach().clone()
+
+register_calibrator("histogram", Histogram, title="Histogram", letter="C")

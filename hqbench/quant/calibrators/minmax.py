@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from . import register_calibrator
 from .base import _MinMaxState
 
 
@@ -35,3 +36,6 @@ class MovingMinMax(_MinMaxState):
             c = self.averaging_constant
             self.min_val.copy_(self.min_val + c * (lo - self.min_val))
             self.max_val.copy_(self.max_val + c * (hi - self.max_val))
+
+register_calibrator("moving_minmax", MovingMinMax, title="Moving MinMax", letter="A")
+register_calibrator("minmax", MinMax, title="MinMax", letter="B")

@@ -15,6 +15,7 @@ import torch
 
 from ..grid import QuantGrid
 from ..search import search_range
+from . import register_calibrator
 from .base import Calibrator
 
 
@@ -63,3 +64,5 @@ class ActivationRedistribution(Calibrator):
         edges = torch.linspace(lo, hi, self.bins + 1, dtype=torch.float64)
         best_lo, best_hi = search_range(self.histogram, edges, grid, self.steps, self.p)
         return torch.tensor(best_lo), torch.tensor(best_hi)
+
+register_calibrator("redistribution", ActivationRedistribution, title="Activation Redistribution", letter="D")

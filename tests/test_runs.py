@@ -1,0 +1,130 @@
+"""Trustworthy runs: rows keyed by everything that changes them, merged under a lock, resumed,
+never holding a machine's absolute path; methods from the registry, plugins included."""
+
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hqbench.cli import main
+from hqbench.reporting import ResultRow, append_row, read_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["model=mobilenet_v2_fmnist", "data=fashion_mnist", "data.eval_limit=64", "data.calib_size=32"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return json.loads(path.read_text())
+
+
+def test_aliases_bits_and_one_line_errors(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["test", *SMALL, "method=fp32,redistribution", "bits=w8a8,w4a8", f"out={out}"]) == 0
+    rows = _rows(out)
+    assert [(r["method"], r["weight_bits"], r["act_bits"]) for r in rows] == [("fp32", 32, 32), ("D", 8, 8), ("D", 4, 8)]
+    assert len(rows[1]["outcomes"]) > 10 and rows[1]["hqbench_version"] and rows[1]["torch_version"]
+    capsys.readouterr()
+    for bad, words in [("bits=w0a8", "2..16"), ("bits=8", "w8a8"), ("keep_8bit=middle", "first, last"),
+                       ("weight_range=max", "minmax, mse"), ("method=E", "valid: fp32, pytorch, A, B, C, D"),
+                       ("engine=tpu", "fake, int, onnxruntime"), ("bias_correction=maybe", "true or false")]:
+        assert main(["test", *SMALL, bad, f"out={tmp_path / 'bad.json'}"]) == 1, bad
+        text = capsys.readouterr().out
+        assert "error:" in text and words in text and "Traceback" not in text, (bad, text)
+    assert not (tmp_path / "bad.json").exists()
+
+
+def test_resume_merge_seed_and_redo(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["test", *SMALL, "method=fp32,B", f"out={out}"]) == 0
+    first = _rows(out)
+    capsys.readouterr()
+    assert main(["test", *SMALL, "method=fp32,B,D", f"out={out}"]) == 0  # fp32 and B reused, D added
+    assert capsys.readouterr().out.count("already in") == 2
+    second = _rows(out)
+    assert [r["method"] for r in second] == ["fp32", "B", "D"]
+    assert second[:2] == first  # untouched, not rerun
+    assert main(["test", *SMALL, "method=B", "seed=1", f"out={out}"]) == 0  # another draw: another row
+    assert [(r["method"], r["seed"]) for r in _rows(out)] == [("fp32", 0), ("B", 0), ("D", 0), ("B", 1)]
+    assert main(["test", *SMALL, "method=B", "redo=true", f"out={out}"]) == 0
+    redone = next(r for r in _rows(out) if r["method"] == "B" and r["seed"] == 0)
+    assert redone["timestamp"] >= first[1]["timestamp"] and len(_rows(out)) == 4
+    for row in _rows(out):  # portable rows: no absolute path of this machine
+        for key in ("dataset", "weights"):
+            assert not os.path.isabs(row[key]), (key, row[key])
+
+
+def _append_many(path: str, writer: int, count: int) -> None:
+    for i in range(count):
+        row = ResultRow("classification", f"m{writer}", "d", "B", "top1", float(i), 10, 5, i, 0.0, 0.0, "0..255", "fake")
+        append_row(row, path, siblings=True)
+
+
+def test_concurrent_writers_keep_every_row(tmp_path):
+    path = str(tmp_path / "shared.json")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, w, 25)) for w in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert all(p.exitcode == 0 for p in procs)
+    rows = read_results(path)
+    assert len(rows) == 75 and len({r.key for r in rows}) == 75
+
+
+PLUGIN = textwrap.dedent('''
+    """A calibrator added in one file: the 99th percentile of |x| as a symmetric range."""
+    import torch
+    from hqbench.quant.calibrators import Calibrator, register_calibrator
+
+    class AbsQuantile(Calibrator):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("amax", torch.tensor(float("nan")))
+
+        def observe(self, x):
+            q = torch.quantile(x.detach().abs().flatten()[:100000].float(), 0.99)
+            self.amax = q if torch.isnan(self.amax) else torch.maximum(self.amax, q)
+
+        def has_data(self):
+            return not bool(torch.isnan(self.amax))
+
+        def compute_range(self, grid):
+            return -self.amax if grid.signed else torch.tensor(0.0), self.amax
+
+    register_calibrator("absq", AbsQuantile, title="Abs quantile", letter="E")
+''')
+
+
+def test_a_calibrator_in_one_file_runs_through_the_cli_and_result_py(tmp_path):
+    """An entry point in the hqbench.calibrators group registers it: no hqbench file is touched."""
+    site = tmp_path / "site"
+    (site / "absq_plugin-0.dist-info").mkdir(parents=True)
+    (site / "absq_plugin.py").write_text(PLUGIN)
+    (site / "absq_plugin-0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: absq-plugin\nVersion: 0\n")
+    (site / "absq_plugin-0.dist-info" / "entry_points.txt").write_text("[hqbench.calibrators]\nabsq = absq_plugin\n")
+    tasks = tmp_path / "tasks"
+    shutil.copytree(ROOT / "tasks", tasks)
+    (tasks / "paper.yaml").write_text("real: []\nembedded:\n  - {model: mobilenet_v2_fmnist, data: fashion_mnist}\n")
+    env = {k: v for k, v in os.environ.items() if k != "HQBENCH_DATA"}
+    env.update(PYTHONPATH=str(site), HQBENCH_TASKS=str(tasks))
+    small = ["data.eval_limit=64", "data.calib_size=32"]
+    out = tmp_path / "cli.json"
+    cli = subprocess.run([sys.executable, "-m", "hqbench", "test", *SMALL, "method=fp32,E", f"out={out}"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert cli.returncode == 0, cli.stdout[-2000:] + cli.stderr[-2000:]
+    assert [r["method"] for r in _rows(out)] == ["fp32", "E"] and "Abs quantile" in cli.stdout
+    paper = tmp_path / "paper.json"
+    for flags in (["-B"], ["--method", "E"]):  # two runs into one file: both kept, fp32/pytorch reused
+        proc = subprocess.run([sys.executable, str(ROOT / "result.py"), *flags, *small, f"out={paper}"],
+                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "already in" in proc.stdout
+    assert sorted(r["method"] for r in _rows(paper)) == ["B", "E", "fp32", "pytorch"]
+    assert "Abs quantile" in paper.with_suffix(".md").read_text()
