@@ -21,7 +21,7 @@ class ActQuantizer(nn.Module):
     def __init__(self, name: str, calibrator: Calibrator, grid: QuantGrid):
         super().__init__()
         self.name, self.calibrator, self.grid = name, calibrator, grid
-        self.mode = OFF
+        self._mode = OFF
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("clip", torch.zeros(2))  # the chosen [lo, hi], for reports
@@ -36,10 +36,26 @@ class ActQuantizer(nn.Module):
             self.calibrator.observe(x)
             return x
         if self.mode == QUANT:
-            if not self.calibrated:
-                raise RuntimeError(f"layer {self.name!r} was never calibrated; run calibration before quantizing")
             return fake_quantize(x, self.scale, self.zero_point, self.grid.qmin, self.grid.qmax)
         return x
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: str) -> None:
+        """Checked here, once, so ``forward`` has no data-dependent branch for tracers to trip on."""
+        if mode not in (OBSERVE, QUANT, OFF):
+            raise ValueError(f"layer {self.name!r}: unknown mode {mode!r}; valid: {OBSERVE}, {QUANT}, {OFF}")
+        if mode == QUANT:
+            self.check_calibrated()
+        self._mode = mode
+
+    def check_calibrated(self) -> None:
+        """Raise if qparams were never frozen (or loaded): quantizing with scale 1 is silently wrong."""
+        if not bool(self.calibrated):
+            raise RuntimeError(f"layer {self.name!r} was never calibrated; run calibration before quantizing")
 
     def freeze(self) -> None:
         """Turn the calibrator's statistics into qparams."""

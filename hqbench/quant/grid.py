@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .bits import check_bits
+
 _EPS = torch.finfo(torch.float32).eps
 
 
@@ -25,6 +27,9 @@ class QuantGrid:
 
     bits: int = 8
     signed: bool = True
+
+    def __post_init__(self) -> None:
+        check_bits(self.bits, "grid bits")
 
     @property
     def qmin(self) -> int:
@@ -66,8 +71,49 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid) -> tup
     return scale, zero_point
 
 
+def _exporting() -> bool:
+    """True while torch.jit.trace / torch.onnx.export (TorchScript) or torch.export records the model."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
+def _channel_axis(scale: torch.Tensor) -> int | None:
+    """The one axis along which a broadcastable ``scale`` varies (None: per-tensor)."""
+    if scale.numel() == 1:
+        return None
+    axes = [i for i, n in enumerate(scale.shape) if n > 1]
+    if len(axes) != 1:
+        raise ValueError(f"a quantization scale must vary along one axis at most, got shape {tuple(scale.shape)}")
+    return axes[0]
+
+
+def fake_quantize_op(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int,
+                     qmax: int) -> torch.Tensor:
+    """:func:`fake_quantize` as torch's fake-quant ops, which exporters turn into Quantize/DequantizeLinear.
+
+    Not bit-identical to :func:`fake_quantize`: torch's kernels compute ``round(x * (1/scale))``,
+    which rounds the other way on some exact ties ``x = (k + 0.5) * scale`` (16k of 2.2M values in a
+    tie-heavy test; 139 of 2e8 random values). ONNX QuantizeLinear divides, as :func:`fake_quantize`
+    does, so only the traced graph uses these ops and eager results stay those of the exported model.
+    """
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    zero_point = torch.as_tensor(zero_point, device=x.device)
+    axis = _channel_axis(scale)
+    if axis is None:
+        return torch.fake_quantize_per_tensor_affine(x, scale.reshape(()), zero_point.reshape(()).to(torch.int32),
+                                                     qmin, qmax)
+    zp = torch.broadcast_to(zero_point, scale.shape).reshape(-1).to(torch.int32)
+    return torch.fake_quantize_per_channel_affine(x, scale.reshape(-1), zp, axis, qmin, qmax)
+
+
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-    """Quantize-dequantize ``x``; ``scale``/``zero_point`` broadcast against ``x``."""
+    """Quantize-dequantize ``x``; ``scale``/``zero_point`` broadcast against ``x``.
+
+    Eager mode computes ONNX QuantizeLinear's formula ``clamp(round(x / scale) + z)`` (ties to
+    even) bit for bit; under tracing/export the same step is recorded as torch's fake-quant op so
+    the exported graph holds Q/DQ pairs (see :func:`fake_quantize_op`).
+    """
+    if _exporting():
+        return fake_quantize_op(x, scale, zero_point, qmin, qmax)
     q = torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax)
     return (q - zero_point) * scale
 
@@ -86,6 +132,7 @@ def weight_qparams(weight: torch.Tensor, bits: int = 8, per_channel: bool = True
 
 
 def fake_quantize_weight(weight: torch.Tensor, bits: int = 8, per_channel: bool = True) -> torch.Tensor:
+    """Symmetric fake-quant of a weight: zero point 0 on ``[-(2^(b-1)-1), 2^(b-1)-1]``."""
     qmax = 2 ** (bits - 1) - 1
     scale = weight_qparams(weight, bits, per_channel)
-    return torch.clamp(torch.round(weight / scale), -qmax, qmax) * scale
+    return fake_quantize(weight, scale, torch.zeros((), dtype=torch.int64, device=weight.device), -qmax, qmax)

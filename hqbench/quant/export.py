@@ -1,0 +1,213 @@
+"""Export a calibrated QuantizedModel as a QDQ ONNX model that onnxruntime runs with int8 kernels.
+
+Exporter: torch's TorchScript exporter (``torch.onnx.export(..., dynamo=False)``), default opset 17
+(per-channel DequantizeLinear needs >= 13). The tracer runs the eager model, so the quantizers'
+module hooks and TorchFunctionMode are recorded as they run. The dynamo exporter was not used: it
+needs onnxscript, which hqbench does not depend on.
+
+What the file holds:
+
+* every activation point as ``QuantizeLinear -> DequantizeLinear``: uint8 with zero point 0 on
+  unsigned grids, int8 with the redistribution shift as zero point on signed grids (or, with
+  ``container="uint8"``, uint8 with zero point shift + 128: the same values, in the one type
+  onnxruntime fuses a uint8-in/int8-out layer with; see :func:`export_onnx`). Grids narrower
+  than 8 bits keep the 8-bit container with a ``Clip(qmin, qmax)`` on the integers between Q and DQ
+  (torch's own symbolic only accepts 0..255, -128..127 and 0..127), so clamping is exact; the
+  encodings JSON gives the narrow qmin/qmax. That Clip also stops onnxruntime's QDQ fusion, so
+  such layers run as float kernels on exact integers. Grids wider than 8 bits are refused
+  (opset 21's int16 Q/DQ is beyond torch's TorchScript exporter).
+* weights as int8 initializers (symmetric, per output channel, zero point 0) behind a
+  DequantizeLinear; biases as int32 at scale ``s_in * s_w``, as onnxruntime's QLinearConv wants.
+
+Eager fake-quant computes ONNX QuantizeLinear's formula (``round(x / s)``, ties to even), so the
+Q/DQ pairs reproduce it bit for bit; fused int8 kernels requantize in their own arithmetic, so
+a layer may land 1 LSB off, and such steps compound with depth (MobileNetV2: <= 7 LSB at logits).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch.utils._pytree import tree_flatten
+
+from .fake import QUANT, ActQuantizer
+from .qdq_params import layer_weight_bits, quantize_parameters, value_of
+
+ENCODINGS_VERSION = 1
+CONTAINER_MODES = ("native", "uint8")
+
+
+def output_paths(path: str | os.PathLike) -> dict[str, Path]:
+    """The three files one export writes, keyed ``onnx``, ``qstate``, ``encodings``."""
+    path = Path(path)
+    return {"onnx": path, "qstate": path.with_suffix(".qstate.pt"), "encodings": path.with_suffix(".encodings.json")}
+
+
+def check_exportable(qmodel) -> None:
+    """Refuse what the QDQ file cannot hold, naming the layer: uncalibrated points, > 8-bit grids."""
+    for q in qmodel.quantizers.values():
+        if not bool(q.calibrated):
+            raise RuntimeError(f"cannot export: layer {q.name!r} was never calibrated; run calibrate() "
+                               "or load_quant_state_dict() first")
+        if q.grid.bits > 8:
+            raise NotImplementedError(f"cannot export layer {q.name!r}: {q.grid.bits}-bit activations need 16-bit "
+                                      "Q/DQ (opset 21), which torch's TorchScript exporter does not emit")
+    for name in qmodel.plan.compute:
+        if layer_weight_bits(qmodel, name) > 8:
+            raise NotImplementedError(f"cannot export layer {name!r}: {layer_weight_bits(qmodel, name)}-bit weights "
+                                      "do not fit the int8 DequantizeLinear")
+
+
+def export_onnx(qmodel, path, example_inputs, *, opset: int = 17, overwrite: bool = False,
+                dynamic_batch: bool = True, container: str = "native") -> dict:
+    """Write ``path`` (QDQ ONNX), ``*.qstate.pt`` and ``*.encodings.json``; returns their paths and counts.
+
+    ``container="native"`` stores signed grids as int8 (zero point z), unsigned ones as uint8.
+    ``container="uint8"`` stores every activation as uint8, signed grids shifted by 128 (zero
+    point z + 128, same values bit for bit): onnxruntime only fuses a Conv/Add whose inputs and
+    output share one type, which the hybrid scheme's uint8-in/int8-out layers never do natively.
+
+    Raises:
+        RuntimeError: a layer was never calibrated. FileExistsError: a target exists and
+        ``overwrite`` is False. ValueError: opset < 13.
+    """
+    if opset < 13:
+        raise ValueError(f"opset {opset} cannot hold per-channel DequantizeLinear; use 13 or later")
+    if container not in CONTAINER_MODES:
+        raise ValueError(f"container must be one of {CONTAINER_MODES}, got {container!r}")
+    check_exportable(qmodel)
+    paths = output_paths(path)
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)}; pass overwrite=True")
+    example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    model, order = trace_to_onnx(qmodel, example_inputs, opset, dynamic_batch, container == "uint8")
+    params = quantize_parameters(model, qmodel)
+    encodings = {"version": ENCODINGS_VERSION, "opset": opset, "method": qmodel.method,
+                 "act_bits": qmodel.act_bits, "weight_bits": qmodel.weight_bits,
+                 "container": container, "activations": activation_encodings(model, order), **params}
+    paths["onnx"].parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(paths["onnx"], model.SerializeToString())
+    buffer = io.BytesIO()
+    torch.save(qmodel.quant_state_dict(), buffer)
+    _write_atomic(paths["qstate"], buffer.getvalue())
+    _write_atomic(paths["encodings"], (json.dumps(encodings, indent=1) + "\n").encode())
+    return {**{k: str(p) for k, p in paths.items()}, "opset": opset,
+            "activation_tensors": len(encodings["activations"]), "weight_tensors": len(encodings["weights"])}
+
+
+def trace_to_onnx(qmodel, example_inputs: tuple, opset: int, dynamic_batch: bool, all_uint8: bool = False):
+    """Trace the fake-quant model to an ``onnx.ModelProto``; also returns the quantizers in call order."""
+    switched = any(q.mode != QUANT for q in qmodel.quantizers.values())
+    if switched:
+        qmodel.set_mode(QUANT)
+    try:
+        return _trace(qmodel, example_inputs, opset, dynamic_batch, all_uint8)
+    finally:
+        if switched:
+            qmodel.set_mode("float")
+
+
+def _trace(qmodel, example_inputs: tuple, opset: int, dynamic_batch: bool, all_uint8: bool):
+    import onnx
+
+    order: list[ActQuantizer] = []  # the tracer records ops in this order too
+    hooks = [q.register_forward_hook(lambda m, a, o: order.append(m)) for q in qmodel.quantizers.values()]
+    try:
+        n_out = len(tree_flatten(_run(qmodel, example_inputs))[0])
+    finally:
+        for h in hooks:
+            h.remove()
+    inputs = [f"input{i}" for i in range(len(example_inputs))]
+    outputs = [f"output{i}" for i in range(n_out)]
+    axes = {n: {0: "batch"} for n in inputs + outputs} if dynamic_batch else None
+    buffer = io.BytesIO()
+    symbolic = functools.partial(_qdq_symbolic, all_uint8=all_uint8)
+    torch.onnx.register_custom_op_symbolic("aten::fake_quantize_per_tensor_affine", symbolic, opset)
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # qparams and shapes are constants by design; the tracer warns about every one of them.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(qmodel.model, example_inputs, buffer, dynamo=False, opset_version=opset,
+                              input_names=inputs, output_names=outputs, dynamic_axes=axes)
+    finally:
+        torch.onnx.unregister_custom_op_symbolic("aten::fake_quantize_per_tensor_affine", opset)
+    return onnx.load_from_string(buffer.getvalue()), order
+
+
+def _run(qmodel, example_inputs):
+    with torch.no_grad():
+        return qmodel.model(*example_inputs)
+
+
+def container_of(qmin: int, all_uint8: bool) -> tuple[torch.dtype, int]:
+    """The 8-bit type a grid is stored in, and the offset added to its integers (128: int8 as uint8)."""
+    if qmin < 0:
+        return (torch.uint8, 128) if all_uint8 else (torch.int8, 0)
+    return torch.uint8, 0
+
+
+def _qdq_symbolic(g, x, scale, zero_point, quant_min, quant_max, all_uint8: bool = False):
+    """Q/DQ for any grid inside an 8-bit container; a Clip on the integers makes narrower grids exact."""
+    from torch.onnx import symbolic_helper
+
+    qmin = symbolic_helper._get_const(quant_min, "i", "quant_min")
+    qmax = symbolic_helper._get_const(quant_max, "i", "quant_max")
+    dtype, offset = container_of(qmin, all_uint8)
+    lo, hi = (0, 255) if dtype == torch.uint8 else (-128, 127)
+    if qmin + offset < lo or qmax + offset > hi:
+        raise NotImplementedError(f"grid {qmin}..{qmax} does not fit an 8-bit Q/DQ container")
+    onnx_type = {torch.uint8: 2, torch.int8: 3}[dtype]  # TensorProto.UINT8 / INT8
+    if offset:
+        shift = g.op("Constant", value_t=torch.tensor(offset, dtype=torch.int32))
+        zero_point = g.op("Add", g.op("Cast", zero_point, to_i=6), shift)  # 6: TensorProto.INT32
+    zp = g.op("Cast", zero_point, to_i=onnx_type)
+    scale = g.op("Cast", scale, to_i=1)  # FLOAT
+    q = g.op("QuantizeLinear", x, scale, zp)
+    if (qmin + offset, qmax + offset) != (lo, hi):
+        q = g.op("Clip", q, g.op("Constant", value_t=torch.tensor(qmin + offset, dtype=dtype)),
+                 g.op("Constant", value_t=torch.tensor(qmax + offset, dtype=dtype)))
+    return g.op("DequantizeLinear", q, scale, zp)
+
+
+def activation_encodings(model, order: list[ActQuantizer]) -> dict:
+    """ONNX tensor name -> qparams, matching QuantizeLinear nodes to quantizer calls in trace order.
+
+    The match is checked: each Q node's scale and zero point must equal its quantizer's.
+    """
+    quants = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    if len(quants) != len(order):
+        raise RuntimeError(f"export traced {len(order)} activation quantizer calls but the ONNX graph has "
+                           f"{len(quants)} QuantizeLinear nodes")
+    out = {}
+    for node, q in zip(quants, order):
+        scale, zp = value_of(model, node.input[1]), value_of(model, node.input[2])
+        offset = 128 if q.grid.signed and zp.dtype.name == "uint8" else 0
+        if float(scale) != float(q.scale) or int(zp) != int(q.zero_point) + offset:
+            raise RuntimeError(f"QuantizeLinear on {node.input[0]!r} does not carry layer {q.name!r}'s qparams")
+        out[node.input[0]] = {"layer": q.name, "scale": float(q.scale), "zero_point": int(q.zero_point),
+                              "qmin": q.grid.qmin, "qmax": q.grid.qmax, "bits": q.grid.bits, "signed": q.grid.signed,
+                              "dtype": zp.dtype.name, "container_offset": offset}
+    return out
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

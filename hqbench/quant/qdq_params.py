@@ -1,0 +1,148 @@
+"""Weights and biases of an exported QDQ graph: int8/int32 initializers behind DequantizeLinear.
+
+The exporter traces the fake-quant model, whose Conv/Linear initializers hold fake-quantized
+floats; this module swaps each for its integers, scale and zero point, checking that they
+dequantize bit for bit to the floats the graph held (see :mod:`hqbench.quant.export`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .grid import weight_qparams
+
+
+def value_of(model, name: str):
+    """The numpy value of an initializer or Constant output ``name`` of an ONNX model."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.name == name:
+            return numpy_helper.to_array(init)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    raise KeyError(f"{name!r} is neither an initializer nor a Constant of the exported graph")
+
+
+def weight_scale(qmodel, name: str) -> torch.Tensor:
+    """The scale behind layer ``name``'s fake-quant weights (``qmodel.weight_scale(name)`` if defined)."""
+    if hasattr(qmodel, "weight_scale"):
+        return torch.as_tensor(qmodel.weight_scale(name), dtype=torch.float32).detach().cpu()
+    return weight_qparams(qmodel._float_weights[name][0], qmodel.weight_bits, qmodel.weight_per_channel)
+
+
+def layer_weight_bits(qmodel, name: str) -> int:
+    return qmodel.layer_weight_bits(name) if hasattr(qmodel, "layer_weight_bits") else qmodel.weight_bits
+
+
+def quantize_parameters(model, qmodel) -> dict:
+    """Turn each quantized layer's float weight/bias initializer into int8/int32 + DequantizeLinear.
+
+    The integers are read back from the fake-quant values the graph holds (so bias correction and
+    weight-range methods need no special case) and checked to dequantize to them bit for bit. The
+    DequantizeLinear output keeps the initializer's name, so consumers are untouched.
+    """
+    inits = {i.name: i for i in model.graph.initializer}
+    encodings: dict = {"weights": {}, "biases": {}}
+    nodes = []
+    for name in dict.fromkeys(qmodel.plan.compute):
+        nodes += _layer_parameters(qmodel, name, inits, encodings)
+    for node, initializers in nodes:
+        model.graph.initializer.remove(inits[node.output[0]])
+        model.graph.initializer.extend(initializers)
+    rest = list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend([node for node, _ in nodes] + rest)
+    return encodings
+
+
+def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
+    """DequantizeLinear nodes (with initializers) for one layer's weight and bias; fills ``encodings``."""
+    bits = layer_weight_bits(qmodel, name)
+    qmax = 2 ** (bits - 1) - 1
+    s_w = weight_scale(qmodel, name).reshape(-1)
+    w_held = _held(inits, f"{name}.weight", name)
+    w_int = _integers(w_held, s_w, -qmax, qmax, name, f"{name}.weight")
+    widened: list[int] = []
+    b_int = None
+    if f"{name}.bias" in inits:
+        s_in = qmodel.quantizer(qmodel.plan.compute_inputs[name]).scale.detach().cpu().float()
+        b_held = _held(inits, f"{name}.bias", name)
+        s_acc = (s_in * s_w).expand(b_held.shape).contiguous()
+        s_w, s_acc, widened = _fit_bias(name, s_w, s_acc, s_in, b_held, w_int)
+        b_int = _integers(b_held, s_acc, -(2**31), 2**31 - 1, name, f"{name}.bias")
+    axis = 0 if s_w.numel() > 1 else None
+    nodes = [_dq_node(f"{name}.weight", w_int, s_w, torch.int8, axis)]
+    encodings["weights"][f"{name}.weight"] = _param_encoding(name, s_w, -qmax, qmax, bits, "int8", axis)
+    if widened:
+        encodings["weights"][f"{name}.weight"]["widened_channels"] = widened
+    if b_int is not None:
+        nodes.append(_dq_node(f"{name}.bias", b_int, s_acc, torch.int32, 0))
+        encodings["biases"][f"{name}.bias"] = _param_encoding(name, s_acc, -(2**31), 2**31 - 1, 32, "int32", 0)
+    return nodes
+
+
+def _fit_bias(layer: str, s_w: torch.Tensor, s_acc: torch.Tensor, s_in: torch.Tensor, bias: torch.Tensor,
+              w_int: torch.Tensor):
+    """Widen the scale of all-zero weight channels whose int32 bias would overflow at ``s_in * s_w``.
+
+    A channel whose weights quantize to 0 gets the floor scale, so ``bias / (s_in * s_w)`` can pass
+    2^31 (MobileNetV2-TFLite's first conv has one). Its weight scale is free (0 stays 0), so it is
+    widened to make the bias exactly ``+-2^29 * s_acc``; TFLite's converter widens weight scales for
+    the same reason (AdjustWeightsForBiasScale). Channels with non-zero weights are refused.
+    """
+    over = bias.abs().double() / s_acc.double() > 2.0**31 - 1
+    if not over.any():
+        return s_w, s_acc, []
+    per_channel = s_w.numel() > 1
+    zero = (w_int.flatten(1).abs().amax(dim=1) == 0) if per_channel else (w_int.abs().max() == 0).expand(bias.shape)
+    if (over & ~zero).any() or not (per_channel or zero.all()):
+        channels = torch.nonzero(over & ~zero).flatten().tolist()[:10]
+        raise OverflowError(f"layer {layer!r}: bias of channels {channels} does not fit int32 at scale s_in * s_w")
+    wide = bias.abs() / 2.0**29  # exact: a power-of-two division
+    if not per_channel:
+        s_acc = torch.full_like(s_acc, float(wide.max()))
+        return (s_acc[:1] / s_in).float(), s_acc, list(range(bias.numel()))
+    s_acc = torch.where(over, wide, s_acc)
+    return torch.where(over, s_acc / s_in, s_w).float(), s_acc, torch.nonzero(over).flatten().tolist()
+
+
+def _held(inits: dict, tensor: str, layer: str) -> torch.Tensor:
+    from onnx import numpy_helper
+
+    if tensor not in inits:
+        raise RuntimeError(f"layer {layer!r}: no initializer {tensor!r} in the exported graph "
+                           "(the exporter transposed or folded it); cannot attach its DequantizeLinear")
+    return torch.from_numpy(numpy_helper.to_array(inits[tensor]).copy())
+
+
+def _integers(held: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, layer: str, tensor: str) -> torch.Tensor:
+    """``held / scale`` as integers, checked to dequantize bit for bit to ``held`` (scale: per axis 0)."""
+    shaped = scale.reshape([-1] + [1] * (held.dim() - 1)) if scale.numel() > 1 else scale.reshape(())
+    ints = torch.round(held.double() / shaped.double())
+    if not torch.equal(ints.float() * shaped, held) or ints.min() < qmin or ints.max() > qmax:
+        raise RuntimeError(f"layer {layer!r}: {tensor!r} in the graph is not integers in {qmin}..{qmax} times "
+                           "its scale; the model's fake-quant values and the exporter's scale disagree")
+    return ints
+
+
+def _dq_node(tensor: str, ints: torch.Tensor, scale: torch.Tensor, dtype, axis):
+    """A DequantizeLinear writing ``tensor`` and its (integers, scale, zero point) initializers."""
+    from onnx import helper, numpy_helper
+
+    scale = scale.reshape(-1) if axis is not None else scale.reshape(())
+    zero = torch.zeros_like(scale, dtype=dtype)
+    initializers = [numpy_helper.from_array(ints.to(dtype).numpy(), f"{tensor}_quantized"),
+                    numpy_helper.from_array(scale.float().numpy(), f"{tensor}_scale"),
+                    numpy_helper.from_array(zero.numpy(), f"{tensor}_zero_point")]
+    kwargs = {"axis": axis} if axis is not None else {}
+    node = helper.make_node("DequantizeLinear", [f"{tensor}_quantized", f"{tensor}_scale", f"{tensor}_zero_point"],
+                            [tensor], name=f"{tensor}_DequantizeLinear", **kwargs)
+    return node, initializers
+
+
+def _param_encoding(layer, scale, qmin, qmax, bits, dtype, axis) -> dict:
+    scale = [float(v) for v in scale.reshape(-1)]
+    return {"layer": layer, "scale": scale, "zero_point": [0] * len(scale), "qmin": qmin, "qmax": qmax,
+            "bits": bits, "signed": True, "dtype": dtype, "axis": axis}
