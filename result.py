@@ -2,7 +2,7 @@
 """Reproduce the paper's table: python result.py [-A] [-B] [-C] [-D] [--method NAME ...] [key=value ...]
 
 No method flag means all four of the paper's methods. FP32 and the PyTorch baseline always run.
-Rows come from tasks/paper.yaml; overrides (data.root=..., data.eval_limit=..., bits=w8a8,w8a4,
+Rows come from hqbench/configs/paper.yaml; overrides (data.root=..., data.eval_limit=..., bits=w8a8,w8a4,
 out=...) apply to every row. Each finished row is merged into the results file at once, so an
 interrupted run loses nothing, runs with other methods add to the same file, and a rerun skips rows
 the file already holds for the same configuration (redo=true reruns them).
@@ -19,6 +19,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 from rich.console import Console
 
+from hqbench.cli import missing_extra
 from hqbench.config import TASKS_DIR, compose
 from hqbench.quant.calibrators import list_calibrators
 from hqbench.reporting import print_tables, read_results, write_all
@@ -57,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"model={entry.model}", f"data={entry.data}", f"method=[fp32,pytorch,{','.join(methods)}]",
                 f"out={out}", *overrides])
             rows += run(cfg, console, command=command)
-        except FileNotFoundError as err:  # weights or data not on this machine: say so, keep going
+        except (FileNotFoundError, ModuleNotFoundError) as err:  # weights, data or an extra missing: say so, keep going
+            if isinstance(err, ModuleNotFoundError):
+                if missing_extra(err) is None:
+                    raise
+                err = missing_extra(err)
             skipped.append(f"{entry.model}: {err}")
             console.print(f"[yellow]skipped {entry.model}:[/] {err}")
     if not rows:

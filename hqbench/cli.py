@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 
@@ -17,7 +18,36 @@ USAGE = """usage: hqbench test|train task=classification|detection [key=value ..
   train.epochs=N train.lr=X train.checkpoint=PATH train.overwrite=true
   task=detection: model=yolov3_tiny_sar|yolov3_tiny_synth data=sar|synthetic_sar
     train.init=darknet|random|PATH train.hours=H
-Configs live in tasks/; any key there can be overridden. hqbench --version prints the version."""
+No data.root, HQBENCH_DATA, model= or data=: `test` runs the embedded demo.
+Configs live in hqbench/configs/ (HQBENCH_TASKS=DIR for another folder); any key
+there can be overridden. hqbench --version prints the version."""
+
+# What `hqbench test task=...` runs when nothing names data or a model: the embedded demo, which
+# needs no download (the Fashion-MNIST subset ships in the package; SAR scenes are generated).
+DEMO = {"classification": ["model=mobilenet_v2_fmnist", "data=fashion_mnist"],
+        "detection": ["model=yolov3_tiny_synth", "data=synthetic_sar"]}
+# Optional dependencies by top-level module: which pyproject extra installs each.
+EXTRAS = {"tflite": "tflite", "ultralytics": "detection", "faster_coco_eval": "detection", "onnx": "onnx",
+          "onnxruntime": "onnx", "timm": "efficientnet"}
+
+
+def demo_overrides(task: str, overrides: list[str]) -> list[str]:
+    """The demo's ``model=``/``data=`` overrides when ``task`` has a demo, ``$HQBENCH_DATA`` is unset
+    and no override names the model, the data or ``data.root``; otherwise ``[]``."""
+    if task not in DEMO or os.environ.get("HQBENCH_DATA", "").strip():
+        return []
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    if any(k in ("model", "data", "data.root") or k.startswith("model.") for k in keys):
+        return []
+    return DEMO[task]
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """One line naming the extra that installs the missing module, or None when it is not optional."""
+    module = (err.name or "").split(".")[0]
+    if module not in EXTRAS:
+        return None
+    return f"{module} is not installed; it comes with hqbench's {EXTRAS[module]!r} extra: pip install 'hqbench[{EXTRAS[module]}]'"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     task = next((a.split("=", 1)[1] for a in rest if a.startswith("task=")), "classification")
     overrides = [a for a in rest if not a.startswith("task=")]
+    demo = demo_overrides(task, overrides) if command == "test" else []
+    if demo:
+        console.print(f"No data configured (data.root=PATH or HQBENCH_DATA): running the embedded {task} demo, "
+                      f"{' '.join(demo)}. See the README to run on your own data.", markup=False, soft_wrap=True)
+        overrides = demo + overrides
     from .config import compose
     from .reporting import print_tables
     from .runner import run, train
@@ -50,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(cfg, console, command=line)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+        return 1
+    except ModuleNotFoundError as err:
+        if missing_extra(err) is None:
+            raise
+        console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False)
         return 1
     print_tables(rows, title=f"hqbench {task}", console=console)
     return 0

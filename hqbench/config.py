@@ -1,7 +1,8 @@
-"""Compose ``tasks/<task>.yaml`` with key=value overrides through Hydra's compose API.
+"""Compose ``hqbench/configs/<task>.yaml`` with key=value overrides through Hydra's compose API.
 
-hqbench owns argv, cwd and outputs: no ``@hydra.main``. ``tasks/`` sits at the repository root
-(the package is installed editable); ``HQBENCH_TASKS`` points elsewhere.
+hqbench owns argv, cwd and outputs: no ``@hydra.main``. The YAML configs are package data in
+``hqbench/configs/`` (classification.yaml, detection.yaml, paper.yaml and the ``model/`` and
+``data/`` groups); ``HQBENCH_TASKS`` points at another folder of the same layout.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-TASKS_DIR = Path(os.environ.get("HQBENCH_TASKS", Path(__file__).resolve().parents[1] / "tasks"))
+# The configs used to sit in a top-level ``tasks/`` folder beside the package (as the design card
+# still says). Issue 14: YAML ``tasks/`` next to the ``hqbench/tasks/`` modules confused newcomers,
+# and a wheel shipped no configs at all, so ``hqbench`` only worked from a checkout. They are now
+# package data (pyproject's [tool.setuptools.package-data]): the same files in a checkout and a wheel.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+TASKS_DIR = Path(os.environ.get("HQBENCH_TASKS") or CONFIGS_DIR).expanduser().absolute()
 
 
 def _quote_lists(override: str) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from hqbench.cli import main
+from hqbench.config import TASKS_DIR
 from hqbench.reporting import ResultRow, append_row, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_a_calibrator_in_one_file_runs_through_the_cli_and_result_py(tmp_path):
     (site / "absq_plugin-0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: absq-plugin\nVersion: 0\n")
     (site / "absq_plugin-0.dist-info" / "entry_points.txt").write_text("[hqbench.calibrators]\nabsq = absq_plugin\n")
     tasks = tmp_path / "tasks"
-    shutil.copytree(ROOT / "tasks", tasks)
+    shutil.copytree(TASKS_DIR, tasks)
     (tasks / "paper.yaml").write_text("real: []\nembedded:\n  - {model: mobilenet_v2_fmnist, data: fashion_mnist}\n")
     env = {k: v for k, v in os.environ.items() if k != "HQBENCH_DATA"}
     env.update(PYTHONPATH=str(site), HQBENCH_TASKS=str(tasks))

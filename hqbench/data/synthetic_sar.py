@@ -33,8 +33,7 @@ from PIL import Image
 
 from hqbench.data.sar import SPLITS, SARShipDataModule
 from hqbench.models.card import ModelCard
-
-CACHE_DIR = Path(__file__).resolve().parents[2] / ".cache" / "synthetic-sar"
+from hqbench.paths import cache_dir
 
 
 @dataclass(frozen=True)
@@ -199,7 +198,8 @@ def generate_sar_scenes(root: str | Path, num_train: int = 400, num_test: int = 
 class SyntheticSARDataModule(SARShipDataModule):
     """:class:`SARShipDataModule` over generated scenes: the embedded detection benchmark.
 
-    With ``root=None`` the scenes are generated once into ``<repo>/.cache/synthetic-sar/<params>``
+    With ``root=None`` the scenes are generated once into ``cache_dir("synthetic-sar")/<params>``
+    (``~/.cache/hqbench/synthetic-sar``; ``HQBENCH_CACHE`` moves it)
     (a few seconds) and reused; with ``root`` they are generated there if it is empty. Calibration
     images come from the training split, evaluation images from the test split, as for HRSID.
 
@@ -213,7 +213,7 @@ class SyntheticSARDataModule(SARShipDataModule):
                  seed: int = 0, num_train: int = 200, num_test: int = 100, scene_seed: int = 0, size: int = 256):
         self.scenes = dict(num_train=num_train, num_test=num_test, seed=scene_seed, config=SceneConfig(size=size))
         if root is None:
-            root = CACHE_DIR / f"seed{scene_seed}-size{size}-train{num_train}-test{num_test}"
+            root = cache_dir("synthetic-sar") / f"seed{scene_seed}-size{size}-train{num_train}-test{num_test}"
         super().__init__(root, card=card, imgsz=imgsz, batch_size=batch_size, num_workers=num_workers,
                          eval_limit=eval_limit, calib_size=calib_size, seed=seed)
         self.source = f"synthetic SAR scenes (seed {scene_seed}, {size}px, {num_train} train / {num_test} test) in {root}"

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import torch
 
+from hqbench.paths import checkpoint_dirs
+
 RANDOM = "random"  # model.weights=random: the architecture, untrained
-CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"  # weights the project trained
 LIGHTNING_PREFIX = "model."  # hqbench's LightningModules keep the network in their ``model`` attribute
 
 
@@ -84,19 +85,31 @@ def _refusal(path: Path, err: Exception) -> str:
 
 
 def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path | None:
-    """The weights file a project-trained model loads: ``weights``, else ``checkpoints/<name>.pt``;
-    ``None`` for ``weights="random"``.
+    """The weights file a project-trained model loads: ``weights``, else ``<name>.pt`` in the first of
+    :func:`hqbench.paths.checkpoint_dirs` that holds it (``$HQBENCH_CHECKPOINTS``, the checkout's
+    ``checkpoints/``, the cache's ``checkpoints/``); ``None`` for ``weights="random"``.
 
     Raises:
-        FileNotFoundError: the file is missing; the message names it and ``train_hint`` (how to make it).
+        FileNotFoundError: the file is missing; the message names every place looked, where the
+            file comes from (the repository's ``checkpoints/``) and ``train_hint`` (how to make it).
     """
     if weights == RANDOM:
         return None
-    path = Path(weights).expanduser() if weights else CHECKPOINTS / f"{name}.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with `{train_hint}`, "
-                                "or pass model.weights=PATH)")
-    return path
+    if weights:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{name}: weights file {path} does not exist (train it with `{train_hint}`, "
+                                    "or pass model.weights=PATH)")
+        return path
+    dirs = checkpoint_dirs()
+    for folder in dirs:
+        if (folder / f"{name}.pt").is_file():
+            return folder / f"{name}.pt"
+    raise FileNotFoundError(
+        f"{name}: checkpoint {name}.pt not found in {', '.join(str(d) for d in dirs)}. It ships in the "
+        f"hqbench repository's checkpoints/ folder: copy checkpoints/{name}.pt into {dirs[-1]}, or set "
+        f"HQBENCH_CHECKPOINTS to a folder holding it (a clone's checkpoints/); or train it with "
+        f"`{train_hint}`, or pass model.weights=PATH")
 
 
 def write_half_state_dict(state: Mapping[str, torch.Tensor], out: Path) -> Path:

@@ -21,9 +21,8 @@ from hqbench.models._registry import register_model
 from hqbench.models.card import ModelCard
 from hqbench.models.darknet import DarknetYoloHead, load_darknet_weights
 from hqbench.models._weights import RANDOM, project_checkpoint, read_state_dict
+from hqbench.paths import cache_dir
 
-REPO = Path(__file__).resolve().parents[2]
-CACHE_DIR = REPO / ".cache" / "ultralytics"
 LEAKY = "nn.LeakyReLU(0.1)"  # Darknet's "leaky"; ultralytics' yolov3-tiny.yaml would give SiLU
 SAR_INPUT_SIZE = 512  # SSDD images are at most 653 px wide, mostly 500: 512 keeps small ships at scale
 SYNTH_INPUT_SIZE = 256  # hqbench.data.synthetic_sar's default scene size
@@ -34,13 +33,14 @@ def offline_ultralytics() -> ModuleType:
     """Import ultralytics so that it never touches the network; returns the ``ultralytics`` module.
 
     Sets ``YOLO_OFFLINE=1`` (skips the DNS probe at import), ``YOLO_AUTOINSTALL=false`` and, unless
-    already set, ``YOLO_CONFIG_DIR`` to ``<repo>/.cache/ultralytics``; puts matplotlib's DejaVu
-    Sans there as ``Ultralytics/Arial.ttf`` and ``Arial.Unicode.ttf``; turns settings sync off.
+    already set, ``YOLO_CONFIG_DIR`` to ``cache_dir("ultralytics")`` (``~/.cache/hqbench/ultralytics``);
+    puts matplotlib's DejaVu Sans there as ``Ultralytics/Arial.ttf`` and ``Arial.Unicode.ttf``;
+    turns settings sync off.
     Call it before any ultralytics import: the environment is read once, at import.
     """
     os.environ["YOLO_OFFLINE"] = "1"
     os.environ["YOLO_AUTOINSTALL"] = "false"
-    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(CACHE_DIR))) / "Ultralytics"
+    config = Path(os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir("ultralytics")))) / "Ultralytics"
     config.mkdir(parents=True, exist_ok=True)
     missing = [config / f for f in _FONTS if not (config / f).is_file()]
     if missing:

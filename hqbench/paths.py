@@ -1,0 +1,56 @@
+"""Where hqbench reads and writes outside the package: the checkout, the cache, the checkpoints.
+
+hqbench works the same from a checkout (editable install) and from a wheel. Nothing it generates
+goes into the source tree or site-packages: caches live under :func:`cache_dir`. The repository
+root is computed here once (:func:`repo_root`); it is ``None`` for an installed wheel.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@lru_cache(maxsize=None)
+def repo_root() -> Path | None:
+    """The hqbench checkout this package runs from, or ``None`` (an installed wheel, an sdist unpacked
+    without its checkpoints). A checkout is the package's parent folder holding hqbench's
+    ``pyproject.toml`` and either ``.git`` or ``checkpoints/``."""
+    root = PACKAGE_DIR.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or not ((root / ".git").exists() or (root / "checkpoints").is_dir()):
+        return None
+    try:
+        text = pyproject.read_text(encoding="utf-8")
+    except OSError:
+        return None
+    return root if 'name = "hqbench"' in text else None
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "").strip()
+    return Path(value).expanduser().absolute() if value else None
+
+
+def cache_dir(*parts: str) -> Path:
+    """``$HQBENCH_CACHE``, else ``$XDG_CACHE_HOME/hqbench``, else ``~/.cache/hqbench``; joined with
+    ``parts``. Read at every call (not at import) and not created: callers make what they write."""
+    base = _env_path("HQBENCH_CACHE")
+    if base is None:
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        # the XDG spec: a relative XDG_CACHE_HOME is invalid and is ignored
+        base = (Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache") / "hqbench"
+    return base.joinpath(*parts)
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Where project-trained checkpoints are looked for, in order: ``$HQBENCH_CHECKPOINTS``, the
+    checkout's ``checkpoints/`` (when running from one), then ``cache_dir("checkpoints")``."""
+    dirs = [_env_path("HQBENCH_CHECKPOINTS")]
+    root = repo_root()
+    dirs.append(root / "checkpoints" if root is not None else None)
+    dirs.append(cache_dir("checkpoints"))
+    return list(dict.fromkeys(d for d in dirs if d is not None))
