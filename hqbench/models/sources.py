@@ -1,0 +1,73 @@
+"""Open model sources: ``create_model("tflite:PATH")`` builds any supported TFLite classifier.
+
+The card (input size, normalisation, classes) is read from the file, so nothing has to be
+registered per file. On the command line: ``model.name=tflite:/data/model.tflite``, or
+``model=tflite model.weights=/data/model.tflite`` (the ``tasks/model/tflite.yaml`` group option).
+The builder lives in ``tflite.py`` and is imported inside the factory, so ``import hqbench.models``
+does not import the ``tflite`` package.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from hqbench.models._registry import register_model, register_source
+from hqbench.models.card import ModelCard
+
+TFLITE = "tflite"
+SLIM_CROP = 0.875  # TF-slim / Keras ImageNet evaluation: centre crop of 87.5 % of the short side
+
+
+def tflite_card(model, path: Path) -> ModelCard:
+    """The card of a model built by ``build_tflite_classifier``: everything comes from the file."""
+    return ModelCard(
+        name=f"{TFLITE}:{path.name}", input_size=model.input_size,
+        resize=round(model.input_size / SLIM_CROP), mean=model.input_mean, std=model.input_std,
+        num_classes=model.num_classes, weights=str(path), interpolation="bilinear",
+    )
+
+
+def load_tflite(path: str | Path) -> tuple[nn.Module, ModelCard]:
+    """Build ``path`` with every failure as FileNotFoundError or one ValueError naming the file.
+
+    A TFLite file is a flatbuffer (data only, nothing in it can run); damaged bytes surface as
+    assorted low-level errors (struct.error, IndexError...) that would not say which file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{TFLITE}: model file {path} does not exist")
+    from hqbench.models.tflite import build_tflite_classifier
+
+    try:
+        model = build_tflite_classifier(path)
+    except ValueError as err:
+        msg = str(err)
+        raise ValueError(msg if str(path) in msg else f"{TFLITE}: {path}: {msg}") from None
+    except (FileNotFoundError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        raise ValueError(f"{TFLITE}: {path} is not a readable TFLite graph "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    return model, tflite_card(model, path)
+
+
+@register_source(TFLITE)
+def tflite_source(spec: str, weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """``tflite:PATH``: the file is the model; ``weights`` must be unset (or the same file)."""
+    if not spec:
+        raise ValueError("tflite: give the file as tflite:PATH, e.g. model.name=tflite:/data/m.tflite")
+    if weights is not None and Path(weights).expanduser() != Path(spec).expanduser():
+        raise ValueError(f"tflite:{spec} names the model file already; leave model.weights unset "
+                         f"(got {weights})")
+    return load_tflite(spec)
+
+
+@register_model(TFLITE)
+def tflite_model(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """``model=tflite model.weights=PATH``: the same as ``tflite:PATH``."""
+    if weights is None or weights == "random":
+        raise ValueError("tflite: no file given; pass model.weights=PATH.tflite "
+                         "(or name the model tflite:PATH)")
+    return load_tflite(weights)
