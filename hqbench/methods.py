@@ -4,7 +4,9 @@ Methods are the float reference ``fp32``, ``pytorch`` (torch.ao's own default po
 quantization) and every calibrator in :mod:`hqbench.quant.calibrators`' registry, so a calibrator
 registered there is a method here with no other file to touch. A row records a calibrator by its
 paper letter when it has one (``"D"``), otherwise by name, with its option value when given
-(``"percentile:99.999"``).
+(``"percentile:99.999"``). Peers (other tools' own PTQ recipes, :mod:`hqbench.peers`) are methods
+too, recorded by their registered name (``"ort-minmax"``); that registry is imported lazily and
+imports no peer tool itself.
 """
 
 from __future__ import annotations
@@ -22,7 +24,23 @@ ENGINES: dict[str, str] = {
     "int": "hqbench's integer-only reference executor",
     "onnxruntime": "ONNX QDQ export run by ONNX Runtime's CPU int8 kernels",
 }
-ROW_ENGINES: tuple[str, ...] = ("float", *ENGINES)
+#: Engines only peers' rows record (a peer runs on its tool's own engine, not on hqbench's).
+PEER_ENGINES: dict[str, str] = {
+    "openvino": "OpenVINO's CPU plugin (int8 kernels)",
+    "torch-reference": "torch's reference quantize/dequantize model (simulation in float kernels)",
+}
+ROW_ENGINES: tuple[str, ...] = ("float", *ENGINES, *PEER_ENGINES)
+
+
+def _peers():
+    from . import peers
+
+    return peers
+
+
+def is_peer(method: str) -> bool:
+    """``True`` for a registered peer name (``"ort-minmax"``), whose row runs another tool's PTQ."""
+    return _peers().is_peer(method)
 
 
 def row_method(spec: str) -> str:
@@ -31,7 +49,7 @@ def row_method(spec: str) -> str:
     >>> row_method("redistribution"), row_method("fp32")
     ('D', 'fp32')
     """
-    if spec in _REFERENCE_TITLES:
+    if spec in _REFERENCE_TITLES or is_peer(spec):
         return spec
     try:
         name = canonical_name(spec)
@@ -49,17 +67,21 @@ def method_title(method: str) -> str:
     """Column header: ``"D"`` -> ``"Activation Redistribution"``, ``"percentile:99.999"`` -> ``"Percentile 99.999"``."""
     if method in _REFERENCE_TITLES:
         return _REFERENCE_TITLES[method]
+    if is_peer(method):
+        return _peers().peer_entry(method).title
     entry = calibrator_entry(method)
     _, _, value = method.partition(":")
     return f"{entry.title} {value}" if value else entry.title
 
 
 def column_order(methods: Iterable[str]) -> list[str]:
-    """fp32, pytorch, the registry's calibrators in registration order, then anything else as first seen."""
+    """fp32, pytorch, the registry's calibrators, then peers (both in registration order), then anything else."""
     present = list(dict.fromkeys(methods))
     rank = {FP32: 0, PYTORCH: 1}
     for i, entry in enumerate(list_calibrators()):
         rank.setdefault(entry.letter or entry.name, 2 + i)
+    for peer in _peers().list_peers():
+        rank.setdefault(peer.name, len(rank) + 2)
 
     def key(m: str) -> tuple[int, int]:
         base = m.partition(":")[0]
@@ -77,7 +99,7 @@ def column_order(methods: Iterable[str]) -> list[str]:
 
 def list_methods() -> list[str]:
     """Every accepted method spelling, for help and error messages."""
-    return [FP32, PYTORCH, *valid_methods()]
+    return [FP32, PYTORCH, *valid_methods(), *(p.name for p in _peers().list_peers())]
 
 
 def check_engine(engine: str) -> str:

@@ -20,21 +20,23 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from . import __version__
-from .callbacks import QuantizationCallback
-from .methods import FP32, PYTORCH, check_engine, row_method
+from .callbacks import PeerCallback, QuantizationCallback
+from .methods import FP32, PYTORCH, check_engine, is_peer, row_method
 from .models import create_model
 from .models._weights import write_half_state_dict
 from .quant import parse_bit_widths
 from .quant.baseline import torch_act_grid
-from .quant.model import _check_keep
+from .quant.model import WEIGHT_ROUNDINGS, _check_keep
 from .quant.weights import WEIGHT_METHODS
 from .reporting import ResultRow, append_row, find_row
 from .reporting.results import FLOAT_BITS
 from .reporting.stats import encode_outcomes
 from .tasks.classification import ClassificationTask
 from .tasks.detection import DetectionTask
+from .paths import cache_dir, repo_root
+from .peers import PeerUnsupported, check_installed, peer_entry
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = repo_root()  # None when hqbench runs from an installed wheel
 
 # Where each datamodule looks under $HQBENCH_DATA; a datamodule in EMBEDDED falls back to its
 # package copy (or, for synthetic SAR, generated scenes) when neither a root nor that folder exists.
@@ -76,14 +78,18 @@ def resolve_data_root(data_cfg: DictConfig) -> str | None:
     if kind in EMBEDDED:
         return None
     raise FileNotFoundError(f"no data for {kind}: pass data.root=PATH or set HQBENCH_DATA to a folder "
-                            f"holding {DATA_SUBDIR.get(kind, '?')}/")
+                            f"holding {DATA_SUBDIR.get(kind, '?')}/; without data, `hqbench test task=classification` "
+                            "(or task=detection) with no model= or data= runs the embedded demo")
 
 
-def build_data(cfg: DictConfig, card):
-    """The configured datamodule with its root resolved, set up; and a description of its source."""
+def build_data(cfg: DictConfig, card, seed: int | None = None):
+    """The configured datamodule with its root resolved, set up; and a description of its source.
+
+    ``seed`` (default ``cfg.seed``) draws the calibration images; the evaluation images do not depend on it.
+    """
     root = resolve_data_root(cfg.data)
     try:
-        dm = instantiate(cfg.data, root=root, card=card, seed=cfg.seed)
+        dm = instantiate(cfg.data, root=root, card=card, seed=cfg.seed if seed is None else seed)
     except InstantiationException as err:  # Hydra wraps the datamodule's own one-line error: unwrap it
         if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
             raise err.__cause__ from None
@@ -138,6 +144,8 @@ def portable_path(path: object) -> str:
 
 def _git_commit() -> str:
     """The checkout's commit, when hqbench runs from a git checkout (no network, a local read)."""
+    if REPO is None:
+        return ""
     try:
         out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
@@ -176,10 +184,14 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     weight_range = str(cfg.get("weight_range", "minmax"))
     if weight_range not in WEIGHT_METHODS:
         raise ValueError(f"weight_range: unknown {weight_range!r}; valid: {', '.join(WEIGHT_METHODS)}")
+    weight_rounding = str(cfg.get("weight_rounding", "nearest"))
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"weight_rounding: unknown {weight_rounding!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
     bias_correction = cfg.get("bias_correction", False)
     if not isinstance(bias_correction, bool):
         raise ValueError(f"bias_correction must be true or false, got {bias_correction!r}")
     options = {k: v for k, v in (("weight_range", weight_range if weight_range != "minmax" else None),
+                                 ("weight_rounding", weight_rounding if weight_rounding != "nearest" else None),
                                  ("bias_correction", "true" if bias_correction else None),
                                  ("keep_8bit", "+".join(keep) or None)) if v}
     cells = []
@@ -190,7 +202,9 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
         for w, a in widths:
             if method == PYTORCH:
                 torch_act_grid(a)  # refuse widths torch's observers cannot hold, before any work
-            mine = {} if method == PYTORCH else dict(options)
+            if is_peer(method):
+                check_installed(method)  # one line naming the extra, before any work
+            mine = {} if method == PYTORCH or is_peer(method) else dict(options)  # other tools' own recipes
             if w >= 8 and a >= 8:
                 mine.pop("keep_8bit", None)  # nothing is below 8 bits to keep: the same run as without it
             cells.append(Cell(method, w, a, mine))
@@ -214,31 +228,46 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     cells = plan_cells(cfg)
     engine = check_engine(cfg.engine)
     spec = task_spec(cfg.task)
+    draws = cfg.get("draws", 1)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights)
     dm, source = build_data(cfg, card)
     dataset = portable_path(source)
     console.print(f"[bold]{cfg.model.name}[/]: weights {portable_path(card.weights)}; data {dataset} "
-                  f"({len(dm.eval_files)} eval, {len(dm.calibration_files)} calibration images, seed {cfg.seed})",
-                  soft_wrap=True)
+                  f"({len(dm.eval_files)} eval, {len(dm.calibration_files)} calibration images, seed {cfg.seed}"
+                  + (f", {draws} calibration draws" if draws > 1 else "") + ")", soft_wrap=True)
     task = spec.module(model, card)
     float_scopes = getattr(task, "float_scopes", ())  # a detector's box decoding stays float
     rows = []
-    for cell in cells:
+    # FP32 does not depend on the calibration draw: it runs once, with the first seed.
+    plan = [(cfg.seed, c) for c in cells] + [(cfg.seed + i, c) for i in range(1, draws) for c in cells if c.method != FP32]
+    drawn = cfg.seed
+    for seed, cell in plan:
+        if seed != drawn:
+            (dm, _), drawn = build_data(cfg, card, seed), seed
         row_engine = "float" if cell.method == FP32 else ("fake" if cell.method == PYTORCH else engine)
-        base = dict(task=cfg.task, model=cfg.model.name, dataset=dataset, method=cell.method, metric=spec.metric,
+        if is_peer(cell.method):  # a peer runs on its own tool's engine
+            row_engine = peer_entry(cell.method).engine
+        base = dict(task=cfg.task, model=card.name, dataset=dataset, method=cell.method, metric=spec.metric,
                     n_eval=len(dm.eval_files), n_calib=0 if cell.method == FP32 else len(dm.calibration_files),
-                    seed=cfg.seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits,
+                    seed=seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits,
                     options=cell.options)
         label = f"{cell.method}" + ("" if cell.method == FP32 else f" w{cell.weight_bits}a{cell.act_bits}")
+        label += f" s{seed}" if draws > 1 else ""
         done = None if cfg.get("redo", False) else find_row(cfg.out, _probe(base).key)
         if done is not None:
             console.print(f"  {label:>10}: {spec.metric} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",
                           soft_wrap=True)
             rows.append(done)
             continue
-        row = _run_cell(cfg, spec, task, dm, cell, row_engine, float_scopes, base, card, command)
+        try:
+            row = _run_cell(cfg, spec, task, dm, cell, row_engine, float_scopes, base, card, command)
+        except PeerUnsupported as err:  # the tool has no such width: say so, never a made-up number
+            console.print(f"  {label:>10}: skipped: {err}", soft_wrap=True, markup=False)
+            continue
         shown = "  ".join(f"{k} {row.extra[k]:6.2f}" for k in spec.extra)
         console.print(f"  {label:>10}: {spec.metric} {row.value:6.2f}  {shown}  "
                       f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}", soft_wrap=True)
@@ -256,12 +285,23 @@ def _probe(base: dict) -> ResultRow:
 def _run_cell(cfg, spec, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
               command: str) -> ResultRow:
     keep = cell.options.get("keep_8bit")
-    callbacks = [] if cell.method == FP32 else [QuantizationCallback(
+    peer = is_peer(cell.method)
+    if peer and cfg.task != "classification":  # peers hand back one logits tensor, not a detector's outputs
+        raise PeerUnsupported(f"peers run classification networks only (task={cfg.task})")
+    callbacks = [] if cell.method == FP32 else [PeerCallback(
+        cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits)] if peer else [QuantizationCallback(
         cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=spec.pytorch_via,
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
-        weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options)]
+        weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,
+        weight_rounding=cell.options.get("weight_rounding", "nearest"))]
     start = time.perf_counter()
-    metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
+    try:
+        metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
+    except Exception as err:  # Lightning may wrap a callback's error; a peer's refusal stays one line
+        cause = err if isinstance(err, PeerUnsupported) else err.__cause__ or err.__context__
+        if peer and isinstance(cause, PeerUnsupported):
+            raise cause from None
+        raise
     total = time.perf_counter() - start
     calib = callbacks[0].calib_seconds if callbacks else 0.0
     summary = callbacks[0].summary if callbacks else None
@@ -272,6 +312,8 @@ def _run_cell(cfg, spec, task, dm, cell: Cell, engine: str, float_scopes, base: 
     else:
         act_range = summary["act_range"]
     extra = {name: round(100.0 * float(metrics[key]), 2) for name, key in spec.extra.items()}
+    if peer:  # which tool, its version and settings, and the engine the number was measured on
+        extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
     if hasattr(task, "outcomes"):
         extra["outcomes"] = encode_outcomes(task.outcomes().cpu().numpy())
     eval_seconds = total - calib
@@ -351,7 +393,7 @@ def _train_detector(cfg: DictConfig, console: Console, command: str) -> Path:
     dm, source = build_data(cfg, card)
     init = cfg.train.init
     start = dict(darknet=_darknet_files()) if init == "darknet" else ({} if init == "random" else dict(init=init))
-    work_dir = Path(cfg.train.work_dir or Path(__file__).resolve().parents[1] / ".cache" / f"train-{cfg.model.name}")
+    work_dir = Path(cfg.train.work_dir or cache_dir(f"train-{cfg.model.name}"))
     console.print(f"[bold]{cfg.model.name}[/]: training on {source} at {card.input_size}px from {init} "
                   f"({'%.2f h' % cfg.train.hours if cfg.train.hours else '%d epochs' % cfg.train.epochs})")
     result = train_yolo(dm.root, work_dir, imgsz=card.input_size, epochs=cfg.train.epochs, hours=cfg.train.hours,

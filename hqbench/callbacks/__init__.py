@@ -1,3 +1,4 @@
+from .peers import PeerCallback
 from .quantization import QuantizationCallback
 
-__all__ = ["QuantizationCallback"]
+__all__ = ["PeerCallback", "QuantizationCallback"]

@@ -28,7 +28,8 @@ from torch.utils._pytree import tree_map
 from ..methods import PYTORCH, check_engine, row_method
 from ..quant import canonical_name, check_bits, prepare
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
-from ..quant.model import QuantizedModel, _check_keep, default_input_fn
+from ..quant.distributed import is_distributed, recording
+from ..quant.model import WEIGHT_ROUNDINGS, QuantizedModel, _check_keep, default_input_fn
 
 
 @contextlib.contextmanager
@@ -61,7 +62,7 @@ class QuantizationCallback(Callback):
             model), replacing ``pl_module.<submodule>`` while active. ``"hooks"``: torch's default
             observers and ranges applied through hqbench's hooks, for networks torch.fx cannot
             trace (ultralytics' detectors); BN is folded as for A-D.
-        act_bits, weight_bits, keep_8bit, weight_range, bias_correction: as in
+        act_bits, weight_bits, keep_8bit, weight_range, bias_correction, weight_rounding: as in
             :func:`hqbench.quant.quantize`; the ``"pytorch"`` baseline uses torch's observers at the
             matching widths (:mod:`hqbench.quant.baseline`).
         recalibrate: calibrate again at every test/validation/predict start (the default: during
@@ -73,7 +74,8 @@ class QuantizationCallback(Callback):
                  engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
-                 weight_range: str = "minmax", bias_correction: bool = False, recalibrate: bool = True):
+                 weight_range: str = "minmax", bias_correction: bool = False, weight_rounding: str = "nearest",
+                 recalibrate: bool = True):
         check_engine(engine)
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -83,11 +85,14 @@ class QuantizationCallback(Callback):
         self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
         self.keep_8bit, self.weight_range = _check_keep(keep_8bit), weight_range
         self.bias_correction, self.recalibrate = bool(bias_correction), bool(recalibrate)
+        if weight_rounding not in WEIGHT_ROUNDINGS:
+            raise ValueError(f"unknown weight_rounding {weight_rounding!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
+        self.weight_rounding = weight_rounding
         if self.method == PYTORCH:
             torch_act_grid(self.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
-            if self.keep_8bit or weight_range != "minmax" or self.bias_correction:
-                raise ValueError("the pytorch baseline is torch's own recipe: keep_8bit, weight_range and "
-                                 "bias_correction apply to hqbench's methods only")
+            if self.keep_8bit or weight_range != "minmax" or self.bias_correction or weight_rounding != "nearest":
+                raise ValueError("the pytorch baseline is torch's own recipe: keep_8bit, weight_range, "
+                                 "bias_correction and weight_rounding apply to hqbench's methods only")
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
         self.pytorch_via = pytorch_via
@@ -156,6 +161,21 @@ class QuantizationCallback(Callback):
             raise ValueError("calibration data is empty: no batch was seen")
         return batches
 
+    @staticmethod
+    def _shard(trainer: L.Trainer, batches: list) -> list | None:
+        """Under DDP, rank ``r`` of ``W`` calibrates on batches ``r, r + W, ...``; None: calibrate on all.
+
+        One process, or fewer batches than processes: every rank calibrates on all the batches, as one
+        process would, and nothing is merged.
+        """
+        world = trainer.world_size
+        if world <= 1 or len(batches) < world:
+            return None
+        if not is_distributed():
+            raise RuntimeError(f"trainer.world_size is {world} but no torch.distributed process group is running; "
+                               "calibration statistics cannot be merged")
+        return batches[trainer.global_rank::world]
+
     def _activate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._undo:
             return
@@ -174,8 +194,18 @@ class QuantizationCallback(Callback):
                              keep_8bit=self.keep_8bit, weight_range=self.weight_range)
             self._undo.append(qmodel.remove)
             if needs_data:
-                with _progress(f"calibrating {self.letter}", len(batches) * qmodel.num_passes) as advance:
-                    qmodel.calibrate(batches, input_fn=self.input_fn, on_batch=lambda i, n: advance())
+                # Under DDP each rank observes its share and the statistics merge after every pass
+                # (hqbench.quant.distributed); one process: all batches, nothing to merge.
+                mine = self._shard(trainer, batches)
+                sync = contextlib.nullcontext(None) if mine is None else recording(qmodel)
+                mine = batches if mine is None else mine
+                with _progress(f"calibrating {self.letter}", len(mine) * qmodel.num_passes) as advance, \
+                        sync as on_pass_end:
+                    qmodel.calibrate(mine, input_fn=self.input_fn, on_batch=lambda i, n: advance(),
+                                     on_pass_end=on_pass_end)
+                # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
+                if self.weight_rounding == "adaround":
+                    qmodel.adaround(batches, input_fn=self.input_fn)
                 if self.bias_correction:
                     qmodel.correct_bias(batches, input_fn=self.input_fn)
                 self._saved_state = qmodel.quant_state_dict()

@@ -36,7 +36,7 @@ from torch import nn
 from .bits import check_bits, format_bit_widths, parse_bit_widths
 from .calibrators import canonical_name, create_calibrator, list_calibrators, register_calibrator
 from .grid import TORCH_X86_ACT_GRID, QuantGrid, range_to_qparams
-from .model import KEEP_8BIT, QuantizedModel, default_input_fn
+from .model import KEEP_8BIT, WEIGHT_ROUNDINGS, QuantizedModel, default_input_fn
 
 
 def _example_from(data: Iterable, input_fn: Callable) -> tuple:
@@ -80,7 +80,7 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
              example_inputs: tuple | None = None, input_fn: Callable[[Any], tuple] = default_input_fn,
              act_bits: int = 8, weight_bits: int = 8, weight_per_channel: bool = True,
              float_scopes: tuple[str, ...] = (), keep_8bit: tuple[str, ...] | str = (), weight_range: str = "minmax",
-             bias_correction: bool = False) -> QuantizedModel:
+             bias_correction: bool = False, weight_rounding: str = "nearest") -> QuantizedModel:
     """Prepare, calibrate and freeze ``model``; returns a fake-quant :class:`QuantizedModel`.
 
     Args:
@@ -93,7 +93,11 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
         act_bits, weight_bits, keep_8bit, weight_range: see :func:`prepare`.
         bias_correction: subtract the per-channel output-mean shift that quantization causes,
             measured on the calibration data (:mod:`hqbench.quant.bias_correction`).
+        weight_rounding: ``"nearest"`` or ``"adaround"`` (:mod:`hqbench.quant.adaround`; runs
+            before bias correction).
     """
+    if weight_rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"unknown weight_rounding {weight_rounding!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
     canonical_name(method)  # fail on a bad name before any work
     if seed is not None:
         torch.manual_seed(seed)
@@ -105,13 +109,15 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
                      weight_per_channel=weight_per_channel, float_scopes=float_scopes, keep_8bit=keep_8bit,
                      weight_range=weight_range)
     qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
+    if weight_rounding == "adaround":
+        qmodel.adaround(calib_data, num_batches=num_batches, input_fn=input_fn)
     if bias_correction:
         qmodel.correct_bias(calib_data, num_batches=num_batches, input_fn=input_fn)
     return qmodel
 
 
 __all__ = [
-    "KEEP_8BIT", "TORCH_X86_ACT_GRID", "QuantGrid", "QuantizedModel", "canonical_name", "check_bits",
+    "KEEP_8BIT", "TORCH_X86_ACT_GRID", "WEIGHT_ROUNDINGS", "QuantGrid", "QuantizedModel", "canonical_name", "check_bits",
     "create_calibrator", "format_bit_widths", "list_calibrators", "parse_bit_widths", "prepare", "quantize",
     "range_to_qparams", "register_calibrator",
 ]

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
 from .calibrators import Calibrator
-from .grid import QuantGrid, fake_quantize, range_to_qparams
+from .grid import QuantGrid, _exporting, fake_quantize, range_to_qparams
 
 OBSERVE, QUANT, OFF = "observe", "quant", "off"
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_range(cls: type) -> bool:
+    """Whether ``cls.observe_range(x, lo, hi)`` may stand in for ``cls.observe(x)``: only where both are
+    defined by the same class, so a subclass that overrides ``observe`` alone is still called."""
+    for klass in cls.__mro__:
+        if "observe" in vars(klass):
+            return "observe_range" in vars(klass)
+    return False
 
 
 class ActQuantizer(nn.Module):
@@ -28,15 +40,28 @@ class ActQuantizer(nn.Module):
         self.register_buffer("calibrated", torch.tensor(False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode == OBSERVE:
+        mode = self._mode
+        if mode == QUANT:
+            scale, zero_point = self._buffers["scale"], self._buffers["zero_point"]
+            if _exporting() or (x.requires_grad and torch.is_grad_enabled()):
+                return fake_quantize(x, scale, zero_point, self.grid.qmin, self.grid.qmax)
+            # fake_quantize's ops and operand order, in place after the first: one new tensor instead
+            # of six (on CPU the allocations cost more than the arithmetic). Bit-identical.
+            q = torch.div(x, scale)
+            return q.round_().add_(zero_point).clamp_(self.grid.qmin, self.grid.qmax).sub_(zero_point).mul_(scale)
+        if mode == OBSERVE:
             if x.numel() == 0:
                 return x
-            if not torch.isfinite(x).all():
-                raise ValueError(f"non-finite activation (NaN or inf) at layer {self.name!r} during calibration")
+            if x.is_floating_point():
+                # min and max are NaN if any value is NaN and infinite if any is: one reduction, no
+                # full-size boolean tensor. A calibrator with ``observe_range`` reuses them.
+                lo, hi = torch.aminmax(x.detach())
+                if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+                    raise ValueError(f"non-finite activation (NaN or inf) at layer {self.name!r} during calibration")
+                if _takes_range(type(self.calibrator)):
+                    self.calibrator.observe_range(x, lo, hi)
+                    return x
             self.calibrator.observe(x)
-            return x
-        if self.mode == QUANT:
-            return fake_quantize(x, self.scale, self.zero_point, self.grid.qmin, self.grid.qmax)
         return x
 
     @property

@@ -25,8 +25,10 @@ from .scheme import Plan, analyse
 from .weights import WEIGHT_METHODS, quantize_weight, weight_scale
 
 # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
-# v2: adds "weight_bits", "keep_8bit", "weight_range" and "bias_shift" ({layer: tensor}); v1 loads as w8, none kept.
+# v2: adds "weight_bits", "keep_8bit", "weight_range", "bias_shift" and "rounded_weights" ({layer: tensor});
+#     v1 loads as w8, nothing kept at 8 bits, round-to-nearest.
 STATE_VERSION = 2
+WEIGHT_ROUNDINGS = ("nearest", "adaround")
 KEEP_8BIT = ("first", "last")  # layers the low-bit literature keeps at 8 bits: first conv, classifier
 
 
@@ -75,6 +77,8 @@ class QuantizedModel(nn.Module):
         )
         # Per-channel output-mean shift subtracted from each layer's bias in quant mode (bias correction).
         self.bias_shift: dict[str, torch.Tensor] = {}
+        # Fake-quantized weights chosen by AdaRound, used instead of round-to-nearest in quant mode.
+        self.rounded_weights: dict[str, torch.Tensor] = {}
         self._float_weights: dict[str, tuple] = {}
         self._weight_scales: dict[str, torch.Tensor] = {}
         self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
@@ -125,7 +129,8 @@ class QuantizedModel(nn.Module):
                     bits = self._layer_bits[name]
                     scale = weight_scale(weight, bits, self.weight_per_channel, self.weight_range)
                     self._weight_scales[name] = scale
-                    module.weight.copy_(quantize_weight(weight, scale, bits))
+                    rounded = self.rounded_weights.get(name)
+                    module.weight.copy_(quantize_weight(weight, scale, bits) if rounded is None else rounded.to(weight))
                     if bias is not None:
                         if name in self.bias_shift:
                             bias = bias - self.bias_shift[name].to(bias)
@@ -160,7 +165,8 @@ class QuantizedModel(nn.Module):
     @torch.no_grad()
     def calibrate(self, data: Iterable | Callable[[nn.Module], None], num_batches: int | None = None,
                   input_fn: Callable[[Any], tuple] = default_input_fn,
-                  on_batch: Callable[[int, int], None] | None = None) -> "QuantizedModel":
+                  on_batch: Callable[[int, int], None] | None = None,
+                  on_pass_end: Callable[[int], None] | None = None) -> "QuantizedModel":
         """Observe activations over ``data``, then freeze qparams and switch to ``quant`` mode.
 
         Args:
@@ -169,6 +175,9 @@ class QuantizedModel(nn.Module):
             num_batches: use at most this many batches per pass.
             input_fn: turns a batch into the model's positional inputs.
             on_batch: called as ``on_batch(pass_index, passes)`` after each batch (progress bars).
+            on_pass_end: called as ``on_pass_end(pass_index)`` after each pass's batches, before the
+                next pass and the freeze (merging statistics across processes:
+                :func:`hqbench.quant.distributed.sync_pass`).
 
         Raises:
             ValueError: empty calibration data, non-finite activations (naming the layer), or a
@@ -198,6 +207,8 @@ class QuantizedModel(nn.Module):
                             on_batch(index, passes)
                 if seen == 0:
                     raise ValueError("calibration data is empty: no batch was seen")
+                if on_pass_end is not None:
+                    on_pass_end(index)
             for q in self.quantizers.values():
                 q.freeze()
         finally:
@@ -220,6 +231,24 @@ class QuantizedModel(nn.Module):
         self.set_mode(QUANT)
         self.bias_shift = measure_bias_shift(self, batches, input_fn)
         self.set_mode("float")  # re-enter quant mode so the corrected biases are rounded
+        self.set_mode(QUANT)
+        return self
+
+    def adaround(self, data: Iterable, num_batches: int | None = None,
+                 input_fn: Callable[[Any], tuple] = default_input_fn, **options) -> "QuantizedModel":
+        """Choose each weight's rounding by AdaRound (Nagel et al. 2020) on ``data``, layer by layer.
+
+        ``options`` go to :func:`hqbench.quant.adaround.adaround_weights` (``iters``, ``reg``, ...).
+        """
+        from .adaround import adaround_weights
+
+        if callable(data) and not hasattr(data, "__iter__"):
+            raise ValueError("weight_rounding=adaround needs calibration batches (a DataLoader or list), not a forward_loop")
+        batches = list(itertools.islice(data, num_batches))
+        self.rounded_weights = {}
+        self.set_mode(QUANT)
+        self.rounded_weights = adaround_weights(self, batches, input_fn, **options)
+        self.set_mode("float")
         self.set_mode(QUANT)
         return self
 
@@ -247,6 +276,7 @@ class QuantizedModel(nn.Module):
             "points": {q.name: {k: v.detach().cpu().clone() for k, v in q.state_dict().items()}
                        for q in self.quantizers.values()},
             "bias_shift": {k: v.detach().cpu().clone() for k, v in self.bias_shift.items()},
+            "rounded_weights": {k: v.detach().cpu().clone() for k, v in self.rounded_weights.items()},
         }
 
     def load_quant_state_dict(self, state: dict) -> None:
@@ -258,7 +288,7 @@ class QuantizedModel(nn.Module):
         mine = self.quant_state_dict()
         if state.get("version") == 1:  # v1 states were all w8 with nothing kept at 8 bits
             state = {**state, "version": STATE_VERSION, "weight_bits": 8, "keep_8bit": [], "weight_range": "minmax",
-                     "bias_shift": {}}
+                     "bias_shift": {}, "rounded_weights": {}}
         keys = ("version", "method", "act_bits", "weight_bits", "weight_per_channel", "keep_8bit", "weight_range")
         problems = [f"{k}: saved {state.get(k)!r}, model {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
         saved, have = set(state.get("points", {})), set(mine["points"])
@@ -271,6 +301,7 @@ class QuantizedModel(nn.Module):
         for q in self.quantizers.values():
             q.load_state_dict(state["points"][q.name])
         self.bias_shift = {k: v.clone() for k, v in state.get("bias_shift", {}).items()}
+        self.rounded_weights = {k: v.clone() for k, v in state.get("rounded_weights", {}).items()}
         self.set_mode(QUANT)
 
     def summary(self) -> dict:

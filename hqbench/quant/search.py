@@ -19,21 +19,32 @@ from .grid import QuantGrid, range_to_qparams
 
 
 def _sawtooth_primitive(x: torch.Tensor, s: torch.Tensor, p: float) -> torch.Tensor:
-    """Antiderivative of |x - round(x/s)*s|**p that is 0 at x = -s/2."""
-    n = torch.floor(x / s + 0.5)
-    r = x - n * s
+    """Antiderivative of |x - round(x/s)*s|**p that is 0 at x = -s/2.
+
+    ``(n*2*half + sign(r)*|r|**(p+1) + half) / (p+1)`` with ``n = floor(x/s + 0.5)``, ``r = x - n*s``,
+    computed in place, op for op, so the result is bit-identical to the expression with temporaries.
+    """
+    n = torch.div(x, s).add_(0.5).floor_()
+    r = torch.mul(n, s)
+    r = torch.sub(x, r, out=r) if r.shape == x.shape else x - r
     half = (s / 2) ** (p + 1)
-    return (n * 2 * half + torch.sign(r) * r.abs() ** (p + 1) + half) / (p + 1)
+    rp = r.abs().pow_(p + 1)
+    return n.mul_(2).mul_(half).add_(r.sign_().mul_(rp)).add_(half).div_(p + 1)
 
 
 def _error_primitive(x: torch.Tensor, s: torch.Tensor, lo_q: torch.Tensor, hi_q: torch.Tensor, p: float) -> torch.Tensor:
     """Antiderivative of the clip+round error |x - Q(x)|**p on the grid with ends ``lo_q``/``hi_q``."""
     a, b = lo_q - s / 2, hi_q + s / 2
-    inner = _sawtooth_primitive(torch.clamp(x, a, b), s, p) - _sawtooth_primitive(a, s, p)
+    inner = _sawtooth_primitive(torch.clamp(x, a, b), s, p).sub_(_sawtooth_primitive(a, s, p))
     half = (s / 2) ** (p + 1)
-    upper = torch.where(x > b, ((x - hi_q).clamp_min(0) ** (p + 1) - half) / (p + 1), torch.zeros_like(x))
-    lower = torch.where(x < a, (half - (lo_q - x).clamp_min(0) ** (p + 1)) / (p + 1), torch.zeros_like(x))
-    return inner + upper + lower
+    # Beyond the grid's ends: the clipping error, zero inside (as torch.where(.., zeros) gives).
+    upper = torch.sub(x, hi_q).clamp_min_(0).pow_(p + 1).sub_(half).div_(p + 1)
+    upper = upper.masked_fill_(torch.gt(x, b).logical_not_(), 0.0)
+    lower = torch.sub(lo_q, x).clamp_min_(0).pow_(p + 1)
+    lower = torch.sub(half, lower, out=lower)
+    lower = lower.div_(p + 1)
+    lower = lower.masked_fill_(torch.lt(x, a).logical_not_(), 0.0)
+    return inner.add_(upper).add_(lower)
 
 
 def expected_error(
@@ -60,8 +71,8 @@ def expected_error(
     e = edges.double()[None, :]
     prim = _error_primitive(e, s, lo_q, hi_q, p)
     width = (e[:, 1:] - e[:, :-1]).clamp_min(1e-300)
-    per_bin = (prim[:, 1:] - prim[:, :-1]) / width
-    return (per_bin * counts.double()[None, :]).sum(dim=1)
+    per_bin = torch.sub(prim[:, 1:], prim[:, :-1]).div_(width).mul_(counts.double()[None, :])
+    return per_bin.sum(dim=1)
 
 
 def _best(counts, edges, lo, hi, grid, p, chunk: int = 2048) -> tuple[float, float, float]:

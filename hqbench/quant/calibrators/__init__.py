@@ -103,7 +103,7 @@ def list_calibrators() -> list[CalibratorEntry]:
 def valid_methods() -> list[str]:
     """Every accepted spelling: letters, then names (``name:VALUE`` where an option exists)."""
     entries = list(_REGISTRY.values())
-    return [e.letter for e in entries if e.letter] + [e.name + (":VALUE" if e.option else "") for e in entries]
+    return [e.letter for e in entries if e.letter] + [e.name + ("[:VALUE]" if e.option else "") for e in entries]
 
 
 def _discover() -> None:

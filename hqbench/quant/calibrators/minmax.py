@@ -13,6 +13,10 @@ class MinMax(_MinMaxState):
 
     def observe(self, x: torch.Tensor) -> None:
         lo, hi = torch.aminmax(x.detach())
+        self.observe_range(x, lo, hi)
+
+    def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """:meth:`observe` given ``torch.aminmax(x)``, which the quantizer has already computed."""
         self.min_val.copy_(torch.minimum(self.min_val, lo))
         self.max_val.copy_(torch.maximum(self.max_val, hi))
 
@@ -29,6 +33,10 @@ class MovingMinMax(_MinMaxState):
 
     def observe(self, x: torch.Tensor) -> None:
         lo, hi = torch.aminmax(x.detach())
+        self.observe_range(x, lo, hi)
+
+    def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """:meth:`observe` given ``torch.aminmax(x)``, which the quantizer has already computed."""
         if not self.has_data():
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)

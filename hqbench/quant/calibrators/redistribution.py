@@ -18,6 +18,8 @@ from ..search import search_range
 from . import register_calibrator
 from .base import Calibrator
 
+_HISTC_EXACT = 2**24  # float32 counts are exact integers up to here
+
 
 class ActivationRedistribution(Calibrator):
     """D: two-pass histogram and error-minimising ``[beta, alpha]``.
@@ -40,22 +42,52 @@ class ActivationRedistribution(Calibrator):
         self.register_buffer("max_val", torch.tensor(float("-inf")))
         self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
         self.register_buffer("zeros", torch.zeros((), dtype=torch.float64))
+        self._fixed = None
 
     def has_data(self) -> bool:
         return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
+
+    def begin_pass(self, index: int) -> None:
+        super().begin_pass(index)
+        self._fixed = None  # pass-0 range as floats and the bin of exact zeros, set on pass 1's first batch
 
     def observe(self, x: torch.Tensor) -> None:
         x = x.detach()
         if self.current_pass == 0:
             lo, hi = torch.aminmax(x)
+            self.observe_range(x, lo, hi)
+        else:
+            self._fill(x)
+
+    def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """:meth:`observe` given ``torch.aminmax(x)``, which the quantizer has already computed."""
+        if self.current_pass == 0:
             self.min_val.copy_(torch.minimum(self.min_val, lo))
             self.max_val.copy_(torch.maximum(self.max_val, hi))
-            return
+        else:
+            self._fill(x.detach())
+
+    def _fill(self, x: torch.Tensor) -> None:
+        """Pass 1: count exact zeros apart, histogram the rest over the fixed pass-0 range.
+
+        The same counts as histogramming ``x[x != 0]`` without building that copy: exact zeros are
+        counted, the whole tensor is histogrammed, and the zeros are taken back out of the bin that
+        holds 0. ``torch.histc`` counts in float32, exact to 2**24 per bin, hence the chunks.
+        """
         x = x.float().reshape(-1)
-        nonzero = x[x != 0]
-        self.zeros += x.numel() - nonzero.numel()
-        if nonzero.numel() and self.max_val > self.min_val:
-            self.histogram += torch.histc(nonzero, self.bins, float(self.min_val), float(self.max_val)).double()
+        if self._fixed is None:  # once per pass: no host sync per batch
+            lo, hi = float(self.min_val), float(self.max_val)
+            zero_bin = torch.histc(torch.zeros(1, device=x.device), self.bins, lo, hi).double() if hi > lo else None
+            self._fixed = (lo, hi, zero_bin)
+        lo, hi, zero_bin = self._fixed
+        zeros = x.numel() - torch.count_nonzero(x)
+        self.zeros += zeros
+        if zero_bin is not None:
+            counts = torch.histc(x[:_HISTC_EXACT], self.bins, lo, hi).double()
+            for start in range(_HISTC_EXACT, x.numel(), _HISTC_EXACT):
+                counts += torch.histc(x[start:start + _HISTC_EXACT], self.bins, lo, hi).double()
+            counts -= zeros * zero_bin
+            self.histogram += counts
 
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = float(self.min_val), float(self.max_val)

@@ -1,0 +1,60 @@
+"""quantize(): bit widths, keep_8bit and the weight-side options, end to end on a trained net."""
+
+import pytest
+import torch
+
+from hqbench.quant import prepare, quantize
+
+from .conftest import make_dataset
+
+
+def _acc(model, x, y) -> float:
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def test_low_bit_grids_keep_their_level_counts(trained_net, calib_batches):
+    net, _ = trained_net
+    q = quantize(net, calib_batches, method="B", weight_bits=4, act_bits=5)
+    grids = {v["grid"] for v in q.summary()["points"].values()}
+    assert grids <= {"0..31", "-16..15"} and "0..31" in grids
+    for name in q.plan.compute:
+        w = dict(q.model.named_modules())[name].weight
+        levels = torch.round(w / q.weight_scale(name)).unique()
+        assert levels.abs().max() <= 7  # symmetric 4-bit weights
+    kept = quantize(net, calib_batches, method="B", weight_bits=4, act_bits=4, keep_8bit="first,last")
+    first, last = kept.plan.compute[0], kept.plan.compute[-1]
+    assert kept.layer_weight_bits(first) == kept.layer_weight_bits(last) == 8
+    assert kept.quantizer(kept.plan.compute_inputs[first]).grid.bits == 8  # the network input
+    middle = [n for n in kept.plan.compute if n not in (first, last)]
+    assert middle and all(kept.layer_weight_bits(n) == 4 for n in middle)
+
+
+@pytest.mark.parametrize("bad", [dict(act_bits=0), dict(act_bits=1), dict(weight_bits=17), dict(act_bits=4.5),
+                                 dict(weight_bits="8"), dict(keep_8bit="middle"), dict(weight_range="max"),
+                                 dict(weight_rounding="floor")])
+def test_bad_settings_are_one_line_errors(trained_net, calib_batches, bad):
+    net, _ = trained_net
+    with pytest.raises(ValueError) as err:
+        quantize(net, calib_batches, method="B", **bad)
+    assert "\n" not in str(err.value)
+
+
+def test_bias_correction_and_adaround_recover_low_bit_accuracy_and_survive_reload(trained_net, calib_batches):
+    net, float_acc = trained_net
+    x, y = make_dataset(512, seed=3)
+    plain = _acc(quantize(net, calib_batches, method="D", weight_bits=3), x, y)
+    corrected = quantize(net, calib_batches, method="D", weight_bits=3, bias_correction=True)
+    rounded = quantize(net, calib_batches, method="D", weight_bits=3, weight_rounding="adaround")
+    assert corrected.bias_shift and rounded.rounded_weights
+    assert _acc(corrected, x, y) > plain + 0.05
+    assert _acc(rounded, x, y) > plain + 0.05
+    # The corrections are part of the calibrated state: a reload gives the same outputs.
+    for q in (corrected, rounded):
+        again = prepare(net, calib_batches[0], method="D", weight_bits=3)
+        again.load_quant_state_dict(q.quant_state_dict())
+        with torch.no_grad():
+            assert torch.equal(again(x[:64]), q(x[:64]))
+        # ... and the integer executor runs the same integers.
+        integer = q.integer_executor()(x[:64])
+        assert (integer.argmax(1) == q(x[:64]).argmax(1)).float().mean() >= 0.97
