@@ -155,6 +155,8 @@ def rss_child(args) -> None:
     model, card = load_model(args.model)
     calib = load_batches(card, args.calib, args.batch, args.synthetic)
     x = load_batches(card, args.batch, args.batch, args.synthetic, split="eval")[0]
+    loaded = _vm_hwm_kib()
+    _reset_peak()  # from here VmHWM is the peak of the work itself (Linux >= 4.0)
     if args.rss_child == "fp32":
         fp32_pass(model, calib)
         fp32_pass(model, [x])
@@ -164,7 +166,25 @@ def rss_child(args) -> None:
         qm = quantize(model, calib, method=args.rss_child, inplace=True)
         with torch.no_grad():
             qm(x)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    print(json.dumps({"ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "load_peak_kib": loaded, "work_peak_kib": _vm_hwm_kib()}))
+
+
+def _vm_hwm_kib() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
 
 
 def measure_rss(model_name: str, methods, args) -> dict:
@@ -175,8 +195,13 @@ def measure_rss(model_name: str, methods, args) -> dict:
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"rss child {method} failed:\n{proc.stderr[-2000:]}")
-        out[method] = int(proc.stdout.strip().splitlines()[-1])  # KiB on Linux
-    return {m: {"peak_rss_mib": kib / 1024, "ratio": kib / out["fp32"]} for m, kib in out.items()}
+        out[method] = json.loads(proc.stdout.strip().splitlines()[-1])  # KiB on Linux
+    # ru_maxrss: the whole process, model loading included; work_peak: the peak after loading.
+    ref = out["fp32"]
+    return {m: {"peak_rss_mib": v["ru_maxrss_kib"] / 1024, "ratio": v["ru_maxrss_kib"] / ref["ru_maxrss_kib"],
+                "work_peak_mib": (v["work_peak_kib"] or 0) / 1024,
+                "work_ratio": (v["work_peak_kib"] / ref["work_peak_kib"]) if v["work_peak_kib"] and ref["work_peak_kib"] else None}
+            for m, v in out.items()}
 
 
 # ----------------------------------------------------------------------------- driver
@@ -241,7 +266,9 @@ def print_tables(results: list[dict], console) -> None:
                           f"{100 * e['calib']['search_share']:.1f} %",
                           f"{e['int']['ratio']:.1f}x" if "int" in e else "-",
                           f"{e['onnx']['ratio']:.2f}x" if "onnx" in e else ("failed" if "onnx_error" in e else "-"),
-                          f"{e['rss']['ratio']:.2f}x ({e['rss']['peak_rss_mib']:.0f} MiB)" if "rss" in e else "-")
+                          (f"{e['rss']['ratio']:.2f}x ({e['rss']['peak_rss_mib']:.0f} MiB); after load "
+                           + (f"{e['rss']['work_ratio']:.2f}x ({e['rss']['work_peak_mib']:.0f} MiB)" if e['rss']['work_ratio'] else "-"))
+                          if "rss" in e else "-")
     console.print(table)
     for r in results:
         for method, rows in r.get("sweep_images", {}).items():
@@ -296,7 +323,7 @@ def main() -> None:
 
     from rich.console import Console
 
-    console = Console()
+    console = Console(width=200)
     args.methods = [m for m in args.methods.split(",") if m]
     models = [m for m in args.models.split(",") if m]
     args.calib_repeats = args.calib_repeats or (3 if args.full else 1)

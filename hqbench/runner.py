@@ -224,7 +224,13 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     Each finished row is merged into ``cfg.out`` at once (under a lock); a row already there with
     the same key is reused, not rerun, unless ``redo=true``.
     """
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if "spawn" in strategy:  # spawned workers' per-image outcomes and summaries never come back to this process
+        raise ValueError(f"trainer.strategy={strategy}: use trainer.strategy=ddp (processes started by Lightning's "
+                         "launcher, or torchrun); spawn strategies lose the per-image results rows need")
     console = console or Console()
+    if _rank() != 0:  # under DDP every process runs this loop; only rank 0 prints and writes
+        console = Console(quiet=True)
     cells = plan_cells(cfg)
     engine = check_engine(cfg.engine)
     spec = task_spec(cfg.task)
@@ -272,9 +278,16 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         console.print(f"  {label:>10}: {spec.metric} {row.value:6.2f}  {shown}  "
                       f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}", soft_wrap=True)
         rows.append(row)
-        if cfg.out:
+        if cfg.out and _rank() == 0:
             append_row(row, cfg.out, siblings=True)
     return rows
+
+
+def _rank() -> int:
+    """This process's global rank (Lightning sets it when a DDP trainer starts; 0 otherwise)."""
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    return int(getattr(rank_zero_only, "rank", 0) or 0)
 
 
 def _probe(base: dict) -> ResultRow:
@@ -315,7 +328,7 @@ def _run_cell(cfg, spec, task, dm, cell: Cell, engine: str, float_scopes, base: 
     if peer:  # which tool, its version and settings, and the engine the number was measured on
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
     if hasattr(task, "outcomes"):
-        extra["outcomes"] = encode_outcomes(task.outcomes().cpu().numpy())
+        extra["outcomes"] = encode_outcomes(task.outcomes(len(dm.eval_files)).cpu().numpy())
     eval_seconds = total - calib
     extra["images_per_s"] = round(len(dm.eval_files) / eval_seconds, 2) if eval_seconds > 0 else None
     return ResultRow(**base, value=100.0 * float(metrics[spec.key]), calib_seconds=round(calib, 2),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from hqbench.methods import column_order
+from hqbench.methods import column_order, is_peer
 from hqbench.reporting.stats import bootstrap_ci, decode_outcomes, draw_summary, mcnemar_exact, rank_cells
 
 if TYPE_CHECKING:
@@ -122,14 +122,20 @@ def build_lines(rows: Sequence[ResultRow]) -> list[Line]:
     multi_dataset = _multi(rows, lambda r: (r.task, r.model), lambda r: r.dataset)
     multi_counts = _multi(_quantised(rows), _group, lambda r: (r.n_eval, r.n_calib))
     engines: dict[tuple, list[str]] = {}
+    # A peer runs on its own tool's engine: it joins the line of hqbench's first engine in its group,
+    # so it is compared with the methods it competes with rather than sitting alone on a line.
+    for r in _quantised(rows):
+        if not is_peer(r.method) and r.engine not in engines.setdefault(_group(r), []):
+            engines[_group(r)].append(r.engine)
     lines: dict[tuple, Line] = {}
     for r in _quantised(rows):
-        seen = engines.setdefault(_group(r), [])
-        if r.engine not in seen:
-            seen.append(r.engine)
-        key = (*_group(r), *_bits(r), _options(r), r.engine, r.n_eval, r.n_calib)
+        own = engines.setdefault(_group(r), [])
+        engine = own[0] if is_peer(r.method) and own else r.engine
+        if engine not in own:
+            own.append(engine)
+        key = (*_group(r), *_bits(r), _options(r), engine, r.n_eval, r.n_calib)
         if key not in lines:
-            lines[key] = Line("", r.metric, _bits(r), _options(r), r.engine, _group(r), (r.n_eval, r.n_calib))
+            lines[key] = Line("", r.metric, _bits(r), _options(r), engine, _group(r), (r.n_eval, r.n_calib))
         _add(lines[key].cells.setdefault(r.method, []), r)
     refs: dict[tuple, list[ResultRow]] = {}
     for r in rows:

@@ -90,9 +90,17 @@ class ClassificationTask(L.LightningModule):
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
         self.test_outcomes.update((logits.argmax(1) == labels).float())
 
-    def outcomes(self) -> torch.Tensor:
-        """Top-1 correct (bool) per test image of the last test run, in evaluation order."""
-        return self.test_outcomes.compute().bool().reshape(-1)
+    def outcomes(self, n_eval: int | None = None) -> torch.Tensor:
+        """Top-1 correct (bool) per test image of the last test run, in evaluation order.
+
+        Under DDP, Lightning's sampler gives rank r images r, r+W, ... (padded to equal shares) and
+        the synced list is rank 0's then rank 1's: interleave back, and drop the padding.
+        """
+        values = self.test_outcomes.compute().bool().reshape(-1)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and values.numel() % world == 0:
+            values = values.reshape(world, -1).T.reshape(-1)
+        return values[:n_eval] if n_eval is not None else values
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Logits for a batch of ``(images, labels)`` or of images alone."""
