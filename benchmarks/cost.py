@@ -228,6 +228,11 @@ def run_model(name: str, args, console) -> dict:
                 console.print(f"[red]onnxruntime engine failed[/]: {entry['onnx_error'][:300]}", highlight=False)
         result["methods"][method] = entry
         del qm
+        console.print(f"  {name} {method}: fake {entry['fake']['ratio']:.2f}x, calibration {entry['calib']['ratio']:.2f}x "
+                      f"(search {100 * entry['calib']['search_share']:.1f} %)"
+                      + (f", int {entry['int']['ratio']:.1f}x" if "int" in entry else "")
+                      + (f", onnxruntime {entry['onnx']['ratio']:.2f}x" if "onnx" in entry else ""), highlight=False)
+        args.checkpoint(result)
     if not args.skip_rss:
         console.print(f"[bold]{name}[/]: peak RSS (subprocesses)", highlight=False)
         rss = measure_rss(name, args.methods, args)
@@ -243,12 +248,17 @@ def run_model(name: str, args, console) -> dict:
             for n in args.sweep_images:
                 console.print(f"[bold]{name}[/] {method}: {n} calibration images", highlight=False)
                 rows.append(measure_calibration(fp, model, list(images[:n].split(args.batch)), method, 1))
+                console.print(f"  {n} images: {rows[-1]['ratio']:.2f}x, search {100 * rows[-1]['search_share']:.1f} %",
+                              highlight=False)
+                args.checkpoint(result)
             result["sweep_images"][method] = rows
         bins_batches = list(images[:args.bins_images].split(args.batch))
         for bins in args.sweep_bins:
             console.print(f"[bold]{name}[/] D: {bins} bins", highlight=False)
             row = measure_calibration(fp, model, bins_batches, "D", 1, bins=bins)
             result["sweep_bins"][str(bins)] = row
+            console.print(f"  {bins} bins: {row['ratio']:.2f}x, search {100 * row['search_share']:.1f} %", highlight=False)
+            args.checkpoint(result)
     return result
 
 
@@ -334,16 +344,26 @@ def main() -> None:
     started = time.time()
     machine = {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "load_before": os.getloadavg(),
                "platform": platform.platform(), "torch": torch.__version__, "python": platform.python_version()}
-    results = [run_model(name, args, console) for name in models]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results: list[dict] = []
+
+    def checkpoint(partial: dict | None = None) -> None:  # the JSON so far, so a long run is never lost
+        rows = results + ([partial] if partial is not None and partial not in results else [])
+        out.write_text(json.dumps({"command": " ".join(sys.argv), "synthetic": args.synthetic, "machine": machine,
+                                   "complete": False, "results": rows}, indent=1))
+
+    args.checkpoint = checkpoint
+    for name in models:
+        results.append(run_model(name, args, console))
+        checkpoint()
     machine["load_after"] = os.getloadavg()
     machine["wall_s"] = time.time() - started
     print_tables(results, console)
     console.print(f"load average before {machine['load_before']}, after {machine['load_after']}; "
                   f"{machine['cpus']} CPUs, {machine['torch_threads']} torch threads; {machine['wall_s']:.0f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": " ".join(sys.argv), "synthetic": args.synthetic, "machine": machine,
-                               "results": results}, indent=1))
+                               "complete": True, "results": results}, indent=1))
     console.print(f"wrote {out}")
 
 

@@ -1,0 +1,37 @@
+#!/usr/bin/env python
+"""Markdown for docs/RESULTS.md from result files: the table, every paired test, and the sweep plot.
+
+    python benchmarks/report.py docs/results/sweep_mobilenet_v2_tflite.json [--plot PNG]
+
+Rows come from files written by ``hqbench test ... out=FILE`` (the command is in each row); this
+script only formats them, so every number it prints is one a committed command produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hqbench.reporting import read_results
+from hqbench.reporting.plots import plot_sweep
+from hqbench.reporting.tables import markdown_table, notes_line, pairwise_markdown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", nargs="+", help="results JSON files")
+    parser.add_argument("--plot", help="also write the metric-vs-width plot here (PNG)")
+    args = parser.parse_args()
+    rows = [row for path in args.results for row in read_results(path)]
+    print(markdown_table(rows), "\n")
+    print(notes_line(rows), "\n")
+    print("Paired tests (McNemar exact on the same images):\n")
+    print(pairwise_markdown(rows))
+    commands = sorted({r.extra.get("command", "") for r in rows} - {""})
+    print("\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```")
+    if args.plot:
+        print(f"\nplot: {plot_sweep(rows, Path(args.plot))}")
+
+
+if __name__ == "__main__":
+    main()
