@@ -11,8 +11,10 @@ from rich.markup import escape
 
 USAGE = """usage: hqbench test|train task=classification|detection [key=value ...]
 
-  model=NAME model.weights=PATH method=fp32,pytorch,A,B,C,D,... engine=fake|int|onnxruntime
-  bits=w8a8,w8a6,w4a8,... keep_8bit=first,last weight_range=minmax|mse bias_correction=true
+  model=NAME|tflite:PATH model.weights=PATH engine=fake|int|onnxruntime
+  method=fp32,pytorch,A,B,C,D,percentile[:P],entropy,mse,ort-minmax,pt2e-x86,nncf,nni,...
+  bits=w8a8,w8a6,w4a8,... keep_8bit=first,last weight_range=minmax|mse
+  bias_correction=true weight_rounding=nearest|adaround draws=K
   data=imagenet|fashion_mnist data.root=PATH data.eval_limit=N data.calib_size=N
   seed=N out=results.json redo=true  trainer.KEY=VALUE (passed to lightning.Trainer)
   train.epochs=N train.lr=X train.checkpoint=PATH train.overwrite=true

@@ -234,6 +234,10 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     cells = plan_cells(cfg)
     engine = check_engine(cfg.engine)
     spec = task_spec(cfg.task)
+    if engine == "onnxruntime" and cfg.task == "detection":
+        raise NotImplementedError("engine=onnxruntime is not available for detection yet: the ONNX export of "
+                                  "ultralytics' Detect head fails (seen: an int32 bias of its box branch out of "
+                                  "range at s_in*s_w); use engine=fake or engine=int")
     draws = cfg.get("draws", 1)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")

@@ -180,3 +180,34 @@ def test_callback_runs_at_low_bit_widths_and_records_them():
     for bad in (dict(act_bits=0), dict(weight_bits=17), dict(act_bits=2.5), dict(keep_8bit="middle")):
         with pytest.raises(ValueError):
             QuantizationCallback("D", **bad)
+
+
+def test_failure_after_quant_mode_restores_inside_lightning(monkeypatch):
+    """The engine fails after BN was folded and weights quantized (inside Lightning's inference mode):
+    on_exception still gives the float model back."""
+    import hqbench.quant.onnx_engine as onnx_engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("export failed")
+
+    monkeypatch.setattr(onnx_engine, "OnnxRuntimeEngine", broken)
+    torch.manual_seed(0)
+    module = PositionalModule().eval()
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(RuntimeError, match="export failed"):
+        _trainer([QuantizationCallback("B", calib_dataloader=_data(1), engine="onnxruntime")]).test(
+            module, _data(2), verbose=False)
+    assert isinstance(module.backbone[1], nn.BatchNorm2d)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in module.modules())
+    for k, v in module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    module(torch.randn(2, 1, 8, 8))
+
+
+def test_detection_refuses_the_onnxruntime_engine_in_one_line(capsys):
+    from hqbench.cli import main
+
+    assert main(["test", "task=detection", "model=yolov3_tiny_synth", "model.weights=random", "data=synthetic_sar",
+                 "method=D", "engine=onnxruntime"]) == 1
+    out = capsys.readouterr().out
+    assert "engine=onnxruntime is not available for detection" in out and "Traceback" not in out

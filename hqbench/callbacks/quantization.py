@@ -248,6 +248,9 @@ class QuantizationCallback(Callback):
         self._undo.append(lambda: setattr(pl_module, self.submodule, network))
 
     def _restore(self) -> None:
-        while self._undo:
-            self._undo.pop()()
+        # Folding ran inside Lightning's inference mode, so the folded tensors are inference tensors;
+        # restoring them from on_exception/teardown (outside it) must happen in inference mode too.
+        with torch.inference_mode():
+            while self._undo:
+                self._undo.pop()()
         self.qmodel = None
