@@ -15,9 +15,9 @@ from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import nn
 
+from ._stages import EvaluationStageCallback
 from ..peers import PeerResult, check_installed, create_peer, peer_entry
 from ..quant.model import default_input_fn
 
@@ -35,7 +35,7 @@ class PeerModule(nn.Module):
         return self._peer_forward(x.detach().cpu()).to(x.device)
 
 
-class PeerCallback(Callback):
+class PeerCallback(EvaluationStageCallback):
     """Quantize with a registered peer for test/validate/predict, then restore the float network.
 
     Args:
@@ -65,32 +65,6 @@ class PeerCallback(Callback):
         self.record: dict = {}
         self.result: PeerResult | None = None
         self._undo: list[Callable[[], None]] = []
-
-    # lifecycle: the same stages as QuantizationCallback
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._activate(trainer, pl_module)
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        if not trainer.sanity_checking:
-            self._activate(trainer, pl_module)
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self._activate(trainer, pl_module)
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore()
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._restore()
 
     def calibration_inputs(self, trainer: L.Trainer) -> list[torch.Tensor]:
         """The first positional input of every calibration batch, on the CPU, in loader order."""

@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils._pytree import tree_map
 
+from ._stages import EvaluationStageCallback
 from ..methods import PYTORCH, check_engine, row_method
 from ..quant import canonical_name, check_bits, prepare
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
@@ -44,7 +44,7 @@ def _progress(description: str, total: int):
         yield lambda: progress.advance(task)
 
 
-class QuantizationCallback(Callback):
+class QuantizationCallback(EvaluationStageCallback):
     """Quantize a LightningModule for evaluation with method A-D (or torch.ao's default PTQ).
 
     Args:
@@ -111,32 +111,6 @@ class QuantizationCallback(Callback):
     def letter(self) -> str:
         """The paper's letter for this method, or the method name."""
         return row_method(self.method)
-
-    # -------------------------------------------------------------- lifecycle
-    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._activate(trainer, pl_module)
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._activate(trainer, pl_module)
-
-    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._activate(trainer, pl_module)
-
-    def on_test_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        self._restore()
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        self._restore()  # a failure mid-calibration or mid-test must not leave BN folded or hooks attached
-
-    def teardown(self, trainer, pl_module, stage: str) -> None:
-        self._restore()
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:

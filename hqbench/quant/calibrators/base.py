@@ -51,3 +51,37 @@ class _MinMaxState(Calibrator):
 
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         return self.min_val.clone(), self.max_val.clone()
+
+
+class RangeThenHistogram(Calibrator):
+    """Two passes: the tensor's range, then a histogram on fixed bins over it.
+
+    Fixed bins are what lets histograms from several processes merge by a sum
+    (:mod:`hqbench.quant.distributed`). Subclasses fill ``histogram`` in :meth:`observe_histogram`.
+    """
+
+    num_passes = 2
+
+    def __init__(self, bins: int = 2048) -> None:
+        super().__init__()
+        if int(bins) < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        self.bins = int(bins)
+        self.register_buffer("min_val", torch.tensor(float("inf")))
+        self.register_buffer("max_val", torch.tensor(float("-inf")))
+        self.register_buffer("histogram", torch.zeros(self.bins, dtype=torch.float64))
+
+    def has_data(self) -> bool:
+        return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach()
+        if self.current_pass == 0:
+            lo, hi = torch.aminmax(x)
+            self.min_val.copy_(torch.minimum(self.min_val, lo))
+            self.max_val.copy_(torch.maximum(self.max_val, hi))
+        else:
+            self.observe_histogram(x)
+
+    def observe_histogram(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -21,7 +21,7 @@ import torch
 
 from ..grid import QuantGrid
 from . import register_calibrator
-from .base import Calibrator
+from .base import RangeThenHistogram
 
 
 def kl_divergences(hist: torch.Tensor, levels: int, candidates: torch.Tensor) -> torch.Tensor:
@@ -65,34 +65,14 @@ def entropy_threshold(hist: torch.Tensor, levels: int, chunk: int = 256) -> int:
     return int(candidates[best])
 
 
-class Entropy(Calibrator):
+class Entropy(RangeThenHistogram):
     """TensorRT's entropy (KL-divergence) threshold: ``[-T, T]``, or ``[0, T]`` for a one-sided tensor.
 
     Args:
         bins: histogram bins over ``[0, max|x|]`` (fixed, so histograms merge by a sum).
     """
 
-    num_passes = 2
-
-    def __init__(self, bins: int = 2048) -> None:
-        super().__init__()
-        if int(bins) < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
-        self.bins = int(bins)
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
-        self.register_buffer("histogram", torch.zeros(self.bins, dtype=torch.float64))
-
-    def has_data(self) -> bool:
-        return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
-
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        if self.current_pass == 0:
-            lo, hi = torch.aminmax(x)
-            self.min_val.copy_(torch.minimum(self.min_val, lo))
-            self.max_val.copy_(torch.maximum(self.max_val, hi))
-            return
+    def observe_histogram(self, x: torch.Tensor) -> None:
         amax = self.amax()
         mag = x.float().reshape(-1).abs()
         mag = mag[mag != 0]

@@ -15,10 +15,10 @@ import torch
 
 from ..grid import QuantGrid
 from . import register_calibrator
-from .base import Calibrator
+from .base import RangeThenHistogram
 
 
-class Percentile(Calibrator):
+class Percentile(RangeThenHistogram):
     """Clip range ``[the (100-p)th percentile, the p-th percentile]``; a one-sided end stays at 0.
 
     Args:
@@ -29,29 +29,14 @@ class Percentile(Calibrator):
         ValueError: ``percentile`` outside (50, 100] or ``bins`` < 1.
     """
 
-    num_passes = 2
-
     def __init__(self, percentile: float = 99.99, bins: int = 2048) -> None:
-        super().__init__()
         if not 50.0 < float(percentile) <= 100.0:
             raise ValueError(f"percentile must be in (50, 100], got {percentile}; e.g. 99.9 or 99.99")
-        if int(bins) < 1:
-            raise ValueError(f"bins must be >= 1, got {bins}")
-        self.percentile, self.bins = float(percentile), int(bins)
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
-        self.register_buffer("histogram", torch.zeros(self.bins, dtype=torch.float64))
+        super().__init__(bins)
+        self.percentile = float(percentile)
 
-    def has_data(self) -> bool:
-        return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
-
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        if self.current_pass == 0:
-            lo, hi = torch.aminmax(x)
-            self.min_val.copy_(torch.minimum(self.min_val, lo))
-            self.max_val.copy_(torch.maximum(self.max_val, hi))
-        elif self.max_val > self.min_val:
+    def observe_histogram(self, x: torch.Tensor) -> None:
+        if self.max_val > self.min_val:
             x = x.float().reshape(-1)
             self.histogram += torch.histc(x, self.bins, float(self.min_val), float(self.max_val)).double()
 
