@@ -79,19 +79,28 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import run, train
 
     line = shlex.join(["hqbench", *argv])
+    show_config = "--cfg" in overrides  # `--cfg job`: print the composed config, run nothing (Hydra's convention)
+    if show_config:
+        at = overrides.index("--cfg")
+        overrides = overrides[:at] + overrides[at + 2 if at + 1 < len(overrides) and overrides[at + 1] == "job" else at + 1:]
     try:
         cfg = compose(task, overrides)
+        if show_config:
+            from omegaconf import OmegaConf
+
+            console.print(OmegaConf.to_yaml(cfg), markup=False, highlight=False, end="")
+            return 0
         if command == "train":
             train(cfg, console, command=line)
             return 0
         rows = run(cfg, console, command=line)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 1
     except ModuleNotFoundError as err:
         if missing_extra(err) is None:
             raise
-        console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False)
+        console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
         return 1
     print_tables(rows, title=f"hqbench {task}", console=console)
     return 0

@@ -56,6 +56,11 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
 
     if task not in list_tasks():
         raise ValueError(f"unknown task {task!r}; valid: {', '.join(list_tasks())} (configs in {TASKS_DIR})")
+    for o in overrides:  # a config group takes one choice: `model=a,b` would silently keep only b
+        key, _, value = o.lstrip("+~").partition("=")
+        if key in ("model", "data") and "," in value:
+            raise ValueError(f"{key}= takes one choice, got {value!r}; run one command per {key} "
+                             "(result.py runs the grid in hqbench/configs/paper.yaml)")
     try:
         with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
             cfg = hydra_compose(config_name=task, overrides=[_quote_lists(o) for o in _model_sources(list(overrides))])

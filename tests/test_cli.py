@@ -128,3 +128,12 @@ def test_train_detection_writes_half_precision_weights_and_a_card(tmp_path):
     assert code == 0 and f"start: {ckpt}" in ckpt2.with_suffix(".md").read_text()
     start = torch.load(tmp_path / "work2" / "init.pt", weights_only=False)["model"].state_dict()
     assert all(torch.equal(start[k].half(), v) for k, v in state.items())
+
+
+def test_cfg_job_prints_the_config_and_group_lists_are_refused(capsys):
+    assert main(["test", "--cfg", "job", "bits=w8a4", "model=mobilenet_v2_fmnist", "data=fashion_mnist"]) == 0
+    out = capsys.readouterr().out
+    assert "bits: w8a4" in out and "name: mobilenet_v2_fmnist" in out
+    assert main(["test", "model=googlenet_fmnist,vgg16_fmnist"]) == 1
+    out = capsys.readouterr().out
+    assert "model= takes one choice" in out and len([ln for ln in out.splitlines() if "error" in ln]) == 1
