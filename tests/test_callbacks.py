@@ -211,3 +211,13 @@ def test_detection_refuses_the_onnxruntime_engine_in_one_line(capsys):
                  "method=D", "engine=onnxruntime"]) == 1
     out = capsys.readouterr().out
     assert "engine=onnxruntime is not available for detection" in out and "Traceback" not in out
+
+
+def test_adaround_runs_inside_lightnings_test_loop():
+    """AdaRound needs autograd; Lightning tests in inference mode. The callback path must still work."""
+    torch.manual_seed(0)
+    module = PositionalModule().eval()
+    callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=3, weight_rounding="adaround")
+    acc = _trainer([callback]).test(module, _data(2), verbose=False)[0]["acc"]
+    assert 0.0 <= acc <= 1.0 and callback._saved_state["rounded_weights"]
+    assert isinstance(module.backbone[1], nn.BatchNorm2d)  # restored afterwards

@@ -73,9 +73,20 @@ def _capture(qmodel: QuantizedModel, data: list, input_fn: Callable, name: str, 
 def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int, x: torch.Tensor, y: torch.Tensor,
               iters: int, reg: float, beta: tuple[float, float], batch_size: int, lr: float, warm: float,
               generator: torch.Generator) -> torch.Tensor:
-    """Learn ``V`` for one layer; returns the hard-rounded fake-quantized weight."""
+    """Learn ``V`` for one layer; returns the hard-rounded fake-quantized weight.
+
+    Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
+    sees is cloned out of inference mode first, since inference tensors cannot be saved for backward.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        w, scale, x, y = w.clone(), scale.clone(), x.clone(), y.clone()
+        bias = None if module.bias is None else module.bias.detach().clone()
+        return _optimise_loop(module, w, scale, qmax, x, y, bias, iters, reg, beta, batch_size, lr, warm, generator)
+
+
+def _optimise_loop(module, w, scale, qmax, x, y, bias, iters, reg, beta, batch_size, lr, warm, generator):
     v = _init_v(w, scale).requires_grad_(True)
-    params = {} if module.bias is None else {"bias": module.bias.detach()}
+    params = {} if bias is None else {"bias": bias}
     opt = torch.optim.Adam([v], lr=lr)
     for t in range(iters):
         idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
