@@ -59,10 +59,6 @@ def row_method(spec: str) -> str:
     return entry.letter if entry.letter and ":" not in name else name
 
 
-def is_quantized(method: str) -> bool:
-    return method != FP32
-
-
 def method_title(method: str) -> str:
     """Column header: ``"D"`` -> ``"Activation Redistribution"``, ``"percentile:99.999"`` -> ``"Percentile 99.999"``."""
     if method in _REFERENCE_TITLES:
@@ -75,26 +71,15 @@ def method_title(method: str) -> str:
 
 
 def column_order(methods: Iterable[str]) -> list[str]:
-    """fp32, pytorch, the registry's calibrators, then peers (both in registration order), then anything else."""
+    """fp32, pytorch, the registry's calibrators, then peers (both in registration order), then anything else.
+
+    ``methods`` are row spellings (:func:`row_method`): a calibrator by its letter, or by its name
+    with an optional ``:value``, which sorts with its calibrator.
+    """
     present = list(dict.fromkeys(methods))
-    rank = {FP32: 0, PYTORCH: 1}
-    for i, entry in enumerate(list_calibrators()):
-        rank.setdefault(entry.letter or entry.name, 2 + i)
-    for peer in _peers().list_peers():
-        rank.setdefault(peer.name, len(rank) + 2)
-
-    def key(m: str) -> tuple[int, int]:
-        base = m.partition(":")[0]
-        known = rank.get(m, rank.get(base))
-        if known is None:
-            try:
-                entry = calibrator_entry(base)
-                known = rank.get(entry.letter or entry.name)
-            except ValueError:
-                known = None
-        return (len(rank) + 2 if known is None else known, present.index(m))
-
-    return sorted(present, key=key)
+    names = [FP32, PYTORCH, *(e.letter or e.name for e in list_calibrators()), *(p.name for p in _peers().list_peers())]
+    rank = {name: i for i, name in enumerate(names)}
+    return sorted(present, key=lambda m: (rank.get(m.partition(":")[0], len(rank)), present.index(m)))
 
 
 def list_methods() -> list[str]:

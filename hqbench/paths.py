@@ -7,11 +7,39 @@ root is computed here once (:func:`repo_root`); it is ``None`` for an installed 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 
 PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], *, binary: bool = False,
+                 newline: str | None = None) -> Path:
+    """Call ``write(f)`` on a temp file in ``path``'s folder, then move it into place.
+
+    The same filesystem makes ``os.replace`` atomic: a crash or an error mid-write leaves the
+    previous file (or none) under the final name, never half of one; the temp file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": newline})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and exports are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 @lru_cache(maxsize=None)

@@ -26,8 +26,8 @@ from .models import create_model
 from .models._weights import write_half_state_dict
 from .quant import parse_bit_widths
 from .quant.baseline import torch_act_grid
-from .quant.model import WEIGHT_ROUNDINGS, _check_keep
-from .quant.weights import WEIGHT_METHODS
+from .quant.model import check_keep_8bit, check_weight_rounding
+from .quant.weights import check_weight_range
 from .reporting import ResultRow, append_row, find_row
 from .reporting.results import FLOAT_BITS
 from .reporting.stats import encode_outcomes
@@ -180,13 +180,9 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     """
     methods = [row_method(str(m)) for m in _as_list(cfg.method, "method")]
     widths = [parse_bit_widths(b) for b in _as_list(cfg.get("bits", "w8a8"), "bits")]
-    keep = _check_keep(cfg.get("keep_8bit"))
-    weight_range = str(cfg.get("weight_range", "minmax"))
-    if weight_range not in WEIGHT_METHODS:
-        raise ValueError(f"weight_range: unknown {weight_range!r}; valid: {', '.join(WEIGHT_METHODS)}")
-    weight_rounding = str(cfg.get("weight_rounding", "nearest"))
-    if weight_rounding not in WEIGHT_ROUNDINGS:
-        raise ValueError(f"weight_rounding: unknown {weight_rounding!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
+    keep = check_keep_8bit(cfg.get("keep_8bit"))
+    weight_range = check_weight_range(str(cfg.get("weight_range", "minmax")))
+    weight_rounding = check_weight_rounding(str(cfg.get("weight_rounding", "nearest")))
     bias_correction = cfg.get("bias_correction", False)
     if not isinstance(bias_correction, bool):
         raise ValueError(f"bias_correction must be true or false, got {bias_correction!r}")

@@ -9,7 +9,6 @@ back when the stage ends or fails. The peer is calibrated on exactly the batches
 
 from __future__ import annotations
 
-import itertools
 import time
 from typing import Any, Callable, Iterable
 
@@ -68,16 +67,8 @@ class PeerCallback(EvaluationStageCallback):
 
     def calibration_inputs(self, trainer: L.Trainer) -> list[torch.Tensor]:
         """The first positional input of every calibration batch, on the CPU, in loader order."""
-        loader = self.calib_dataloader
-        if loader is None:
-            dm = trainer.datamodule
-            if dm is None or not hasattr(dm, "calibration_dataloader"):
-                raise ValueError("PeerCallback needs calib_dataloader=, or a datamodule with calibration_dataloader()")
-            loader = dm.calibration_dataloader()
-        inputs = [self.input_fn(batch)[0].detach().cpu() for batch in itertools.islice(loader, self.num_batches)]
-        if not inputs:
-            raise ValueError("calibration data is empty: no batch was seen")
-        return inputs
+        return self._calibration_batches(trainer, self.num_batches,
+                                         lambda batch: self.input_fn(batch)[0].detach().cpu())
 
     def _activate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._undo:

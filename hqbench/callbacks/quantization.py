@@ -14,7 +14,6 @@ callback's ``state_dict`` (a checkpoint restores them before ``on_test_start``, 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -29,7 +28,8 @@ from ..methods import PYTORCH, check_engine, row_method
 from ..quant import canonical_name, check_bits, prepare
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
 from ..quant.distributed import is_distributed, recording
-from ..quant.model import WEIGHT_ROUNDINGS, QuantizedModel, _check_keep, default_input_fn
+from ..quant.model import QuantizedModel, check_keep_8bit, check_weight_rounding, default_input_fn
+from ..quant.weights import check_weight_range
 
 
 @contextlib.contextmanager
@@ -83,11 +83,9 @@ class QuantizationCallback(EvaluationStageCallback):
         if self.method == PYTORCH and engine != "fake":
             raise ValueError("the pytorch baseline runs as torch's reference model; use engine='fake'")
         self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
-        self.keep_8bit, self.weight_range = _check_keep(keep_8bit), weight_range
+        self.keep_8bit, self.weight_range = check_keep_8bit(keep_8bit), check_weight_range(weight_range)
         self.bias_correction, self.recalibrate = bool(bias_correction), bool(recalibrate)
-        if weight_rounding not in WEIGHT_ROUNDINGS:
-            raise ValueError(f"unknown weight_rounding {weight_rounding!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
-        self.weight_rounding = weight_rounding
+        self.weight_rounding = check_weight_rounding(weight_rounding)
         if self.method == PYTORCH:
             torch_act_grid(self.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
             if self.keep_8bit or weight_range != "minmax" or self.bias_correction or weight_rounding != "nearest":
@@ -121,19 +119,12 @@ class QuantizationCallback(EvaluationStageCallback):
         self._from_checkpoint = self._saved_state is not None
 
     # ---------------------------------------------------------------- helpers
-    def _calibration_batches(self, trainer: L.Trainer, device: torch.device, limit: int | None = None) -> list:
-        loader = self.calib_dataloader
-        if loader is None:
-            dm = trainer.datamodule
-            if dm is None or not hasattr(dm, "calibration_dataloader"):
-                raise ValueError("QuantizationCallback needs calib_dataloader=, or a datamodule with calibration_dataloader()")
-            loader = dm.calibration_dataloader()
-        limit = self.num_batches if limit is None else limit
-        batches = [tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
-                   for batch in itertools.islice(loader, limit)]
-        if not batches:
-            raise ValueError("calibration data is empty: no batch was seen")
-        return batches
+    def _batches_on(self, trainer: L.Trainer, device: torch.device, limit: int | None = None) -> list:
+        """Calibration batches moved to ``device`` (``num_batches`` of them unless ``limit`` says)."""
+        def to_device(batch):
+            return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
+
+        return self._calibration_batches(trainer, self.num_batches if limit is None else limit, to_device)
 
     @staticmethod
     def _shard(trainer: L.Trainer, batches: list) -> list | None:
@@ -161,7 +152,7 @@ class QuantizationCallback(EvaluationStageCallback):
             method, act_grid = ("histogram", torch_act_grid(self.act_bits)) if hooks_baseline else (self.method, None)
             needs_data = self._saved_state is None or (self.recalibrate and not self._from_checkpoint)
             # A restored state needs one batch, to record the graph.
-            batches = self._calibration_batches(trainer, pl_module.device, limit=None if needs_data else 1)
+            batches = self._batches_on(trainer, pl_module.device, limit=None if needs_data else 1)
             example = self.input_fn(batches[0])
             qmodel = prepare(pl_module, example, method, inplace=True, float_scopes=self.float_scopes,
                              act_grid=act_grid, act_bits=self.act_bits, weight_bits=self.weight_bits,
@@ -178,10 +169,8 @@ class QuantizationCallback(EvaluationStageCallback):
                     qmodel.calibrate(mine, input_fn=self.input_fn, on_batch=lambda i, n: advance(),
                                      on_pass_end=on_pass_end)
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
-                if self.weight_rounding == "adaround":
-                    qmodel.adaround(batches, input_fn=self.input_fn)
-                if self.bias_correction:
-                    qmodel.correct_bias(batches, input_fn=self.input_fn)
+                qmodel.fit_weights(batches, weight_rounding=self.weight_rounding,
+                                   bias_correction=self.bias_correction, input_fn=self.input_fn)
                 self._saved_state = qmodel.quant_state_dict()
             else:
                 qmodel.load_quant_state_dict(self._saved_state)
@@ -215,7 +204,7 @@ class QuantizationCallback(EvaluationStageCallback):
         network = getattr(pl_module, self.submodule, None)
         if network is None:
             raise ValueError(f"the pytorch baseline needs the network at pl_module.{self.submodule}; pass submodule=")
-        batches = self._calibration_batches(trainer, pl_module.device)
+        batches = self._batches_on(trainer, pl_module.device)
         quantized = torch_ao_ptq(network, batches, self.input_fn(batches[0]), self.input_fn,
                                  weight_bits=self.weight_bits, act_bits=self.act_bits)
         setattr(pl_module, self.submodule, quantized)

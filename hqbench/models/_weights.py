@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 import zipfile
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hqbench.paths import checkpoint_dirs
+from hqbench.paths import atomic_write, checkpoint_dirs
 
 RANDOM = "random"  # model.weights=random: the architecture, untrained
 LIGHTNING_PREFIX = "model."  # hqbench's LightningModules keep the network in their ``model`` attribute
@@ -115,9 +114,5 @@ def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path 
 def write_half_state_dict(state: Mapping[str, torch.Tensor], out: Path) -> Path:
     """Save ``state`` with floating tensors in float16, atomically: a crash never leaves a
     half-written file under the final name."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, tmp)
-    os.replace(tmp, out)
-    return out
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    return atomic_write(out, lambda f: torch.save(half, f), binary=True)

@@ -123,6 +123,16 @@ class _Graph:
         return (scale * (q.astype(np.float64) - zp)).astype(np.float32)
 
 
+def _read_graph(path: Path) -> _Graph:
+    """The flatbuffer of a ``.tflite`` file (data only: nothing in it can run)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"TFLite model not found: {path}")
+    buf = path.read_bytes()
+    if buf[4:8] != b"TFL3":
+        raise ValueError(f"{path} is not a TFLite flatbuffer (missing 'TFL3' identifier)")
+    return _Graph(buf)
+
+
 def _options(op, cls):
     opts = cls()
     table = op.BuiltinOptions()
@@ -204,12 +214,7 @@ def build_mobilenet_v2_tflite(path: str | Path) -> nn.Module:
             tensor that did not fit).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"TFLite model not found: {path}")
-    buf = path.read_bytes()
-    if buf[4:8] != b"TFL3":
-        raise ValueError(f"{path} is not a TFLite flatbuffer (missing 'TFL3' identifier)")
-    graph = _Graph(buf)
+    graph = _read_graph(path)
     g = graph.g
 
     alias: dict[int, int] = {}  # QUANTIZE/DEQUANTIZE outputs -> their inputs
@@ -672,9 +677,4 @@ def build_tflite_classifier(path: str | Path) -> TFLiteClassifier:
             naming the file and the op.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"TFLite model not found: {path}")
-    buf = path.read_bytes()
-    if buf[4:8] != b"TFL3":
-        raise ValueError(f"{path} is not a TFLite flatbuffer (missing 'TFL3' identifier)")
-    return _Importer(_Graph(buf), path).run().eval()
+    return _Importer(_read_graph(path), path).run().eval()

@@ -36,7 +36,7 @@ from torch import nn
 from .bits import check_bits, format_bit_widths, parse_bit_widths
 from .calibrators import canonical_name, create_calibrator, list_calibrators, register_calibrator
 from .grid import TORCH_X86_ACT_GRID, QuantGrid, range_to_qparams
-from .model import KEEP_8BIT, WEIGHT_ROUNDINGS, QuantizedModel, default_input_fn
+from .model import KEEP_8BIT, WEIGHT_ROUNDINGS, QuantizedModel, check_weight_rounding, default_input_fn
 
 
 def _example_from(data: Iterable, input_fn: Callable) -> tuple:
@@ -96,9 +96,8 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
         weight_rounding: ``"nearest"`` or ``"adaround"`` (:mod:`hqbench.quant.adaround`; runs
             before bias correction).
     """
-    if weight_rounding not in WEIGHT_ROUNDINGS:
-        raise ValueError(f"unknown weight_rounding {weight_rounding!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
-    canonical_name(method)  # fail on a bad name before any work
+    check_weight_rounding(weight_rounding)  # fail on a bad setting or name before any work
+    canonical_name(method)
     if seed is not None:
         torch.manual_seed(seed)
     if example_inputs is None:
@@ -109,11 +108,8 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
                      weight_per_channel=weight_per_channel, float_scopes=float_scopes, keep_8bit=keep_8bit,
                      weight_range=weight_range)
     qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
-    if weight_rounding == "adaround":
-        qmodel.adaround(calib_data, num_batches=num_batches, input_fn=input_fn)
-    if bias_correction:
-        qmodel.correct_bias(calib_data, num_batches=num_batches, input_fn=input_fn)
-    return qmodel
+    return qmodel.fit_weights(calib_data, weight_rounding=weight_rounding, bias_correction=bias_correction,
+                              num_batches=num_batches, input_fn=input_fn)
 
 
 __all__ = [

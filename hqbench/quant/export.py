@@ -30,13 +30,13 @@ import functools
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from torch.utils._pytree import tree_flatten
 
+from ..paths import atomic_write
 from .fake import QUANT, ActQuantizer
 from .qdq_params import layer_weight_bits, quantize_parameters, value_of
 
@@ -93,12 +93,9 @@ def export_onnx(qmodel, path, example_inputs, *, opset: int = 17, overwrite: boo
     encodings = {"version": ENCODINGS_VERSION, "opset": opset, "method": qmodel.method,
                  "act_bits": qmodel.act_bits, "weight_bits": qmodel.weight_bits,
                  "container": container, "activations": activation_encodings(model, order), **params}
-    paths["onnx"].parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(paths["onnx"], model.SerializeToString())
-    buffer = io.BytesIO()
-    torch.save(qmodel.quant_state_dict(), buffer)
-    _write_atomic(paths["qstate"], buffer.getvalue())
-    _write_atomic(paths["encodings"], (json.dumps(encodings, indent=1) + "\n").encode())
+    atomic_write(paths["onnx"], lambda f: f.write(model.SerializeToString()), binary=True)
+    atomic_write(paths["qstate"], lambda f: torch.save(qmodel.quant_state_dict(), f), binary=True)
+    atomic_write(paths["encodings"], lambda f: f.write(json.dumps(encodings, indent=1) + "\n"))
     return {**{k: str(p) for k, p in paths.items()}, "opset": opset,
             "activation_tensors": len(encodings["activations"]), "weight_tensors": len(encodings["weights"])}
 
@@ -196,18 +193,3 @@ def activation_encodings(model, order: list[ActQuantizer]) -> dict:
                               "qmin": q.grid.qmin, "qmax": q.grid.qmax, "bits": q.grid.bits, "signed": q.grid.signed,
                               "dtype": zp.dtype.name, "container_offset": offset}
     return out
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

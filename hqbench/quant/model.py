@@ -22,7 +22,7 @@ from .points import attach_points
 from .graph import Graph, record
 from .grid import QuantGrid
 from .scheme import Plan, analyse
-from .weights import WEIGHT_METHODS, quantize_weight, weight_scale
+from .weights import check_weight_range, quantize_weight, weight_scale
 
 # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
 # v2: adds "weight_bits", "keep_8bit", "weight_range", "bias_shift" and "rounded_weights" ({layer: tensor});
@@ -58,10 +58,8 @@ class QuantizedModel(nn.Module):
         self.method = canonical_name(method)
         self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
         self.weight_per_channel = weight_per_channel
-        self.keep_8bit = _check_keep(keep_8bit)
-        if weight_range not in WEIGHT_METHODS:
-            raise ValueError(f"unknown weight_range {weight_range!r}; valid: {', '.join(WEIGHT_METHODS)}")
-        self.weight_range = weight_range
+        self.keep_8bit = check_keep_8bit(keep_8bit)
+        self.weight_range = check_weight_range(weight_range)
         self.model = model
         self.graph: Graph = record(model, example_inputs)
         self.plan: Plan = analyse(self.graph, self.act_bits, float_scopes)
@@ -216,22 +214,27 @@ class QuantizedModel(nn.Module):
         self.set_mode(QUANT)
         return self
 
+    def fit_weights(self, data: Iterable, *, weight_rounding: str = "nearest", bias_correction: bool = False,
+                    num_batches: int | None = None, input_fn: Callable[[Any], tuple] = default_input_fn
+                    ) -> "QuantizedModel":
+        """The weight-side steps after calibration, in their order: AdaRound first (it chooses the
+        integers), then bias correction (it measures the shift those integers leave)."""
+        if check_weight_rounding(weight_rounding) == "adaround":
+            self.adaround(data, num_batches, input_fn)
+        if bias_correction:
+            self.correct_bias(data, num_batches, input_fn)
+        return self
+
     def correct_bias(self, data: Iterable, num_batches: int | None = None,
                      input_fn: Callable[[Any], tuple] = default_input_fn) -> "QuantizedModel":
-        """Measure each layer's quantization mean shift on ``data`` and subtract it from its bias.
-
-        A forward_loop callable cannot be used here: the shift is measured batch by batch.
-        """
+        """Measure each layer's quantization mean shift on ``data`` and subtract it from its bias."""
         from .bias_correction import measure_bias_shift
 
-        if callable(data) and not hasattr(data, "__iter__"):
-            raise ValueError("bias_correction needs calibration batches (a DataLoader or list), not a forward_loop")
-        batches = list(itertools.islice(data, num_batches))
+        batches = _weight_batches(data, num_batches, "bias_correction")
         self.bias_shift = {}
         self.set_mode(QUANT)
         self.bias_shift = measure_bias_shift(self, batches, input_fn)
-        self.set_mode("float")  # re-enter quant mode so the corrected biases are rounded
-        self.set_mode(QUANT)
+        self.set_mode(QUANT)  # re-quantize from the kept float weights: the corrected biases get rounded
         return self
 
     def adaround(self, data: Iterable, num_batches: int | None = None,
@@ -242,14 +245,11 @@ class QuantizedModel(nn.Module):
         """
         from .adaround import adaround_weights
 
-        if callable(data) and not hasattr(data, "__iter__"):
-            raise ValueError("weight_rounding=adaround needs calibration batches (a DataLoader or list), not a forward_loop")
-        batches = list(itertools.islice(data, num_batches))
+        batches = _weight_batches(data, num_batches, "weight_rounding=adaround")
         self.rounded_weights = {}
         self.set_mode(QUANT)
         self.rounded_weights = adaround_weights(self, batches, input_fn, **options)
-        self.set_mode("float")
-        self.set_mode(QUANT)
+        self.set_mode(QUANT)  # re-quantize from the kept float weights with the chosen roundings
         return self
 
     def integer_executor(self):
@@ -319,7 +319,20 @@ class QuantizedModel(nn.Module):
         }
 
 
-def _check_keep(keep: object) -> tuple[str, ...]:
+def _weight_batches(data: Iterable, num_batches: int | None, what: str) -> list:
+    """Weight-side methods measure layer by layer over batches: a forward_loop callable cannot serve."""
+    if callable(data) and not hasattr(data, "__iter__"):
+        raise ValueError(f"{what} needs calibration batches (a DataLoader or list), not a forward_loop")
+    return list(itertools.islice(data, num_batches))
+
+
+def check_weight_rounding(value: object) -> str:
+    if value not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"unknown weight_rounding {value!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
+    return value
+
+
+def check_keep_8bit(keep: object) -> tuple[str, ...]:
     """``"first,last"`` / ``["first"]`` / ``()`` -> a tuple of KEEP_8BIT names, or a one-line error."""
     if keep is None or keep == "" or keep == "none":
         return ()

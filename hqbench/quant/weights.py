@@ -22,9 +22,15 @@ from .grid import _EPS, weight_qparams
 WEIGHT_METHODS = ("minmax", "mse")
 
 
-def _check(bits: int, method: str) -> int:
+def check_weight_range(method: object) -> str:
+    """``method`` if it names a weight range, else a one-line ValueError listing the valid ones."""
     if method not in WEIGHT_METHODS:
-        raise ValueError(f"unknown weight range method {method!r}; valid: {', '.join(WEIGHT_METHODS)}")
+        raise ValueError(f"unknown weight_range {method!r}; valid: {', '.join(WEIGHT_METHODS)}")
+    return method
+
+
+def _check(bits: int, method: str) -> int:
+    check_weight_range(method)
     return check_bits(bits, "weight bits")
 
 

@@ -7,14 +7,13 @@ so a point and its error bar are exactly the table cell and its interval.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hqbench.methods import method_title
+from hqbench.paths import atomic_write
 from hqbench.reporting.lines import FP32, Cell, bits_label, bits_sort_key, build_lines, line_cells, options_label
 
 if TYPE_CHECKING:
@@ -104,19 +103,4 @@ def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
     for ax, (key, panel) in zip(axes[:, 0], panels.items()):
         _draw(ax, key, panel)
     fig.tight_layout()
-    return _save(fig, Path(path))
-
-
-def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=120)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)

@@ -13,7 +13,6 @@ import contextlib
 import csv
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from hqbench.methods import FP32, ROW_ENGINES, row_method
+from hqbench.paths import atomic_write
 from hqbench.reporting.tables import markdown_table, notes_line
 
 TASKS: tuple[str, ...] = ("classification", "detection")
@@ -144,24 +144,6 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
 
 
-def _atomic_write(path: Path, write: Callable[[TextIO], None], newline: str | None = None) -> Path:
-    """Write via a temp file in the same folder (same filesystem, so ``os.replace`` is atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def _json_default(obj: object) -> object:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
@@ -215,7 +197,7 @@ def write_results(rows: Iterable[ResultRow], out_path: str | os.PathLike[str]) -
     """
     path = Path(out_path)
     rows = list(rows)
-    return _atomic_write(path, lambda f: _write_json(f, rows, path))
+    return atomic_write(path, lambda f: _write_json(f, rows, path))
 
 
 def write_all(
@@ -237,8 +219,8 @@ def write_all(
         base = base.with_suffix("")
     paths = {ext: base.with_name(f"{base.name}.{ext}") for ext in ("json", "csv", "md")}
     write_results(rows, paths["json"])
-    _atomic_write(paths["csv"], lambda f: _write_csv(f, rows), newline="")
-    _atomic_write(paths["md"], lambda f: f.write(_markdown(rows, title)))
+    atomic_write(paths["csv"], lambda f: _write_csv(f, rows), newline="")
+    atomic_write(paths["md"], lambda f: f.write(_markdown(rows, title)))
     return paths
 
 
