@@ -24,7 +24,6 @@ from torch.func import functional_call
 
 from .fake import QUANT
 from .model import QuantizedModel, default_input_fn
-from .weights import weight_scale
 
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
@@ -135,10 +134,10 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
     try:
         for name in qmodel.plan.compute:
             module = modules[name]
-            bits = qmodel.layer_weight_bits(name) if hasattr(qmodel, "layer_weight_bits") else qmodel.weight_bits
+            bits = qmodel.layer_weight_bits(name)
             qmax = 2 ** (bits - 1) - 1
             w = float_w[name]
-            scale = weight_scale(w, bits, qmodel.weight_per_channel, getattr(qmodel, "weight_range", "minmax"))
+            scale = qmodel.weight_scale(name)  # the scale fake-quant uses: AdaRound only picks the rounding
             qmodel.set_mode("float")
             y = torch.cat(_capture(qmodel, batches, input_fn, name, "float"))
             qmodel.set_mode(QUANT)

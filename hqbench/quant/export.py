@@ -38,7 +38,7 @@ from torch.utils._pytree import tree_flatten
 
 from ..paths import atomic_write
 from .fake import QUANT, ActQuantizer
-from .qdq_params import layer_weight_bits, quantize_parameters, value_of
+from .qdq_params import quantize_parameters, value_of
 
 ENCODINGS_VERSION = 1
 CONTAINER_MODES = ("native", "uint8")
@@ -60,8 +60,8 @@ def check_exportable(qmodel) -> None:
             raise NotImplementedError(f"cannot export layer {q.name!r}: {q.grid.bits}-bit activations need 16-bit "
                                       "Q/DQ (opset 21), which torch's TorchScript exporter does not emit")
     for name in qmodel.plan.compute:
-        if layer_weight_bits(qmodel, name) > 8:
-            raise NotImplementedError(f"cannot export layer {name!r}: {layer_weight_bits(qmodel, name)}-bit weights "
+        if qmodel.layer_weight_bits(name) > 8:
+            raise NotImplementedError(f"cannot export layer {name!r}: {qmodel.layer_weight_bits(name)}-bit weights "
                                       "do not fit the int8 DequantizeLinear")
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from .grid import weight_qparams
 
 
 def value_of(model, name: str):
@@ -23,17 +22,6 @@ def value_of(model, name: str):
         if node.op_type == "Constant" and node.output[0] == name:
             return numpy_helper.to_array(node.attribute[0].t)
     raise KeyError(f"{name!r} is neither an initializer nor a Constant of the exported graph")
-
-
-def weight_scale(qmodel, name: str) -> torch.Tensor:
-    """The scale behind layer ``name``'s fake-quant weights (``qmodel.weight_scale(name)`` if defined)."""
-    if hasattr(qmodel, "weight_scale"):
-        return torch.as_tensor(qmodel.weight_scale(name), dtype=torch.float32).detach().cpu()
-    return weight_qparams(qmodel._float_weights[name][0], qmodel.weight_bits, qmodel.weight_per_channel)
-
-
-def layer_weight_bits(qmodel, name: str) -> int:
-    return qmodel.layer_weight_bits(name) if hasattr(qmodel, "layer_weight_bits") else qmodel.weight_bits
 
 
 def quantize_parameters(model, qmodel) -> dict:
@@ -59,9 +47,9 @@ def quantize_parameters(model, qmodel) -> dict:
 
 def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
     """DequantizeLinear nodes (with initializers) for one layer's weight and bias; fills ``encodings``."""
-    bits = layer_weight_bits(qmodel, name)
+    bits = qmodel.layer_weight_bits(name)
     qmax = 2 ** (bits - 1) - 1
-    s_w = weight_scale(qmodel, name).reshape(-1)
+    s_w = qmodel.weight_scale(name).detach().float().cpu().reshape(-1)
     w_held = _held(inits, f"{name}.weight", name)
     w_int = _integers(w_held, s_w, -qmax, qmax, name, f"{name}.weight")
     widened: list[int] = []
