@@ -39,7 +39,11 @@ class Calibrator(nn.Module):
 
 
 class _MinMaxState(Calibrator):
-    """Shared buffers for calibrators that track a running min and max."""
+    """Shared buffers for calibrators that track a running min and max.
+
+    Subclasses implement :meth:`observe_range`, which the quantizer calls directly with the
+    ``torch.aminmax(x)`` it has already computed (its finiteness check), saving a reduction.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,15 +53,28 @@ class _MinMaxState(Calibrator):
     def has_data(self) -> bool:
         return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
 
+    def observe(self, x: torch.Tensor) -> None:
+        lo, hi = torch.aminmax(x.detach())
+        self.observe_range(x, lo, hi)
+
+    def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def widen(self, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        """Grow ``[min_val, max_val]`` to hold ``[lo, hi]``."""
+        self.min_val.copy_(torch.minimum(self.min_val, lo))
+        self.max_val.copy_(torch.maximum(self.max_val, hi))
+
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         return self.min_val.clone(), self.max_val.clone()
 
 
-class RangeThenHistogram(Calibrator):
+class RangeThenHistogram(_MinMaxState):
     """Two passes: the tensor's range, then a histogram on fixed bins over it.
 
     Fixed bins are what lets histograms from several processes merge by a sum
-    (:mod:`hqbench.quant.distributed`). Subclasses fill ``histogram`` in :meth:`observe_histogram`.
+    (:mod:`hqbench.quant.distributed`). Subclasses fill ``histogram`` in :meth:`observe_histogram`
+    and choose the range in :meth:`compute_range`.
     """
 
     num_passes = 2
@@ -67,21 +84,16 @@ class RangeThenHistogram(Calibrator):
         if int(bins) < 1:
             raise ValueError(f"bins must be >= 1, got {bins}")
         self.bins = int(bins)
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
         self.register_buffer("histogram", torch.zeros(self.bins, dtype=torch.float64))
 
-    def has_data(self) -> bool:
-        return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
-
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach()
+    def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.current_pass == 0:
-            lo, hi = torch.aminmax(x)
-            self.min_val.copy_(torch.minimum(self.min_val, lo))
-            self.max_val.copy_(torch.maximum(self.max_val, hi))
+            self.widen(lo, hi)
         else:
-            self.observe_histogram(x)
+            self.observe_histogram(x.detach())
 
     def observe_histogram(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError

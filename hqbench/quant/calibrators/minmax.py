@@ -11,14 +11,8 @@ from .base import _MinMaxState
 class MinMax(_MinMaxState):
     """B: the global minimum and maximum over all calibration batches."""
 
-    def observe(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach())
-        self.observe_range(x, lo, hi)
-
     def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """:meth:`observe` given ``torch.aminmax(x)``, which the quantizer has already computed."""
-        self.min_val.copy_(torch.minimum(self.min_val, lo))
-        self.max_val.copy_(torch.maximum(self.max_val, hi))
+        self.widen(lo, hi)
 
 
 class MovingMinMax(_MinMaxState):
@@ -31,12 +25,7 @@ class MovingMinMax(_MinMaxState):
         super().__init__()
         self.averaging_constant = averaging_constant
 
-    def observe(self, x: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(x.detach())
-        self.observe_range(x, lo, hi)
-
     def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """:meth:`observe` given ``torch.aminmax(x)``, which the quantizer has already computed."""
         if not self.has_data():
             self.min_val.copy_(lo)
             self.max_val.copy_(hi)

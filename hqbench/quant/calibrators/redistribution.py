@@ -16,12 +16,12 @@ import torch
 from ..grid import QuantGrid
 from ..search import search_range
 from . import register_calibrator
-from .base import Calibrator
+from .base import RangeThenHistogram
 
 _HISTC_EXACT = 2**24  # float32 counts are exact integers up to here
 
 
-class ActivationRedistribution(Calibrator):
+class ActivationRedistribution(RangeThenHistogram):
     """D: two-pass histogram and error-minimising ``[beta, alpha]``.
 
     Args:
@@ -33,41 +33,17 @@ class ActivationRedistribution(Calibrator):
             more than 5 of 500 images, so the default stays the MSE.
     """
 
-    num_passes = 2
-
     def __init__(self, bins: int = 2048, steps: int = 256, p: float = 2.0) -> None:
-        super().__init__()
-        self.bins, self.steps, self.p = bins, steps, p
-        self.register_buffer("min_val", torch.tensor(float("inf")))
-        self.register_buffer("max_val", torch.tensor(float("-inf")))
-        self.register_buffer("histogram", torch.zeros(bins, dtype=torch.float64))
+        super().__init__(bins)
+        self.steps, self.p = steps, p
         self.register_buffer("zeros", torch.zeros((), dtype=torch.float64))
         self._fixed = None
-
-    def has_data(self) -> bool:
-        return bool(torch.isfinite(self.min_val) and torch.isfinite(self.max_val))
 
     def begin_pass(self, index: int) -> None:
         super().begin_pass(index)
         self._fixed = None  # pass-0 range as floats and the bin of exact zeros, set on pass 1's first batch
 
-    def observe(self, x: torch.Tensor) -> None:
-        x = x.detach()
-        if self.current_pass == 0:
-            lo, hi = torch.aminmax(x)
-            self.observe_range(x, lo, hi)
-        else:
-            self._fill(x)
-
-    def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
-        """:meth:`observe` given ``torch.aminmax(x)``, which the quantizer has already computed."""
-        if self.current_pass == 0:
-            self.min_val.copy_(torch.minimum(self.min_val, lo))
-            self.max_val.copy_(torch.maximum(self.max_val, hi))
-        else:
-            self._fill(x.detach())
-
-    def _fill(self, x: torch.Tensor) -> None:
+    def observe_histogram(self, x: torch.Tensor) -> None:
         """Pass 1: count exact zeros apart, histogram the rest over the fixed pass-0 range.
 
         The same counts as histogramming ``x[x != 0]`` without building that copy: exact zeros are
