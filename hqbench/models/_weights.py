@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -116,3 +117,23 @@ def write_half_state_dict(state: Mapping[str, torch.Tensor], out: Path) -> Path:
     half-written file under the final name."""
     half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     return atomic_write(out, lambda f: torch.save(half, f), binary=True)
+
+
+def read_tflite(path: Path, build: Callable[[Path], Any], label: str) -> Any:
+    """``build(path)`` with every failure as one ValueError naming ``label`` and the file.
+
+    A TFLite file is a flatbuffer (data only, nothing in it can run); damaged bytes surface as
+    assorted low-level errors (struct.error, IndexError, UnicodeDecodeError...) that would not say
+    which file.
+    """
+    try:
+        return build(path)
+    except ValueError as err:
+        msg = str(err)
+        raise ValueError(msg if str(path) in msg else f"{label}: weights file {path}: {msg}") from None
+    except (FileNotFoundError, MemoryError):
+        raise
+    except Exception as err:  # noqa: BLE001 - see the docstring
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(f"{label}: weights file {path} is not a readable TFLite graph "
+                         f"({type(err).__name__}: {first})") from None

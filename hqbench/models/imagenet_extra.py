@@ -12,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from hqbench.models._registry import register_model
+from hqbench.models._weights import read_tflite
 from hqbench.models.card import ModelCard
 
 DATA_ENV = "HQBENCH_DATA"
@@ -54,22 +55,7 @@ def mobilenet_v2_tflite(weights: str | None = None) -> tuple[nn.Module, ModelCar
         name="mobilenet_v2_tflite", input_size=224, resize=256, mean=(0.5,) * 3, std=(0.5,) * 3,
         num_classes=1000, weights=str(path), interpolation="bilinear",
     )
-    return _read_tflite(path, build_mobilenet_v2_tflite), card
-
-
-def _read_tflite(path: Path, build) -> nn.Module:
-    """``build(path)`` with every failure as one ValueError naming the file. A TFLite file is a
-    flatbuffer (data only, nothing in it can run); damaged bytes surface as assorted low-level
-    errors (struct.error, IndexError, UnicodeDecodeError...) that would not say which file."""
-    try:
-        return build(path)
-    except ValueError as err:
-        raise ValueError(f"mobilenet_v2_tflite: weights file {path}: {err}") from None
-    except (FileNotFoundError, MemoryError):
-        raise
-    except Exception as err:  # noqa: BLE001 - see the docstring
-        raise ValueError(f"mobilenet_v2_tflite: weights file {path} is not a readable TFLite graph "
-                         f"({type(err).__name__}: {err})") from None
+    return read_tflite(path, build_mobilenet_v2_tflite, "mobilenet_v2_tflite"), card
 
 
 @register_model("efficientnet_lite0")

@@ -14,6 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from hqbench.models._registry import register_model, register_source
+from hqbench.models._weights import read_tflite
 from hqbench.models.card import ModelCard
 
 TFLITE = "tflite"
@@ -40,16 +41,7 @@ def load_tflite(path: str | Path) -> tuple[nn.Module, ModelCard]:
         raise FileNotFoundError(f"{TFLITE}: model file {path} does not exist")
     from hqbench.models.tflite import build_tflite_classifier
 
-    try:
-        model = build_tflite_classifier(path)
-    except ValueError as err:
-        msg = str(err)
-        raise ValueError(msg if str(path) in msg else f"{TFLITE}: {path}: {msg}") from None
-    except (FileNotFoundError, MemoryError):
-        raise
-    except Exception as err:  # noqa: BLE001 - see the docstring
-        raise ValueError(f"{TFLITE}: {path} is not a readable TFLite graph "
-                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    model = read_tflite(path, build_tflite_classifier, TFLITE)
     return model, tflite_card(model, path)
 
 
