@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     for entry in entries:
         try:
             cfg = compose(entry.get("task", "classification"), [
-                f"model={entry.model}", f"data={entry.data}", f"method=[fp32,pytorch,{','.join(methods)}]",
+                f"model={entry.model}", f"method=[fp32,pytorch,{','.join(methods)}]",
                 f"out={out}", *overrides])
             rows += run(cfg, console, command=command)
         except (FileNotFoundError, ModuleNotFoundError) as err:  # weights, data or an extra missing: say so, keep going

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shlex
 import sys
@@ -9,39 +10,58 @@ import sys
 from rich.console import Console
 from rich.markup import escape
 
-USAGE = """usage: hqbench test|train task=classification|detection [key=value ...]
+USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg job] [--help]
 
-  model=NAME|tflite:PATH model.weights=PATH engine=fake|int|onnxruntime
-  method=fp32,pytorch,A,B,C,D,percentile[:P],entropy,mse,ort-minmax,pt2e-x86,nncf,nni,...
-  bits=w8a8,w8a6,w4a8,... keep_8bit=first,last weight_range=minmax|mse
-  bias_correction=true weight_rounding=nearest|adaround draws=K
-  data=imagenet|fashion_mnist data.root=PATH data.eval_limit=N data.calib_size=N
+  model={models}
+        or a source: {sources}   model.weights=PATH
+  method={methods}
+  engine={engines}   bits=w8a8,w8a6,w4a8,...   keep_8bit=first,last
+  weight_range=minmax|mse  bias_correction=true  weight_rounding=nearest|adaround  draws=K
+  data={data} data.root=PATH data.eval_limit=N data.calib_size=N
   seed=N out=results.json redo=true  trainer.KEY=VALUE (passed to lightning.Trainer)
   train.epochs=N train.lr=X train.checkpoint=PATH train.overwrite=true
-  task=detection: model=yolov3_tiny_sar|yolov3_tiny_synth data=sar|synthetic_sar
-    train.init=darknet|random|PATH train.hours=H
-No data.root, HQBENCH_DATA, model= or data=: `test` runs the embedded demo.
-Configs live in hqbench/configs/ (HQBENCH_TASKS=DIR for another folder); any key
-there can be overridden. hqbench --version prints the version."""
+A model picks its data unless data= is given. No data.root, HQBENCH_DATA, model= or data=:
+`test` runs the embedded demo. -m sweeps comma lists of other keys (model=a,b seed=0,1: one run
+each; method= and bits= lists run inside one). --cfg job prints the composed config;
+task=NAME --help prints the task's keys. Configs live in hqbench/configs/ (HQBENCH_TASKS=DIR for
+another folder). hqbench --version prints the version."""
 
-# What `hqbench test task=...` runs when nothing names data or a model: the embedded demo, which
-# needs no download (the Fashion-MNIST subset ships in the package; SAR scenes are generated).
-DEMO = {"classification": ["model=mobilenet_v2_fmnist", "data=fashion_mnist"],
-        "detection": ["model=yolov3_tiny_synth", "data=synthetic_sar"]}
+
+def usage() -> str:
+    """The usage text, with tasks, models, methods, engines and data read from their registries."""
+    from .config import TASKS_DIR, list_tasks
+    from .methods import ENGINES, list_methods
+    from .models import list_models, list_sources
+
+    return USAGE.format(tasks="|".join(list_tasks()), models="|".join(list_models()),
+                        sources=" ".join(s + "PATH" for s in list_sources()), methods=",".join(list_methods()),
+                        engines="|".join(ENGINES), data="|".join(sorted(p.stem for p in (TASKS_DIR / "data").glob("*.yaml"))))
+
+
 # Optional dependencies by top-level module: which pyproject extra installs each.
 EXTRAS = {"tflite": "tflite", "ultralytics": "detection", "faster_coco_eval": "detection", "onnx": "onnx",
           "onnxruntime": "onnx", "timm": "efficientnet"}
 
 
 def demo_overrides(task: str, overrides: list[str]) -> list[str]:
-    """The demo's ``model=``/``data=`` overrides when ``task`` has a demo, ``$HQBENCH_DATA`` is unset
-    and no override names the model, the data or ``data.root``; otherwise ``[]``."""
-    if task not in DEMO or os.environ.get("HQBENCH_DATA", "").strip():
+    """``["model=<the task's demo_model>"]`` when the task config names a demo model, ``$HQBENCH_DATA``
+    is unset and no override names the model, the data or ``data.root``; otherwise ``[]``.
+
+    The demo needs no download: its model file picks data that ships in the package (the
+    Fashion-MNIST subset) or is generated (SAR scenes).
+    """
+    from omegaconf import OmegaConf
+
+    from .config import TASKS_DIR
+
+    path = TASKS_DIR / f"{task}.yaml"
+    demo = OmegaConf.load(path).get("demo_model") if path.is_file() else None
+    if not demo or os.environ.get("HQBENCH_DATA", "").strip():
         return []
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
     if any(k in ("model", "data", "data.root") or k.startswith("model.") for k in keys):
         return []
-    return DEMO[task]
+    return [f"model={demo}"]
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:
@@ -60,51 +80,95 @@ def main(argv: list[str] | None = None) -> int:
 
         console.print(f"hqbench {__version__}", markup=False)
         return 0
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("test", "train"):
-        console.print(USAGE, markup=False)
+    if not argv or argv[0] not in ("test", "train"):
+        console.print(usage(), markup=False, soft_wrap=True)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
-    if any(a in ("-h", "--help") for a in rest):
-        console.print(USAGE, markup=False)
-        return 0
     task = next((a.split("=", 1)[1] for a in rest if a.startswith("task=")), "classification")
     overrides = [a for a in rest if not a.startswith("task=")]
-    demo = demo_overrides(task, overrides) if command == "test" else []
-    if demo:
-        console.print(f"No data configured (data.root=PATH or HQBENCH_DATA): running the embedded {task} demo, "
-                      f"{' '.join(demo)}. See the README to run on your own data.", markup=False, soft_wrap=True)
-        overrides = demo + overrides
-    from .config import compose
-    from .reporting import print_tables
-    from .runner import run, train
-
-    line = shlex.join(["hqbench", *argv])
+    if any(a in ("-h", "--help") for a in rest):
+        return _help(task, console)
+    multirun = any(a in ("-m", "--multirun") for a in overrides)
+    overrides = [a for a in overrides if a not in ("-m", "--multirun")]
     show_config = "--cfg" in overrides  # `--cfg job`: print the composed config, run nothing (Hydra's convention)
     if show_config:
         at = overrides.index("--cfg")
         overrides = overrides[:at] + overrides[at + 2 if at + 1 < len(overrides) and overrides[at + 1] == "job" else at + 1:]
-    try:
-        cfg = compose(task, overrides)
-        if show_config:
-            from omegaconf import OmegaConf
+    jobs = sweep(overrides) if multirun else [overrides]
+    line = shlex.join(["hqbench", *argv])
+    rows = []
+    for number, job in enumerate(jobs, 1):
+        if len(jobs) > 1:
+            console.print(f"[bold]#{number}/{len(jobs)}[/] {' '.join(job)}", highlight=False, soft_wrap=True)
+        try:
+            rows += _run_job(command, task, job, console, line, show_config)
+        except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
+            console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+            return 1
+        except ModuleNotFoundError as err:
+            if missing_extra(err) is None:
+                raise
+            console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
+            return 1
+    if rows:
+        from .reporting import print_tables
 
-            console.print(OmegaConf.to_yaml(cfg), markup=False, highlight=False, end="")
-            return 0
-        if command == "train":
-            train(cfg, console, command=line)
-            return 0
-        rows = run(cfg, console, command=line)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 1
-    except ModuleNotFoundError as err:
-        if missing_extra(err) is None:
-            raise
-        console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
-        return 1
-    print_tables(rows, title=f"hqbench {task}", console=console)
+        print_tables(rows, title=f"hqbench {task}", console=console)
     return 0
 
+
+# Keys whose comma lists are one value even under -m: method and bits sweep inside one run already,
+# and keep_8bit=first,last names two layers.
+LIST_KEYS = ("method", "bits", "keep_8bit")
+
+
+def sweep(overrides: list[str]) -> list[list[str]]:
+    """``-m`` (Hydra's multirun): every comma list on another key is a sweep axis; one job per
+    combination, in order (``model=a,b seed=0,1`` -> 4 jobs)."""
+    axes = []
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if eq and "," in value and key.lstrip("+~") not in LIST_KEYS and not value.lstrip().startswith("["):
+            axes.append([f"{key}={v.strip()}" for v in value.split(",")])
+        else:
+            axes.append([o])
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def _run_job(command: str, task: str, overrides: list[str], console: Console, line: str, show_config: bool) -> list:
+    """One composed config run (test), trained (train) or printed (--cfg job); returns its rows."""
+    from .config import compose
+    from .runner import run, train
+
+    demo = demo_overrides(task, overrides) if command == "test" else []
+    if demo:
+        console.print(f"No data configured (data.root=PATH or HQBENCH_DATA): running the embedded {task} demo, "
+                      f"{' '.join(demo)} with its embedded data. See the README to run on your own data.",
+                      markup=False, soft_wrap=True)
+    cfg = compose(task, demo + overrides)
+    if show_config:
+        from omegaconf import OmegaConf
+
+        console.print(OmegaConf.to_yaml(cfg), markup=False, highlight=False, end="")
+        return []
+    if command == "train":
+        train(cfg, console, command=line)
+        return []
+    return run(cfg, console, command=line)
+
+
+def _help(task: str, console: Console) -> int:
+    """``--help``: the usage, then the task's config file with its comments (every key can be overridden)."""
+    console.print(usage(), markup=False, soft_wrap=True)
+    from .config import TASKS_DIR, list_tasks
+
+    if task not in list_tasks():
+        console.print(f"[red]error:[/] unknown task {escape(task)!r}; valid: {', '.join(list_tasks())}", highlight=False)
+        return 1
+    path = TASKS_DIR / f"{task}.yaml"
+    console.print(f"\ntask={task}: {path}\n", markup=False, soft_wrap=True)
+    console.print(path.read_text(), markup=False, highlight=False, end="", soft_wrap=True)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

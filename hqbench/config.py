@@ -59,8 +59,8 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
     for o in overrides:  # a config group takes one choice: `model=a,b` would silently keep only b
         key, _, value = o.lstrip("+~").partition("=")
         if key in ("model", "data") and "," in value:
-            raise ValueError(f"{key}= takes one choice, got {value!r}; run one command per {key} "
-                             "(result.py runs the grid in hqbench/configs/paper.yaml)")
+            raise ValueError(f"{key}= takes one choice, got {value!r}; sweep with -m (hqbench test -m {key}={value}) "
+                             f"or run one command per {key}")
     try:
         with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
             cfg = hydra_compose(config_name=task, overrides=[_quote_lists(o) for o in _model_sources(list(overrides))])

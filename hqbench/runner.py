@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -31,54 +31,44 @@ from .quant.weights import check_weight_range
 from .reporting import ResultRow, append_row, find_row
 from .reporting.results import FLOAT_BITS
 from .reporting.stats import encode_outcomes
-from .tasks.classification import ClassificationTask
-from .tasks.detection import DetectionTask
 from .paths import cache_dir, repo_root
 from .peers import PeerUnsupported, check_installed, peer_entry
 
 REPO = repo_root()  # None when hqbench runs from an installed wheel
 
-# Where each datamodule looks under $HQBENCH_DATA; a datamodule in EMBEDDED falls back to its
-# package copy (or, for synthetic SAR, generated scenes) when neither a root nor that folder exists.
-DATA_SUBDIR = {"ImageNetDataModule": "imagenet", "FashionMNISTDataModule": "fashion-mnist",
-               "SARShipDataModule": "sar-ships"}
-EMBEDDED = {"FashionMNISTDataModule", "SyntheticSARDataModule"}
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """How a task is evaluated: its LightningModule, the headline metric and what else to record."""
-
-    module: type
-    metric: str  # the row's metric name
-    key: str  # what the module logs for it (a fraction; rows hold percent)
-    extra: dict  # row.extra name -> logged key
-    pytorch_via: str  # QuantizationCallback's route for the "pytorch" column
-
-
-TASKS = {
-    "classification": TaskSpec(ClassificationTask, "top1", "test/top1", {"top5": "test/top5"}, "fx"),
-    # torch.fx cannot trace ultralytics' DetectionModel: torch's default observers go through hooks.
-    "detection": TaskSpec(DetectionTask, "mAP50", "test/mAP50", {"mAP50_95": "test/mAP50_95"}, "hooks"),
-}
+def task_class(cfg: DictConfig) -> type:
+    """The task's LightningModule class, named by ``module._target_`` in its YAML (see hqbench.tasks)."""
+    target = OmegaConf.select(cfg, "module._target_")
+    if not target:
+        raise ValueError(f"task {cfg.task!r}: its config has no module._target_ (the LightningModule to run)")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # Hydra wraps the import error: keep its reason, name the key
+        raise ValueError(f"task {cfg.task!r}: module._target_={target} cannot be imported ({err})") from None
+    missing = [a for a in ("METRIC", "EXTRA_METRICS", "PYTORCH_VIA", "FIT_WITH") if not hasattr(cls, a)]
+    if missing:
+        raise ValueError(f"task {cfg.task!r}: {target} does not declare {', '.join(missing)} (see hqbench.tasks)")
+    return cls
 
 
 def resolve_data_root(data_cfg: DictConfig) -> str | None:
-    """Configured ``data.root`` first, then ``$HQBENCH_DATA/<subdir>``, then the embedded copy (None).
+    """Configured ``data.root`` first, then ``$HQBENCH_DATA/<location.subdir>``, then the embedded
+    copy (None) when ``location.embedded``; both declared in the data YAML.
 
     Raises:
-        FileNotFoundError: nothing configured and the datamodule has no embedded data.
+        FileNotFoundError: nothing configured and the data has no embedded copy.
     """
-    kind = data_cfg._target_.rsplit(".", 1)[-1]
     if data_cfg.root:
         return str(Path(data_cfg.root).expanduser())
-    env = os.environ.get("HQBENCH_DATA")
-    if env and kind in DATA_SUBDIR and (Path(env).expanduser() / DATA_SUBDIR[kind]).is_dir():
-        return str(Path(env).expanduser() / DATA_SUBDIR[kind])
-    if kind in EMBEDDED:
+    location = data_cfg.get("location") or {}
+    subdir, env = location.get("subdir"), os.environ.get("HQBENCH_DATA")
+    if env and subdir and (Path(env).expanduser() / subdir).is_dir():
+        return str(Path(env).expanduser() / subdir)
+    if location.get("embedded", False):
         return None
+    kind = data_cfg._target_.rsplit(".", 1)[-1]
     raise FileNotFoundError(f"no data for {kind}: pass data.root=PATH or set HQBENCH_DATA to a folder "
-                            f"holding {DATA_SUBDIR.get(kind, '?')}/; without data, `hqbench test task=classification` "
+                            f"holding {subdir or '?'}/; without data, `hqbench test task=classification` "
                             "(or task=detection) with no model= or data= runs the embedded demo")
 
 
@@ -88,8 +78,9 @@ def build_data(cfg: DictConfig, card, seed: int | None = None):
     ``seed`` (default ``cfg.seed``) draws the calibration images; the evaluation images do not depend on it.
     """
     root = resolve_data_root(cfg.data)
+    datamodule = OmegaConf.masked_copy(cfg.data, [k for k in cfg.data if k != "location"])  # hqbench's key, not the class's
     try:
-        dm = instantiate(cfg.data, root=root, card=card, seed=cfg.seed if seed is None else seed)
+        dm = instantiate(datamodule, root=root, card=card, seed=cfg.seed if seed is None else seed)
     except InstantiationException as err:  # Hydra wraps the datamodule's own one-line error: unwrap it
         if isinstance(err.__cause__, (ValueError, FileNotFoundError)):
             raise err.__cause__ from None
@@ -118,12 +109,6 @@ def _trainer(cfg: DictConfig, callbacks: list, **overrides) -> L.Trainer:
         return L.Trainer(**kwargs)
     except TypeError as err:  # an unknown trainer.* key: name it
         raise ValueError(f"bad trainer.* key: {err}") from None
-
-
-def task_spec(name: str) -> TaskSpec:
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; valid: {', '.join(TASKS)}")
-    return TASKS[name]
 
 
 def portable_path(path: object) -> str:
@@ -229,11 +214,9 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         console = Console(quiet=True)
     cells = plan_cells(cfg)
     engine = check_engine(cfg.engine)
-    spec = task_spec(cfg.task)
-    if engine == "onnxruntime" and cfg.task == "detection":
-        raise NotImplementedError("engine=onnxruntime is not available for detection yet: the ONNX export of "
-                                  "ultralytics' Detect head fails (seen: an int32 bias of its box branch out of "
-                                  "range at s_in*s_w); use engine=fake or engine=int")
+    task_cls = task_class(cfg)
+    if engine in task_cls.UNSUPPORTED:
+        raise NotImplementedError(f"engine={engine} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[engine]}")
     draws = cfg.get("draws", 1)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")
@@ -245,7 +228,8 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     console.print(f"[bold]{cfg.model.name}[/]: weights {portable_path(card.weights)}; data {dataset} "
                   f"({len(dm.eval_files)} eval, {len(dm.calibration_files)} calibration images, seed {cfg.seed}"
                   + (f", {draws} calibration draws" if draws > 1 else "") + ")", soft_wrap=True)
-    task = spec.module(model, card)
+    # _partial_: the YAML's own keys (e.g. a detector's conf_thres) now, the live model and card at the call
+    task = instantiate(cfg.module, _partial_=True)(model, card)
     float_scopes = getattr(task, "float_scopes", ())  # a detector's box decoding stays float
     rows = []
     # FP32 does not depend on the calibration draw: it runs once, with the first seed.
@@ -257,7 +241,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         row_engine = "float" if cell.method == FP32 else ("fake" if cell.method == PYTORCH else engine)
         if is_peer(cell.method):  # a peer runs on its own tool's engine
             row_engine = peer_entry(cell.method).engine
-        base = dict(task=cfg.task, model=card.name, dataset=dataset, method=cell.method, metric=spec.metric,
+        base = dict(task=cfg.task, model=card.name, dataset=dataset, method=cell.method, metric=task.METRIC,
                     n_eval=len(dm.eval_files), n_calib=0 if cell.method == FP32 else len(dm.calibration_files),
                     seed=seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits,
                     options=cell.options)
@@ -265,17 +249,17 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         label += f" s{seed}" if draws > 1 else ""
         done = None if cfg.get("redo", False) else find_row(cfg.out, _probe(base).key)
         if done is not None:
-            console.print(f"  {label:>10}: {spec.metric} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",
+            console.print(f"  {label:>10}: {task.METRIC} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",
                           soft_wrap=True)
             rows.append(done)
             continue
         try:
-            row = _run_cell(cfg, spec, task, dm, cell, row_engine, float_scopes, base, card, command)
+            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command)
         except PeerUnsupported as err:  # the tool has no such width: say so, never a made-up number
             console.print(f"  {label:>10}: skipped: {err}", soft_wrap=True, markup=False)
             continue
-        shown = "  ".join(f"{k} {row.extra[k]:6.2f}" for k in spec.extra)
-        console.print(f"  {label:>10}: {spec.metric} {row.value:6.2f}  {shown}  "
+        shown = "  ".join(f"{k} {row.extra[k]:6.2f}" for k in task.EXTRA_METRICS)
+        console.print(f"  {label:>10}: {task.METRIC} {row.value:6.2f}  {shown}  "
                       f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}", soft_wrap=True)
         rows.append(row)
         if cfg.out and _rank() == 0:
@@ -295,15 +279,15 @@ def _probe(base: dict) -> ResultRow:
     return ResultRow(**base, value=float("nan"), calib_seconds=0.0, eval_seconds=0.0, act_range="")
 
 
-def _run_cell(cfg, spec, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
+def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
               command: str) -> ResultRow:
     keep = cell.options.get("keep_8bit")
     peer = is_peer(cell.method)
-    if peer and cfg.task != "classification":  # peers hand back one logits tensor, not a detector's outputs
-        raise PeerUnsupported(f"peers run classification networks only (task={cfg.task})")
+    if peer and "peers" in task.UNSUPPORTED:
+        raise PeerUnsupported(f"peers do not run task={cfg.task}: {task.UNSUPPORTED['peers']}")
     callbacks = [] if cell.method == FP32 else [PeerCallback(
         cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits)] if peer else [QuantizationCallback(
-        cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=spec.pytorch_via,
+        cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
         weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,
         weight_rounding=cell.options.get("weight_rounding", "nearest"))]
@@ -320,18 +304,18 @@ def _run_cell(cfg, spec, task, dm, cell: Cell, engine: str, float_scopes, base: 
     summary = callbacks[0].summary if callbacks else None
     if cell.method == FP32:
         act_range = "float"
-    elif cell.method == PYTORCH and spec.pytorch_via == "fx":
+    elif cell.method == PYTORCH and task.PYTORCH_VIA == "fx":
         act_range = torch_act_grid(cell.act_bits).describe()
     else:
         act_range = summary["act_range"]
-    extra = {name: round(100.0 * float(metrics[key]), 2) for name, key in spec.extra.items()}
+    extra = {name: round(100.0 * float(metrics[f"test/{name}"]), 2) for name in task.EXTRA_METRICS}
     if peer:  # which tool, its version and settings, and the engine the number was measured on
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
     if hasattr(task, "outcomes"):
         extra["outcomes"] = encode_outcomes(task.outcomes(len(dm.eval_files)).cpu().numpy())
     eval_seconds = total - calib
     extra["images_per_s"] = round(len(dm.eval_files) / eval_seconds, 2) if eval_seconds > 0 else None
-    return ResultRow(**base, value=100.0 * float(metrics[spec.key]), calib_seconds=round(calib, 2),
+    return ResultRow(**base, value=100.0 * float(metrics[f"test/{task.METRIC}"]), calib_seconds=round(calib, 2),
                      eval_seconds=round(eval_seconds, 2), act_range=act_range,
                      extra={**extra, "weights": portable_path(card.weights),
                             "float_ops": ",".join(summary["float_ops"]) if summary else "",
@@ -342,15 +326,19 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     """Train ``cfg.model`` (from random init unless model.weights is set) on the data's training
     split; write half-precision weights and a Markdown card beside them; return the weights path."""
     console = console or Console()
-    if task_spec(cfg.task) is TASKS["detection"]:
+    task_cls = task_class(cfg)
+    if task_cls.FIT_WITH == "ultralytics":
         return _train_detector(cfg, console, command)
+    if task_cls.FIT_WITH != "lightning":
+        raise ValueError(f"task {cfg.task!r}: {cfg.module._target_}.FIT_WITH={task_cls.FIT_WITH!r}; "
+                         "hqbench train knows 'lightning' and 'ultralytics'")
     out = _train_output(cfg)
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights or "random")
     dm, source = build_data(cfg, card)
-    task = ClassificationTask(model, card, lr=cfg.train.lr, optimizer=cfg.train.optimizer,
-                              weight_decay=cfg.train.weight_decay)
+    task = instantiate(cfg.module, _partial_=True)(model, card, lr=cfg.train.lr, optimizer=cfg.train.optimizer,
+                                                    weight_decay=cfg.train.weight_decay)
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=cfg.train.epochs,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         enable_progress_bar=sys.stdout.isatty())
@@ -358,7 +346,7 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
     start = time.perf_counter()
     trainer.fit(task, train_dataloaders=dm.train_dataloader())
     seconds = time.perf_counter() - start
-    top1 = 100.0 * float(trainer.test(task, datamodule=dm, verbose=False)[0]["test/top1"])
+    value = 100.0 * float(trainer.test(task, datamodule=dm, verbose=False)[0][f"test/{task.METRIC}"])
     write_half_state_dict(task.model.state_dict(), out)
     n_train = len(dm.train_dataloader().dataset)
     out.with_suffix(".md").write_text(
@@ -368,9 +356,9 @@ def train(cfg: DictConfig, console: Console | None = None, command: str = "") ->
         f"- start: {cfg.model.weights or 'random initialisation'}\n"
         f"- training: {cfg.train.epochs} epochs, {cfg.train.optimizer} with a one-cycle schedule, max lr {cfg.train.lr}, "
         f"weight decay {cfg.train.weight_decay}, batch {cfg.data.batch_size}, {seconds / 60:.1f} min on this machine\n"
-        f"- FP32 Top-1: {top1:.2f} %\n- weights: float16 state dict\n"
-        f"- command: `{command or 'hqbench train task=classification model=' + cfg.model.name}`\n")
-    console.print(f"{cfg.model.name}: trained {seconds / 60:.1f} min, FP32 top1 {top1:.2f} -> {out}")
+        f"- FP32 {task.METRIC}: {value:.2f} %\n- weights: float16 state dict\n"
+        f"- command: `{command or f'hqbench train task={cfg.task} model={cfg.model.name}'}`\n")
+    console.print(f"{cfg.model.name}: trained {seconds / 60:.1f} min, FP32 {task.METRIC} {value:.2f} -> {out}")
     return out
 
 

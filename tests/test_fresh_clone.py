@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from hqbench.cli import DEMO, demo_overrides, main
+from hqbench.cli import demo_overrides, main
 
 
 @pytest.fixture
@@ -16,8 +16,9 @@ def fresh(monkeypatch, tmp_path):
 
 
 def test_demo_only_when_nothing_names_data_or_a_model(fresh):
-    assert demo_overrides("classification", ["method=fp32", "data.eval_limit=5"]) == DEMO["classification"]
-    assert demo_overrides("detection", []) == ["model=yolov3_tiny_synth", "data=synthetic_sar"]
+    # the demo model comes from the task config (demo_model); its model file picks the embedded data
+    assert demo_overrides("classification", ["method=fp32", "data.eval_limit=5"]) == ["model=mobilenet_v2_fmnist"]
+    assert demo_overrides("detection", []) == ["model=yolov3_tiny_synth"]
     for given in (["model=vgg16"], ["data=imagenet"], ["data.root=/x"], ["model.weights=/w.tflite"]):
         assert demo_overrides("classification", given) == [], given
     assert demo_overrides("nope", []) == []
@@ -32,7 +33,7 @@ def test_fresh_clone_classification_runs_the_demo(fresh, tmp_path, capsys):
                  f"out={out}"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("No data configured") and "embedded classification demo" in first, first
-    assert "model=mobilenet_v2_fmnist data=fashion_mnist" in first
+    assert "model=mobilenet_v2_fmnist with its embedded data" in first
     rows = json.loads(out.read_text())
     assert [(r["model"], r["method"], r["n_eval"]) for r in rows] == [("mobilenet_v2_fmnist", "fp32", 50),
                                                                       ("mobilenet_v2_fmnist", "B", 50)]
@@ -44,7 +45,7 @@ def test_fresh_clone_detection_runs_the_demo(fresh, tmp_path, capsys):
     assert main(["test", "task=detection", "data.num_test=4", "data.num_train=8", "data.calib_size=2",
                  "method=fp32,B", f"out={out}"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
-    assert "embedded detection demo" in first and "model=yolov3_tiny_synth data=synthetic_sar" in first, first
+    assert "embedded detection demo" in first and "model=yolov3_tiny_synth with its embedded data" in first, first
     rows = json.loads(out.read_text())
     assert [(r["model"], r["method"], r["n_eval"]) for r in rows] == [("yolov3_tiny_synth", "fp32", 4),
                                                                       ("yolov3_tiny_synth", "B", 4)]

@@ -112,7 +112,7 @@ def test_a_calibrator_in_one_file_runs_through_the_cli_and_result_py(tmp_path):
     (site / "absq_plugin-0.dist-info" / "entry_points.txt").write_text("[hqbench.calibrators]\nabsq = absq_plugin\n")
     tasks = tmp_path / "tasks"
     shutil.copytree(TASKS_DIR, tasks)
-    (tasks / "paper.yaml").write_text("real: []\nembedded:\n  - {model: mobilenet_v2_fmnist, data: fashion_mnist}\n")
+    (tasks / "paper.yaml").write_text("real: []\nembedded:\n  - {model: mobilenet_v2_fmnist}\n")
     env = {k: v for k, v in os.environ.items() if k != "HQBENCH_DATA"}
     env.update(PYTHONPATH=str(site), HQBENCH_TASKS=str(tasks))
     small = ["data.eval_limit=64", "data.calib_size=32"]

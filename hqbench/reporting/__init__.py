@@ -3,7 +3,6 @@ their significance tests (:mod:`~hqbench.reporting.stats`) and sweep figures."""
 
 from hqbench.reporting.results import (
     ENGINES,
-    TASKS,
     ResultRow,
     append_row,
     find_row,
@@ -39,7 +38,6 @@ __all__ = [
     "INT8_METHODS",
     "METHOD_COLUMNS",
     "ResultRow",
-    "TASKS",
     "append_row",
     "bootstrap_ci",
     "decode_outcomes",

@@ -34,6 +34,13 @@ class ClassificationTask(L.LightningModule):
         ValueError: on an unknown ``optimizer``.
     """
 
+    # What the runner reads from a task class (the task YAML names the class by ``module._target_``):
+    METRIC = "top1"  # the row's metric; logged as test/top1
+    EXTRA_METRICS = ("top5",)  # also recorded in the row's extra, from test/<name>
+    PYTORCH_VIA = "fx"  # how the "pytorch" column quantizes: torch.ao's FX recipe
+    FIT_WITH = "lightning"  # hqbench train: Trainer.fit on this module
+    UNSUPPORTED: dict[str, str] = {}  # engine name (or "peers") -> why this task cannot use it
+
     def __init__(
         self,
         model: nn.Module,

@@ -65,6 +65,16 @@ class DetectionTask(L.LightningModule):
         max_det: detections kept per image.
     """
 
+    METRIC = "mAP50"
+    EXTRA_METRICS = ("mAP50_95",)
+    PYTORCH_VIA = "hooks"  # torch.fx cannot trace ultralytics' DetectionModel: torch's observers go through hooks
+    FIT_WITH = "ultralytics"  # hqbench train: ultralytics' trainer (loss, augmentation, EMA)
+    UNSUPPORTED = {
+        "onnxruntime": "the ONNX export of ultralytics' Detect head fails (seen: an int32 bias of its box branch out "
+                       "of range at s_in*s_w); use engine=fake or engine=int",
+        "peers": "peers hand back one logits tensor, not a detector's outputs",
+    }
+
     def __init__(self, model: nn.Module, card: ModelCard | None = None, conf_thres: float = 0.001,
                  iou_thres: float = 0.6, max_det: int = 300):
         super().__init__()

@@ -1,0 +1,107 @@
+"""Tasks, data locations and model->data pairing are declared in the YAML configs; -m sweeps (issue 14)."""
+
+import json
+import shutil
+
+import pytest
+
+from hqbench import cli, config
+from hqbench.cli import main, sweep
+from hqbench.config import compose
+from hqbench.runner import resolve_data_root, task_class
+from hqbench.tasks.classification import ClassificationTask
+from hqbench.tasks.detection import DetectionTask
+
+SMALL = ["data.eval_limit=24", "data.calib_size=8"]
+
+# A task that is not classification's: another headline metric, declared by the class alone.
+TOP5_TASK = '''
+from hqbench.tasks.classification import ClassificationTask
+
+
+class Top5Task(ClassificationTask):
+    METRIC = "top5"
+    EXTRA_METRICS = ("top1",)
+'''
+
+
+def test_the_task_yaml_names_its_lightning_module():
+    assert task_class(compose("classification")) is ClassificationTask
+    assert task_class(compose("detection")) is DetectionTask
+    cfg = compose("classification", ["module._target_=hqbench.tasks.nope.Task"])
+    with pytest.raises(ValueError, match=r"module._target_=hqbench.tasks.nope.Task cannot be imported"):
+        task_class(cfg)
+    cfg = compose("classification", ["module._target_=torch.nn.Linear"])
+    with pytest.raises(ValueError, match="torch.nn.Linear does not declare METRIC, EXTRA_METRICS"):
+        task_class(cfg)
+
+
+def test_a_model_picks_its_data_and_the_command_line_wins():
+    kind = lambda overrides, task="classification": compose(task, overrides).data._target_.rsplit(".", 1)[-1]
+    assert kind([]) == "ImageNetDataModule"
+    assert kind(["model=vgg16_fmnist"]) == "FashionMNISTDataModule"
+    assert kind(["model=vgg16_fmnist", "data=imagenet"]) == "ImageNetDataModule"
+    assert kind(["data=imagenet", "model=vgg16_fmnist"]) == "ImageNetDataModule"
+    assert kind(["model=yolov3_tiny_synth"], "detection") == "SyntheticSARDataModule"
+    assert kind(["model=tflite:/m.tflite"]) == "ImageNetDataModule"
+
+
+def test_data_locations_come_from_the_data_yaml(monkeypatch, tmp_path):
+    monkeypatch.setenv("HQBENCH_DATA", str(tmp_path))
+    imagenet = compose("classification").data
+    with pytest.raises(FileNotFoundError, match="holding imagenet/"):
+        resolve_data_root(imagenet)
+    (tmp_path / "imagenet").mkdir()
+    assert resolve_data_root(imagenet) == str(tmp_path / "imagenet")
+    fmnist = compose("classification", ["data=fashion_mnist"]).data
+    assert resolve_data_root(fmnist) is None  # embedded: the package's subset
+    (tmp_path / "fashion-mnist").mkdir()
+    assert resolve_data_root(fmnist) == str(tmp_path / "fashion-mnist")
+    moved = compose("classification", ["data.location.subdir=ilsvrc"]).data
+    (tmp_path / "ilsvrc").mkdir()
+    assert resolve_data_root(moved) == str(tmp_path / "ilsvrc")
+
+
+def test_multirun_sweeps_other_keys_and_keeps_list_values():
+    jobs = sweep(["model=a,b", "seed=0,1", "method=A,B", "keep_8bit=first,last", "bits=[w8a8,w8a4]", "out=x"])
+    assert jobs == [[f"model={m}", f"seed={s}", "method=A,B", "keep_8bit=first,last", "bits=[w8a8,w8a4]", "out=x"]
+                    for m in "ab" for s in "01"]
+    assert sweep(["method=A"]) == [["method=A"]]
+
+
+@pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    monkeypatch.delenv("HQBENCH_DATA", raising=False)
+    monkeypatch.setenv("HQBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.mark.slow
+def test_multirun_runs_one_job_per_combination(no_data, tmp_path, capsys):
+    out = tmp_path / "m.json"
+    assert main(["test", "-m", "model=mobilenet_v2_fmnist", "seed=0,1", "method=fp32,B", *SMALL, f"out={out}"]) == 0
+    text = capsys.readouterr().out
+    assert "#1/2" in text and "#2/2" in text, text
+    rows = json.loads(out.read_text())
+    # FP32 does not depend on the seed's calibration draw, but the row key holds the seed: one per job
+    assert sorted((r["method"], r["seed"]) for r in rows) == [("B", 0), ("B", 1), ("fp32", 0), ("fp32", 1)]
+
+
+@pytest.mark.slow
+def test_a_new_task_is_one_yaml_and_one_class(no_data, monkeypatch, tmp_path):
+    """A task config naming its own LightningModule runs through the CLI; rows carry its name and metric."""
+    package = tmp_path / "mytasks"
+    package.mkdir()
+    (package / "top5.py").write_text(TOP5_TASK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    configs = tmp_path / "configs"
+    shutil.copytree(config.CONFIGS_DIR, configs)
+    text = (configs / "classification.yaml").read_text()
+    (configs / "top5.yaml").write_text(text.replace("task: classification", "task: top5").replace(
+        "hqbench.tasks.classification.ClassificationTask", "mytasks.top5.Top5Task"))
+    monkeypatch.setattr(config, "TASKS_DIR", configs)
+    out = tmp_path / "t.json"
+    assert main(["test", "task=top5", "method=fp32,B", *SMALL, f"out={out}"]) == 0
+    rows = json.loads(out.read_text())
+    assert {(r["task"], r["metric"]) for r in rows} == {("top5", "top5")}
+    assert all(r["value"] >= r["top1"] for r in rows)  # top-5 is at least top-1 on the same images
+    assert cli.demo_overrides("top5", []) == ["model=mobilenet_v2_fmnist"]
