@@ -49,13 +49,15 @@ def mobilenet_v2_tflite(weights: str | None = None) -> tuple[nn.Module, ModelCar
         weights: the ``.tflite`` file; ``None`` means ``$HQBENCH_DATA/weights/...``.
     """
     path = _tflite_weights_path(weights)  # before the import: a missing file is the common error
-    from hqbench.models.tflite import build_mobilenet_v2_tflite
+    from hqbench.models.tflite import build_tflite_classifier
 
     card = ModelCard(
         name="mobilenet_v2_tflite", input_size=224, resize=256, mean=(0.5,) * 3, std=(0.5,) * 3,
         num_classes=1000, weights=str(path), interpolation="bilinear",
     )
-    return read_tflite(path, build_mobilenet_v2_tflite, "mobilenet_v2_tflite"), card
+    # The card keeps this model's documented preprocessing ((x - 0.5) / 0.5); the file's own input
+    # dequantization, (p - 127) / 127.5, differs by half a grey level (what `tflite:PATH` uses).
+    return read_tflite(path, build_tflite_classifier, "mobilenet_v2_tflite"), card
 
 
 @register_model("efficientnet_lite0")
