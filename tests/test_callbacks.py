@@ -210,7 +210,7 @@ def test_detection_refuses_the_onnxruntime_engine_in_one_line(capsys):
     assert main(["test", "task=detection", "model=yolov3_tiny_synth", "model.weights=random", "data=synthetic_sar",
                  "method=D", "engine=onnxruntime"]) == 1
     out = capsys.readouterr().out
-    assert "engine=onnxruntime is not available for detection" in out and "Traceback" not in out
+    assert "engine=onnxruntime is not available for task=detection" in out and "Traceback" not in out
 
 
 def test_adaround_runs_inside_lightnings_test_loop():

@@ -39,16 +39,21 @@ class ActQuantizer(nn.Module):
         self.register_buffer("clip", torch.zeros(2))  # the chosen [lo, hi], for reports
         self.register_buffer("calibrated", torch.tensor(False))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, owned: bool = False) -> torch.Tensor:
+        """``owned``: the caller vouches that nothing else reads ``x`` unquantized, so quant mode
+        may overwrite it (see ``points._owned``); otherwise ``x`` is never modified."""
         mode = self._mode
         if mode == QUANT:
             scale, zero_point = self._buffers["scale"], self._buffers["zero_point"]
             if _exporting() or (x.requires_grad and torch.is_grad_enabled()):
                 return fake_quantize(x, scale, zero_point, self.grid.qmin, self.grid.qmax)
-            # fake_quantize's ops and operand order, in place after the first: one new tensor instead
-            # of six (on CPU the allocations cost more than the arithmetic). Bit-identical.
-            q = torch.div(x, scale)
-            return q.round_().add_(zero_point).clamp_(self.grid.qmin, self.grid.qmax).sub_(zero_point).mul_(scale)
+            # fake_quantize's values with four in-place passes and at most one new tensor (on CPU a
+            # fresh activation-sized tensor costs more than the arithmetic): clamping round(x/s) to
+            # [qmin - z, qmax - z] equals clamping round(x/s) + z to [qmin, qmax] and subtracting z,
+            # all exact integers in float32 (only the sign of a zero may differ).
+            z = self._zero_point_int
+            q = x.div_(scale) if owned else torch.div(x, scale)
+            return q.round_().clamp_(self.grid.qmin - z, self.grid.qmax - z).mul_(scale)
         if mode == OBSERVE:
             if x.numel() == 0:
                 return x
@@ -65,6 +70,24 @@ class ActQuantizer(nn.Module):
         return x
 
     @property
+    def _zero_point_int(self) -> int:
+        """The zero point as a Python int, so quant mode does not sync with the device on every
+        forward. Re-read when the buffer's version counter moves (an inference tensor has none:
+        then the value cached when quant mode was entered, qparams frozen or a state loaded)."""
+        zp = self._buffers["zero_point"]
+        key = (id(zp), None if zp.is_inference() else zp._version)
+        if self.__dict__.get("_zp_key") != key:
+            self.__dict__["_zp_int"], self.__dict__["_zp_key"] = int(zp), key
+        return self.__dict__["_zp_int"]
+
+    def _forget_zero_point(self) -> None:
+        self.__dict__.pop("_zp_key", None)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._forget_zero_point()
+
+    @property
     def mode(self) -> str:
         return self._mode
 
@@ -75,6 +98,7 @@ class ActQuantizer(nn.Module):
             raise ValueError(f"layer {self.name!r}: unknown mode {mode!r}; valid: {OBSERVE}, {QUANT}, {OFF}")
         if mode == QUANT:
             self.check_calibrated()
+            self._forget_zero_point()
         self._mode = mode
 
     def check_calibrated(self) -> None:
@@ -90,6 +114,7 @@ class ActQuantizer(nn.Module):
         scale, zp = range_to_qparams(lo, hi, self.grid)
         self.scale.copy_(scale)
         self.zero_point.copy_(zp)
+        self._forget_zero_point()
         self.clip.copy_(torch.stack([torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)]))
         self.calibrated.fill_(True)
 

@@ -27,8 +27,20 @@ class _Regrid:
     def __init__(self, source: ActQuantizer):
         self.source = source
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.source(x) if self.source.mode == QUANT else x
+    def __call__(self, x: torch.Tensor, owned: bool = False) -> torch.Tensor:
+        return self.source(x, owned) if self.source.mode == QUANT else x
+
+
+def _owned(out, args, module: nn.Module | None = None) -> bool:
+    """Whether the quantizer may overwrite ``out`` in place (one pass less, and no fresh allocation,
+    which on CPU costs more than the arithmetic): a new tensor the op made, or the output of an
+    in-place activation (whose input was already overwritten); never a view, a parameter, an
+    input the op passed through (``nn.Identity``, eval ``Dropout``) or anything autograd records."""
+    if type(out) is not torch.Tensor or out._base is not None or (out.requires_grad and torch.is_grad_enabled()):
+        return False
+    if module is not None and getattr(module, "inplace", False) is True:
+        return True
+    return not any(out is a for a in args)
 
 
 def attach_points(model: nn.Module, graph: Graph, plan: Plan,
@@ -47,17 +59,17 @@ def attach_points(model: nn.Module, graph: Graph, plan: Plan,
     tracker = OpTracker(model) if function_points else None
 
     if tracker is None:
-        def run(q, x: torch.Tensor) -> torch.Tensor:
-            return q(x)
+        def run(q, x: torch.Tensor, owned: bool = False) -> torch.Tensor:
+            return q(x, owned)
     else:
-        def run(q, x: torch.Tensor) -> torch.Tensor:
+        def run(q, x: torch.Tensor, owned: bool = False) -> torch.Tensor:
             if type(x) is torch.Tensor:
                 # With __torch_function__ off the mode never sees (nor counts) the quantizer's own
                 # ops, which skip its Python dispatch: one C++ guard instead of a detour per op.
                 with _no_torch_function():
-                    return q(x)
+                    return q(x, owned)
             with tracker.suspend():  # a tensor subclass keeps its own __torch_function__
-                return q(x)
+                return q(x, owned)
 
     # Module points by module and call index within one forward (a module may be reused).
     per_module: dict[str, dict[int, ActQuantizer]] = {}
@@ -71,7 +83,7 @@ def attach_points(model: nn.Module, graph: Graph, plan: Plan,
         def hook(module, args, out):
             k = calls.get(module_name, 0)
             calls[module_name] = k + 1
-            return run(by_call[k], out) if k in by_call else None
+            return run(by_call[k], out, _owned(out, args, module)) if k in by_call else None
         return hook
 
     handles.append(model.register_forward_pre_hook(lambda m, a: calls.clear()))
@@ -84,7 +96,7 @@ def attach_points(model: nn.Module, graph: Graph, plan: Plan,
     if tracker is not None:
         def on_call(key, func, args, kwargs, out):
             q = function_points.get(key)
-            return out if q is None else run(q, out)
+            return out if q is None else run(q, out, _owned(out, (*args, *kwargs.values())))
 
         mode = FunctionHookMode(tracker, on_call)
         entered = []
