@@ -234,6 +234,9 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     task = instantiate(cfg.module, _partial_=True)(model, card)
     float_scopes = getattr(task, "float_scopes", ())  # a detector's box decoding stays float
     rows = []
+    # Calibration statistics by (method, seed): observed on the float model, they do not depend on
+    # the widths or weight options, so each method calibrates once per draw (issue 15).
+    statistics: dict[tuple[str, int], dict] = {}
     # FP32 does not depend on the calibration draw: it runs once, with the first seed.
     plan = [(cfg.seed, c) for c in cells] + [(cfg.seed + i, c) for i in range(1, draws) for c in cells if c.method != FP32]
     drawn = cfg.seed
@@ -256,7 +259,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
             rows.append(done)
             continue
         try:
-            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command)
+            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command, statistics)
         except PeerUnsupported as err:  # the tool has no such width: say so, never a made-up number
             console.print(f"  {label:>10}: skipped: {err}", soft_wrap=True, markup=False)
             continue
@@ -282,17 +285,19 @@ def _probe(base: dict) -> ResultRow:
 
 
 def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
-              command: str) -> ResultRow:
+              command: str, statistics: dict) -> ResultRow:
     keep = cell.options.get("keep_8bit")
     peer = is_peer(cell.method)
     if peer and "peers" in task.UNSUPPORTED:
         raise PeerUnsupported(f"peers do not run task={cfg.task}: {task.UNSUPPORTED['peers']}")
+    share = (cell.method, base["seed"])  # one calibration per method and draw, frozen at every width
+    reused = share in statistics
     callbacks = [] if cell.method == FP32 else [PeerCallback(
         cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits)] if peer else [QuantizationCallback(
         cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
         weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,
-        weight_rounding=cell.options.get("weight_rounding", "nearest"))]
+        weight_rounding=cell.options.get("weight_rounding", "nearest"), statistics=statistics.get(share))]
     start = time.perf_counter()
     try:
         metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
@@ -302,6 +307,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
             raise cause from None
         raise
     total = time.perf_counter() - start
+    if callbacks and getattr(callbacks[0], "statistics", None) is not None:
+        statistics[share] = callbacks[0].statistics
     calib = callbacks[0].calib_seconds if callbacks else 0.0
     summary = callbacks[0].summary if callbacks else None
     if cell.method == FP32:
@@ -313,6 +320,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     extra = {name: round(100.0 * float(metrics[f"test/{name}"]), 2) for name in task.EXTRA_METRICS}
     if peer:  # which tool, its version and settings, and the engine the number was measured on
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
+    if reused:  # calib_seconds is then only the range choice (and any weight fitting)
+        extra["calibration"] = "statistics shared with an earlier cell of this run (same method and draw)"
     if hasattr(task, "outcomes"):
         extra["outcomes"] = encode_outcomes(task.outcomes(len(dm.eval_files)).cpu().numpy())
     eval_seconds = total - calib

@@ -40,6 +40,21 @@ def test_aliases_bits_and_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_one_calibration_per_method_and_draw_serves_every_width(tmp_path):
+    """A sweep calibrates each method once per draw; the other widths freeze from its statistics
+    and give the numbers a run at that width alone gives."""
+    swept, alone = tmp_path / "swept.json", tmp_path / "alone.json"
+    assert main(["test", *SMALL, "method=C,D", "bits=w8a8,w4a4", "draws=2", f"out={swept}"]) == 0
+    assert main(["test", *SMALL, "method=C,D", "bits=w4a4", "seed=1", f"out={alone}"]) == 0
+    rows = {(r["method"], r["act_bits"], r["seed"]): r for r in _rows(swept)}
+    assert len(rows) == 8
+    for r in _rows(alone):
+        shared = rows[(r["method"], 4, 1)]
+        assert shared["value"] == r["value"] and shared["outcomes"] == r["outcomes"]
+        assert "shared" in shared["calibration"] and "calibration" not in r
+    assert all("calibration" not in r for k, r in rows.items() if k[1] == 8)
+
+
 def test_resume_merge_seed_and_redo(tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["test", *SMALL, "method=fp32,B", f"out={out}"]) == 0

@@ -68,6 +68,13 @@ class QuantizationCallback(EvaluationStageCallback):
         recalibrate: calibrate again at every test/validation/predict start (the default: during
             ``fit`` the weights change between validations), except right after a checkpoint
             restored calibrated ranges. ``False`` calibrates once and reuses the ranges.
+        statistics: calibration statistics of the same method on the same model and calibration
+            data (``callback.statistics`` of an earlier run, e.g. at another width): the ranges are
+            chosen from them for this grid with no pass over the data. For evaluation only: the
+            weights must not have changed since they were observed.
+
+    After a calibration, ``statistics`` holds that run's statistics (see
+    :meth:`hqbench.quant.QuantizedModel.calibration_statistics`).
     """
 
     def __init__(self, method: str = "D", calib_dataloader: Iterable | None = None, num_batches: int | None = None,
@@ -75,7 +82,7 @@ class QuantizationCallback(EvaluationStageCallback):
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
                  weight_range: str = "minmax", bias_correction: bool = False, weight_rounding: str = "nearest",
-                 recalibrate: bool = True):
+                 recalibrate: bool = True, statistics: dict | None = None):
         check_engine(engine)
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -95,6 +102,8 @@ class QuantizationCallback(EvaluationStageCallback):
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
         self.pytorch_via = pytorch_via
         self.calib_seconds = 0.0
+        self._given_statistics = statistics
+        self.statistics: dict | None = statistics
         self.summary: dict | None = None  # what the last activation quantized, kept after restore
         self.qmodel: QuantizedModel | None = None
         self._saved_state: dict | None = None
@@ -151,14 +160,19 @@ class QuantizationCallback(EvaluationStageCallback):
             hooks_baseline = self.method == PYTORCH  # torch's HistogramObserver = calibrator C, on its grid
             method, act_grid = ("histogram", torch_act_grid(self.act_bits)) if hooks_baseline else (self.method, None)
             needs_data = self._saved_state is None or (self.recalibrate and not self._from_checkpoint)
-            # A restored state needs one batch, to record the graph.
-            batches = self._batches_on(trainer, pl_module.device, limit=None if needs_data else 1)
+            shared = needs_data and self._given_statistics is not None
+            fits_weights = self.bias_correction or self.weight_rounding != "nearest"
+            # A restored state, or shared statistics with nothing to fit, needs one batch: to record the graph.
+            full = needs_data and (not shared or fits_weights)
+            batches = self._batches_on(trainer, pl_module.device, limit=None if full else 1)
             example = self.input_fn(batches[0])
             qmodel = prepare(pl_module, example, method, inplace=True, float_scopes=self.float_scopes,
                              act_grid=act_grid, act_bits=self.act_bits, weight_bits=self.weight_bits,
                              keep_8bit=self.keep_8bit, weight_range=self.weight_range)
             self._undo.append(qmodel.remove)
-            if needs_data:
+            if shared:
+                qmodel.calibrate_from(self._given_statistics)
+            elif needs_data:
                 # Under DDP each rank observes its share and the statistics merge after every pass
                 # (hqbench.quant.distributed); one process: all batches, nothing to merge.
                 mine = self._shard(trainer, batches)
@@ -168,6 +182,8 @@ class QuantizationCallback(EvaluationStageCallback):
                         sync as on_pass_end:
                     qmodel.calibrate(mine, input_fn=self.input_fn, on_batch=lambda i, n: advance(),
                                      on_pass_end=on_pass_end)
+                self.statistics = qmodel.calibration_statistics()
+            if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
                 qmodel.fit_weights(batches, weight_rounding=self.weight_rounding,
                                    bias_correction=self.bias_correction, input_fn=self.input_fn)

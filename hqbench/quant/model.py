@@ -214,6 +214,34 @@ class QuantizedModel(nn.Module):
         self.set_mode(QUANT)
         return self
 
+    def calibration_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
+        """A copy of every point's calibrator statistics (its buffers), keyed by point name.
+
+        They are observed on the float model, so they do not depend on the widths, ``keep_8bit``
+        or the weight options: :meth:`calibrate_from` freezes another width from them without a
+        pass over the data (only the range choice, e.g. D's search, depends on the grid).
+        """
+        return {q.name: {k: v.detach().clone() for k, v in q.calibrator.state_dict().items()}
+                for q in self.quantizers.values()}
+
+    def calibrate_from(self, statistics: dict[str, dict[str, torch.Tensor]]) -> "QuantizedModel":
+        """Freeze qparams from :meth:`calibration_statistics` of the same method and model, then
+        switch to ``quant`` mode: :meth:`calibrate` without the passes.
+
+        Raises:
+            ValueError: the statistics name other points (another model or float scope).
+        """
+        names = {q.name for q in self.quantizers.values()}
+        if set(statistics) != names:
+            odd = sorted(set(statistics) ^ names)
+            raise ValueError(f"calibration statistics do not match this model's points (first difference: {odd[0]!r})")
+        with torch.no_grad():
+            for q in self.quantizers.values():
+                q.calibrator.load_state_dict(statistics[q.name])
+                q.freeze()
+        self.set_mode(QUANT)
+        return self
+
     def fit_weights(self, data: Iterable, *, weight_rounding: str = "nearest", bias_correction: bool = False,
                     num_batches: int | None = None, input_fn: Callable[[Any], tuple] = default_input_fn
                     ) -> "QuantizedModel":

@@ -1,0 +1,41 @@
+"""Calibration statistics do not depend on the widths: one calibration freezes every width (issue 15)."""
+
+import pytest
+import torch
+from torch import nn
+
+from hqbench.quant import prepare
+from hqbench.quant.calibrators import list_calibrators
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU6(), nn.Conv2d(8, 8, 3, padding=1),
+                         nn.Flatten(), nn.Linear(8 * 6 * 6, 4)).eval()
+
+
+@pytest.mark.parametrize("method", [e.name for e in list_calibrators()])
+def test_statistics_from_w8a8_freeze_w4a4_as_a_w4a4_calibration_does(method):
+    model = _net()
+    batches = [torch.randn(5, 3, 6, 6) * (i + 1) for i in range(3)]
+    wide = prepare(model, batches[0], method).calibrate(batches)
+    statistics = wide.calibration_statistics()
+    direct = prepare(model, batches[0], method, act_bits=4, weight_bits=4, keep_8bit="first").calibrate(batches)
+    shared = prepare(model, batches[0], method, act_bits=4, weight_bits=4, keep_8bit="first").calibrate_from(statistics)
+    for name, q in direct.quantizers.items():
+        assert torch.equal(q.scale, shared.quantizers[name].scale), (method, name)
+        assert torch.equal(q.zero_point, shared.quantizers[name].zero_point), (method, name)
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(direct(x), shared(x))
+    # the statistics are a copy: freezing another model from them leaves the source untouched
+    assert all(torch.equal(v, wide.calibration_statistics()[n][k]) for n, s in statistics.items() for k, v in s.items())
+
+
+def test_statistics_of_another_model_are_refused():
+    model = _net()
+    batches = [torch.randn(4, 3, 6, 6)]
+    statistics = prepare(model, batches[0], "B").calibrate(batches).calibration_statistics()
+    statistics.pop(next(iter(statistics)))
+    with pytest.raises(ValueError, match="do not match this model's points"):
+        prepare(model, batches[0], "B").calibrate_from(statistics)
