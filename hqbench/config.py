@@ -22,13 +22,13 @@ TASKS_DIR = Path(os.environ.get("HQBENCH_TASKS") or CONFIGS_DIR).expanduser().ab
 
 
 def _model_sources(overrides: list[str]) -> list[str]:
-    """``model=tflite:PATH`` -> ``model=tflite model.weights=PATH``: a source prefix is not a config group."""
+    """``model=PREFIX:SPEC`` (``tflite:PATH``, ``torchvision:NAME``, ``timm:NAME``) -> the ``model/source``
+    option with ``model.name=PREFIX:SPEC``: a source prefix is not a config group."""
     out = []
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "model" and ":" in value:
-            source, _, path = value.partition(":")
-            out += [f"model={source}", f"model.weights={path}"]
+            out += ["model=source", f"model.name='{value}'"]
         else:
             out.append(o)
     return out

@@ -147,3 +147,41 @@ def test_paper_architectures_quantize_fully(name):
     assert len(qmodel.plan.compute) == sum(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in model.modules())
     with torch.no_grad():
         assert qmodel(batches[0]).shape == (2, card.num_classes)
+
+
+def test_torchvision_and_timm_sources_load_local_files_only(tmp_path):
+    """torchvision:NAME and timm:NAME: a local state dict (.pt or .safetensors), the card from the
+    library's own metadata, one-line errors; nothing downloads."""
+    from safetensors.torch import save_file
+
+    net, card = create_model("torchvision:resnet18", weights="random")
+    assert (card.name, card.input_size, card.resize, card.num_classes) == ("torchvision:resnet18", 224, 256, 1000)
+    path = tmp_path / "r18.pt"
+    torch.save(net.state_dict(), path)
+    loaded, card = create_model("torchvision:resnet18", weights=str(path))
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.equal(loaded(x), net(x)) and card.weights == str(path)
+    with pytest.raises(ValueError, match="does not fit the architecture"):
+        create_model("torchvision:resnet34", weights=str(path))
+    with pytest.raises(ValueError, match="torchvision:nope is not a torchvision classifier"):
+        create_model("torchvision:nope")
+
+    net, card = create_model("timm:resnet18", weights="random")
+    assert card.name == "timm:resnet18" and card.interpolation == "bicubic" and card.resize > card.input_size
+    st = tmp_path / "r18.safetensors"
+    save_file(net.state_dict(), str(st))
+    loaded, _ = create_model("timm:resnet18", weights=str(st))
+    assert torch.equal(loaded(x), net(x))
+    with pytest.raises(ValueError, match=r"timm:resnet18 needs model.weights=PATH"):
+        create_model("timm:resnet18")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match="bad.safetensors is not a readable safetensors file"):
+        create_model("timm:resnet18", weights=str(tmp_path / "bad.safetensors"))
+
+
+def test_source_prefixes_compose_on_the_command_line():
+    from hqbench.config import compose
+
+    cfg = compose("classification", ["model=torchvision:resnet18", "model.weights=/w/r18.pt"])
+    assert (cfg.model.name, cfg.model.weights) == ("torchvision:resnet18", "/w/r18.pt")
+    assert compose("classification", ["model=tflite:../m.tflite"]).model.name == "tflite:../m.tflite"

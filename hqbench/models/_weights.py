@@ -28,6 +28,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         ValueError: unreadable file, a pickled object rather than tensors, not a mapping, or a
             Lightning checkpoint of another layout; one line naming the file.
     """
+    if Path(path).suffix == ".safetensors":  # a format that holds tensors only
+        return _read_safetensors(Path(path))
     try:
         with warnings.catch_warnings():  # torch warns about a raw pickle's protocol before refusing it
             warnings.simplefilter("ignore", UserWarning)
@@ -52,6 +54,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"weights file {path} is not a state dict: {not_tensors[0]!r} holds a "
                          f"{type(obj[not_tensors[0]]).__name__}, not a tensor; {CONVERT_HINT}")
     return dict(obj)
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        from safetensors.torch import load_file
+    except ModuleNotFoundError:
+        raise ValueError(f"weights file {path}: reading .safetensors needs the safetensors package "
+                         "(pip install safetensors)") from None
+    try:
+        return dict(load_file(str(path)))
+    except Exception as err:  # a damaged header or buffer: say which file
+        raise ValueError(f"weights file {path} is not a readable safetensors file ({err})") from None
 
 
 CONVERT_HINT = ("save the network's weights with torch.save(model.state_dict(), PATH) "

@@ -1,4 +1,5 @@
-"""Open model sources: ``create_model("tflite:PATH")`` builds any supported TFLite classifier.
+"""Open model sources: ``tflite:PATH`` (any supported TFLite classifier) and ``timm:NAME``
+(``torchvision:NAME`` lives in ``torchvision_zoo.py``), each from a local file only.
 
 The card (input size, normalisation, classes) is read from the file, so nothing has to be
 registered per file. On the command line: ``model.name=tflite:/data/model.tflite``, or
@@ -14,7 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from hqbench.models._registry import register_model, register_source
-from hqbench.models._weights import read_tflite
+from hqbench.models._weights import RANDOM, read_state_dict, read_tflite
 from hqbench.models.card import ModelCard
 
 TFLITE = "tflite"
@@ -63,3 +64,33 @@ def tflite_model(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
         raise ValueError("tflite: no file given; pass model.weights=PATH.tflite "
                          "(or name the model tflite:PATH)")
     return load_tflite(weights)
+
+
+@register_source("timm")
+def timm_source(spec: str, weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """``timm:NAME``: a timm architecture (``pip install 'hqbench[efficientnet]'``) with a local
+    weights file (``model.weights=PATH``: a state dict, ``.pt`` or ``.safetensors``; never
+    downloaded); the card comes from the model's ``pretrained_cfg`` (input size, crop, mean, std,
+    interpolation).
+    """
+    import timm
+
+    if not timm.list_models(spec):
+        raise ValueError(f"timm:{spec} is not a timm architecture (timm.list_models('{spec}') is empty)")
+    if weights is None:
+        raise ValueError(f"timm:{spec} needs model.weights=PATH (a state dict; hqbench never downloads), "
+                         "or model.weights=random for the untrained architecture")
+    model = timm.create_model(spec, pretrained=False)
+    if weights != RANDOM:
+        path = Path(weights).expanduser()
+        state = read_state_dict(path)
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"timm:{spec}: weights file {path} does not fit the architecture; "
+                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    cfg = model.pretrained_cfg
+    size = int(cfg.get("input_size", (3, 224, 224))[-1])
+    card = ModelCard(name=f"timm:{spec}", input_size=size, resize=round(size / float(cfg.get("crop_pct", SLIM_CROP))),
+                     mean=tuple(cfg.get("mean", (0.485, 0.456, 0.406))), std=tuple(cfg.get("std", (0.229, 0.224, 0.225))),
+                     num_classes=model.num_classes, weights=str(weights), interpolation=cfg.get("interpolation", "bilinear"))
+    return model, card

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from hqbench.models._registry import register_model
+from hqbench.models._registry import register_model, register_source
 from hqbench.models._weights import RANDOM, read_state_dict
 from hqbench.models.card import ModelCard
 
@@ -111,3 +111,17 @@ def vgg16(weights: str | None = None) -> tuple[nn.Module, ModelCard]:
     """VGG-16 without BatchNorm, torchvision ``IMAGENET1K_V1`` weights."""
     return _build("vgg16", weights, tvm.VGG16_Weights.IMAGENET1K_V1,
                   lambda: tvm.vgg16(weights=None))
+
+
+@register_source("torchvision")
+def torchvision_source(spec: str, weights: str | None = None) -> tuple[nn.Module, ModelCard]:
+    """``torchvision:NAME``: any torchvision classifier, e.g. ``torchvision:resnet18``, with its weights
+    from ``model.weights=PATH`` or torch's hub cache (never downloaded) and the preprocessing of
+    torchvision's default weights for it (read from its metadata).
+    """
+    classifiers = tvm.list_models(module=tvm)
+    if spec not in classifiers:
+        raise ValueError(f"torchvision:{spec} is not a torchvision classifier; e.g. "
+                         f"{', '.join(n for n in classifiers if n.startswith(('resnet', 'mobilenet', 'efficientnet_b')))}")
+    weights_enum = tvm.get_model_weights(spec).DEFAULT
+    return _build(f"torchvision:{spec}", weights, weights_enum, lambda: tvm.get_model(spec, weights=None))
