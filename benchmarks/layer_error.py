@@ -1,0 +1,148 @@
+"""Why one calibrator beats another at a width: range and error per activation point (issue 10).
+
+    HQBENCH_DATA=../shared/data python benchmarks/layer_error.py --model efficientnet_lite0 \
+        --bits w8a4 --methods C,D --calib 64 --eval 32 --out results/layer_error.json
+
+Each method is calibrated as in a table cell (same images, seed 0). Then, on the evaluation images:
+
+* ``local``: the SQNR (dB) of each point's own quantization of the *float* activation with that
+  method's range: the per-tensor error D's search minimises;
+* ``clipped``: the share of float values outside the chosen range;
+* ``propagated``: the SQNR of the point's activation in the fully quantized model against the float
+  one: the error that reaches the point through every layer before it;
+* the logits' SQNR and Top-1 of each method on those images.
+
+Prints the points where the methods differ most and a summary, and writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hqbench.data.imagenet import ImageNetDataModule
+from hqbench.models import create_model
+from hqbench.quant import parse_bit_widths, quantize
+from hqbench.quant.grid import fake_quantize
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    return 10.0 * torch.log10(torch.tensor(signal / max(noise, 1e-30))).item()
+
+
+def _capture(qmodel, store: dict):
+    """Pre-hooks on every ActQuantizer: a copy of what enters it (quantizers may overwrite their input)."""
+    handles = []
+    for q in qmodel.quantizers.values():
+        def hook(module, args, _name=q.name):
+            store[_name] = args[0].detach().clone()
+        handles.append(q.register_forward_pre_hook(hook))
+    return handles
+
+
+def measure(model, card, dm, methods, weight_bits, act_bits) -> dict:
+    calib = list(dm.calibration_dataloader())
+    qmodels = {m: quantize(copy.deepcopy(model), calib, method=m, act_bits=act_bits, weight_bits=weight_bits)
+               for m in methods}
+    stats = {m: {} for m in methods}
+    logits = {m: [0.0, 0.0, 0] for m in methods}  # signal, noise, correct
+    images = 0
+    for x, y in dm.test_dataloader():
+        images += len(y)
+        for m, qm in qmodels.items():
+            floats, quants = {}, {}
+            qm.set_mode("float")
+            handles = _capture(qm, floats)
+            with torch.no_grad():
+                ref = qm(x)
+            for h in handles:
+                h.remove()
+            qm.set_mode("quant")
+            outs = {}
+            handles = [q.register_forward_hook(lambda mod, a, out, _n=q.name: outs.__setitem__(_n, out.detach().clone()))
+                       for q in qm.quantizers.values()]
+            with torch.no_grad():
+                out = qm(x)
+            for h in handles:
+                h.remove()
+            logits[m][0] += float(ref.double().pow(2).sum())
+            logits[m][1] += float((out - ref).double().pow(2).sum())
+            logits[m][2] += int((out.argmax(1) == y).sum())
+            for q in qm.quantizers.values():
+                f = floats[q.name]
+                lo, hi = (float(v) for v in q.clip)
+                local = fake_quantize(f, q.scale, q.zero_point, q.grid.qmin, q.grid.qmax)
+                s = stats[m].setdefault(q.name, {"signal": 0.0, "local": 0.0, "propagated": 0.0, "clipped": 0, "n": 0,
+                                                 "range": [round(lo, 5), round(hi, 5)], "grid": q.grid.describe()})
+                s["signal"] += float(f.double().pow(2).sum())
+                s["local"] += float((local - f).double().pow(2).sum())
+                s["propagated"] += float((outs[q.name] - f).double().pow(2).sum())
+                s["clipped"] += int(((f < lo) | (f > hi)).sum())
+                s["n"] += f.numel()
+    points = {}
+    for m in methods:
+        for name, s in stats[m].items():
+            points.setdefault(name, {})[m] = {
+                "range": s["range"], "grid": s["grid"], "clipped_pct": round(100.0 * s["clipped"] / s["n"], 4),
+                "local_db": round(_sqnr(s["signal"], s["local"]), 2),
+                "propagated_db": round(_sqnr(s["signal"], s["propagated"]), 2)}
+    summary = {m: {"top1": round(100.0 * logits[m][2] / images, 2), "logits_db": round(_sqnr(*logits[m][:2]), 2),
+                   "mean_local_db": round(sum(p[m]["local_db"] for p in points.values()) / len(points), 2),
+                   "mean_propagated_db": round(sum(p[m]["propagated_db"] for p in points.values()) / len(points), 2),
+                   "points_with_lower_local_error": sum(
+                       all(p[m]["local_db"] >= p[o]["local_db"] for o in methods) for p in points.values())}
+               for m in methods}
+    return {"images": images, "points": points, "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--bits", default="w8a4")
+    parser.add_argument("--methods", default="C,D")
+    parser.add_argument("--calib", type=int, default=64)
+    parser.add_argument("--eval", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--top", type=int, default=12, help="points shown, by the gap in propagated SQNR")
+    parser.add_argument("--out", default="results/layer_error.json")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    weight_bits, act_bits = parse_bit_widths(args.bits)
+    methods = args.methods.split(",")
+    data = Path(os.environ.get("HQBENCH_DATA", "")).expanduser()
+    if not (data / "imagenet").is_dir():
+        raise SystemExit("set HQBENCH_DATA to a folder holding imagenet/")
+    weights = str(data / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite") if args.model == "mobilenet_v2_tflite" else None
+    model, card = create_model(args.model, weights=weights)
+    dm = ImageNetDataModule(data / "imagenet", card, batch_size=args.batch, num_workers=0, eval_limit=args.eval,
+                            calib_size=args.calib, seed=0)
+    dm.setup("test")
+    result = {"model": args.model, "bits": args.bits, "calib": args.calib, **measure(model, card, dm, methods, weight_bits, act_bits)}
+    console = Console()
+    a, b = methods[0], methods[-1]
+    table = Table(title=f"{args.model} {args.bits}: points where {a} and {b} differ most (SQNR dB, higher is better)")
+    for col in ("point", "grid", f"{a} range", f"{b} range", f"{a} clipped %", f"{b} clipped %",
+                f"{a} local", f"{b} local", f"{a} propagated", f"{b} propagated"):
+        table.add_column(col)
+    ranked = sorted(result["points"].items(), key=lambda kv: -abs(kv[1][a]["propagated_db"] - kv[1][b]["propagated_db"]))
+    for name, p in ranked[:args.top]:
+        table.add_row(name, p[a]["grid"], str(p[a]["range"]), str(p[b]["range"]), str(p[a]["clipped_pct"]),
+                      str(p[b]["clipped_pct"]), str(p[a]["local_db"]), str(p[b]["local_db"]),
+                      str(p[a]["propagated_db"]), str(p[b]["propagated_db"]))
+    console.print(table)
+    console.print(json.dumps(result["summary"], indent=1))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    console.print(f"written {out}")
+
+
+if __name__ == "__main__":
+    main()
