@@ -3,9 +3,8 @@
 Global batch ``i`` of 8 is observed by rank ``i % 2``; the reference is one process over the same
 8 batches in the same order. A (the EMA replayed in the global order), B and D (MIN/MAX and SUM
 reductions) must be identical, ``torch.equal`` on every quantizer's scale, zero_point and clip.
-C (torch's HistogramObserver) merges by torch's own re-binning onto the union range
-(:mod:`hqbench.quant.distributed`): its range is exact, its histogram not, so the test bounds the
-clip difference instead (see ``test_histogram_rule_is_documented_not_exact``).
+C (torch's HistogramObserver) cannot merge shards exactly, so it is not sharded: every rank
+observes every batch (``shard_batches``) and freezes one process's qparams; a sharded C is refused.
 
 Processes (all CPU, gloo):
 
@@ -39,12 +38,11 @@ from torch import nn
 
 from hqbench.callbacks import QuantizationCallback
 from hqbench.quant import prepare
-from hqbench.quant.distributed import RULES, recording, rule_for, sync_pass
+from hqbench.quant.distributed import RULES, recording, rule_for, shard_batches, sync_pass
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*isinstance.treespec, LeafSpec.*")
 
 METHODS = ("moving_minmax", "minmax", "histogram", "redistribution")  # A, B, C, D
-EXACT = ("moving_minmax", "minmax", "redistribution")
 WORLD = 2
 
 
@@ -112,7 +110,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         for method in METHODS:
             qmodel = prepare(make_net(), (batches[0][0],), method)
             with recording(qmodel) as on_pass_end:
-                qmodel.calibrate(batches[rank::world], on_pass_end=on_pass_end)
+                qmodel.calibrate(shard_batches(qmodel, batches, rank, world), on_pass_end=on_pass_end)
             results[method] = qparams(qmodel)
             # recording() took its wrappers off again: the calibrators are the plain classes
             assert all("observe" not in vars(q.calibrator) for q in qmodel.quantizers.values())
@@ -130,6 +128,13 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 pass
         except NotImplementedError as err:
             results["no_rule"] = str(err)
+        # C sharded by hand (not through shard_batches): the ranks' histograms differ, and the merge refuses.
+        qmodel = prepare(make_net(), (batches[0][0],), "histogram")
+        try:
+            with recording(qmodel) as on_pass_end:
+                qmodel.calibrate(batches[rank::world], on_pass_end=on_pass_end)
+        except RuntimeError as err:
+            results["sharded_c"] = str(err)
         torch.save(results, Path(out) / f"rank{rank}.pt")
         # The callback under Lightning's own Trainer(strategy="ddp", devices=2): the process group is
         # already up (as under torchrun), so Lightning joins it and launches nothing.
@@ -166,9 +171,9 @@ def _assert_equal(got: dict, want: dict, label: str) -> None:
             assert torch.equal(got[name][key], want[name][key]), (label, name, key, got[name][key], want[name][key])
 
 
-@pytest.mark.parametrize("method", EXACT)
+@pytest.mark.parametrize("method", METHODS)
 def test_two_ranks_equal_one_process(ranks, method):
-    """A, B, D: both ranks freeze exactly the qparams of one process over the same 8 batches."""
+    """A-D: both ranks freeze exactly the qparams of one process over the same 8 batches."""
     want = single_process(method)
     for rank, results in enumerate(ranks):
         _assert_equal(results[method], want, f"{method} rank {rank}")
@@ -184,10 +189,14 @@ def test_callback_shards_only_what_it_can_merge():
     """rank r of W takes batches r, r+W, ...; one process or fewer batches than ranks: all, unmerged."""
     shard = QuantizationCallback._shard
     batches = list(range(5))
-    assert shard(SimpleNamespace(world_size=1, global_rank=0), batches) is None
-    assert shard(SimpleNamespace(world_size=8, global_rank=3), batches) is None
+    assert shard(SimpleNamespace(world_size=1, global_rank=0), batches, None) is None
+    assert shard(SimpleNamespace(world_size=8, global_rank=3), batches, None) is None
     with pytest.raises(RuntimeError, match="no torch.distributed process group"):
-        shard(SimpleNamespace(world_size=2, global_rank=1), batches)  # no group in this process
+        shard(SimpleNamespace(world_size=2, global_rank=1), batches, None)  # no group in this process
+    net = make_net()
+    x = make_batches(1)[0][0]
+    assert shard_batches(prepare(net, (x,), "minmax"), batches, 1, 2) == [1, 3]
+    assert shard_batches(prepare(net, (x,), "histogram"), batches, 1, 2) == batches  # C: every batch on every rank
 
 
 def test_moving_minmax_is_order_sensitive_so_the_replay_matters(ranks):
@@ -199,22 +208,10 @@ def test_moving_minmax_is_order_sensitive_so_the_replay_matters(ranks):
     assert any(not torch.equal(rank_major[n]["clip"], ranks[0]["moving_minmax"][n]["clip"]) for n in rank_major)
 
 
-def test_histogram_rule_is_documented_not_exact(ranks):
-    """C: the merged range is exact; the clip is within 2 % of the range of one process's clip.
-
-    C is NOT identical to one process: torch's HistogramObserver re-bins whenever a batch widens
-    its range, so its histogram depends on the order of the batches, and the ranks merge by
-    re-binning each rank's histogram onto the union range (torch's ``_combine_histograms``).
-    Both ranks agree exactly with each other. On these batches the merged histogram differs from the
-    in-order one by ~3 % of its counts, yet torch's search picks the same clip; 2 % is the bound.
-    """
-    want = single_process("histogram")
-    _assert_equal(ranks[1]["histogram"], ranks[0]["histogram"], "C rank 1 vs rank 0")
-    got = ranks[0]["histogram"]
-    for name in want:
-        width = float(want[name]["clip"][1] - want[name]["clip"][0])
-        diff = (got[name]["clip"] - want[name]["clip"]).abs().max()
-        assert float(diff) <= 0.02 * max(width, 1e-6), (name, got[name]["clip"], want[name]["clip"])
+def test_a_sharded_histogram_is_refused(ranks):
+    """C's ranks must hold the same statistics: sharding it by hand is refused on every rank, by name."""
+    for results in ranks:
+        assert "Histogram cannot merge shards exactly" in results["sharded_c"], results.get("sharded_c")
 
 
 def test_no_rule_is_refused_by_name(ranks):
@@ -298,19 +295,13 @@ def _read_states(method: str, out: Path, world: int) -> list[dict]:
 
 def _check_against_one_process(method: str, got: list[dict], want: dict) -> None:
     _assert_equal(got[1], got[0], f"lightning {method} rank 1 vs rank 0")
-    if method in EXACT:
-        _assert_equal(got[0], want, f"lightning {method}")
-    else:  # C: its documented bound
-        for n in want:
-            width = float(want[n]["clip"][1] - want[n]["clip"][0])
-            assert float((got[0][n]["clip"] - want[n]["clip"]).abs().max()) <= 0.02 * max(width, 1e-6)
+    _assert_equal(got[0], want, f"lightning {method}")
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_lightning_ddp_equals_one_process(spawned, tmp_path, method):
     """QuantizationCallback under Trainer(strategy="ddp", devices=2) (ranks launched externally, as by
-    torchrun) against Trainer(devices=1): A, B, D identical on both ranks; C identical across ranks
-    and within its documented bound of one process."""
+    torchrun) against Trainer(devices=1): A-D identical on both ranks and to one process."""
     (want,) = _lightning_states(method, tmp_path, devices=1)
     _check_against_one_process(method, _read_states(method, spawned / "ddp", WORLD), want)
 

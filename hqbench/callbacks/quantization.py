@@ -27,7 +27,7 @@ from ._stages import EvaluationStageCallback
 from ..methods import PYTORCH, check_engine, row_method
 from ..quant import canonical_name, check_bits, prepare
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
-from ..quant.distributed import is_distributed, recording
+from ..quant.distributed import is_distributed, recording, shard_batches
 from ..quant.model import QuantizedModel, check_keep_8bit, check_weight_rounding, default_input_fn
 from ..quant.weights import check_weight_range
 
@@ -136,11 +136,11 @@ class QuantizationCallback(EvaluationStageCallback):
         return self._calibration_batches(trainer, self.num_batches if limit is None else limit, to_device)
 
     @staticmethod
-    def _shard(trainer: L.Trainer, batches: list) -> list | None:
+    def _shard(trainer: L.Trainer, batches: list, qmodel) -> list | None:
         """Under DDP, rank ``r`` of ``W`` calibrates on batches ``r, r + W, ...``; None: calibrate on all.
 
-        One process, or fewer batches than processes: every rank calibrates on all the batches, as one
-        process would, and nothing is merged.
+        One process, fewer batches than processes, or a calibrator whose statistics cannot merge
+        shards exactly (C): every rank calibrates on all the batches, as one process would.
         """
         world = trainer.world_size
         if world <= 1 or len(batches) < world:
@@ -148,7 +148,8 @@ class QuantizationCallback(EvaluationStageCallback):
         if not is_distributed():
             raise RuntimeError(f"trainer.world_size is {world} but no torch.distributed process group is running; "
                                "calibration statistics cannot be merged")
-        return batches[trainer.global_rank::world]
+        mine = shard_batches(qmodel, batches, trainer.global_rank, world)
+        return None if len(mine) == len(batches) else mine
 
     def _activate(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._undo:
@@ -175,7 +176,7 @@ class QuantizationCallback(EvaluationStageCallback):
             elif needs_data:
                 # Under DDP each rank observes its share and the statistics merge after every pass
                 # (hqbench.quant.distributed); one process: all batches, nothing to merge.
-                mine = self._shard(trainer, batches)
+                mine = self._shard(trainer, batches, qmodel)
                 sync = contextlib.nullcontext(None) if mine is None else recording(qmodel)
                 mine = batches if mine is None else mine
                 with _progress(f"calibrating {self.letter}", len(mine) * qmodel.num_passes) as advance, \

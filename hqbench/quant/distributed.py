@@ -11,25 +11,23 @@ ranks so all ranks freeze the same qparams. The rules are declared in one table,
   with the class's own update on every rank. Equal, bit for bit, to one process over the same
   batches in the same order (also with uneven shares).
 - B ``MinMax``: ``min_val`` all_reduce MIN, ``max_val`` MAX. Exact.
-- C ``Histogram`` (torch's ``HistogramObserver``): **torch's combination, not exact**. Every
-  rank's ``(min, max, histogram)`` is all_gathered and re-binned onto the union range with
-  ``HistogramObserver._combine_histograms`` (the re-binning the observer itself does when a batch
-  widens its range), then summed in rank order. The range and the total count are exact; the bin
-  counts are not (see below). All ranks hold the same result.
+- C ``Histogram`` (torch's ``HistogramObserver``): **not sharded**. Every rank observes every
+  calibration batch (:func:`shard_batches`), so every rank holds one process's histogram and
+  freezes its qparams exactly; a check after each pass refuses ranks whose statistics differ.
+  C gains no speed from more processes.
 - D ``ActivationRedistribution``: pass 0 ``min_val`` MIN, ``max_val`` MAX (so pass 1 bins over the
   common range); pass 1 ``histogram`` SUM, ``zeros`` SUM. Exact.
 - Percentile, Entropy and SymmetricMSE (D's two-pass layout) merge as D. A calibrator with no rule
   is refused with an error naming it ("run calibration on one process").
 
-Why C is not exact: HistogramObserver re-scales its bins whenever a batch widens the range, so the
+Why C is not sharded: HistogramObserver re-scales its bins whenever a batch widens the range, so the
 histogram it ends with depends on the range *before* each batch, i.e. on other ranks' earlier
 batches; one process already gets a different histogram if it sees the same batches in another
-order. Reproducing it exactly would need every rank to know the global running range before each
+order. Merging shards exactly would need every rank to know the global running range before each
 batch (a collective inside every quantizer's hook, per batch, in lock step) or every batch's raw
-activations; both defeat a constant-memory observer. On tests/test_ddp.py's 8 heavy-tailed
-batches the merged histogram differs from one in-order process's by 3 % of its counts (L1; a
-single process in rank-major order differs by 1.7 %), and the clip torch's search picks from it is
-identical; the test allows 2 % of the range.
+activations. Torch's own re-binning of the rank histograms onto the union range (tried before) is
+close but not equal (3 % of the counts on tests/test_ddp.py's batches), and "close" is not the
+same qparams.
 
 A needs per-batch records, which a rank's EMA has lost: :func:`recording` (a context manager
 around the calibration) wraps the calibrators' ``observe``/``observe_range`` for its duration and
@@ -64,6 +62,7 @@ class Rule:
     reduce: dict[int, dict[str, str]] = field(default_factory=dict)
     merge: Callable | None = None
     record: bool = False
+    shard: bool = True  # False: every rank observes every batch (nothing to merge, nothing sped up)
 
 
 def _world() -> int:
@@ -144,32 +143,18 @@ def _replay_moving(calibrators: list[Calibrator], pass_index: int) -> None:
             cls.observe_range(cal, torch.stack([lo_t, hi_t]), lo_t, hi_t)  # the class's own update, unwrapped
 
 
-# --------------------------------------------------------------- C: torch's histogram combination
-def _combine_histograms(calibrators: list[Calibrator], pass_index: int) -> None:
-    """Re-bin every rank's HistogramObserver state onto the union range (torch's own re-binning) and sum."""
+# ------------------------------------------------------------ C: every rank observes every batch
+def _check_replicated(calibrators: list[Calibrator], pass_index: int) -> None:
+    """C is not sharded (see the module docstring): every rank must hold the same statistics."""
     for cal in calibrators:
         obs = cal.observer
         state = torch.cat([obs.min_val.reshape(1).double(), obs.max_val.reshape(1).double(), obs.histogram.double()])
-        gathered = [g.to(obs.histogram.device) for g in _gather_padded(state.reshape(1, -1))]
-        parts = [(g[0, 0], g[0, 1], g[0, 2:]) for g in gathered if torch.isfinite(g[0, 0]) and torch.isfinite(g[0, 1])]
-        if not parts:
-            continue
-        dtype = obs.min_val.dtype
-        new_min = min(p[0] for p in parts).to(dtype)
-        new_max = max(p[1] for p in parts).to(dtype)
-        hist = torch.zeros(obs.bins, dtype=obs.histogram.dtype, device=obs.histogram.device)
-        for lo, hi, h in parts:  # rank order: every rank computes the same sum
-            h = h.to(obs.histogram.dtype)
-            lo, hi = lo.to(dtype), hi.to(dtype)
-            if lo == new_min and hi == new_max:
-                hist = hist + h
-            else:
-                # orig = this rank's histogram on [lo, hi], update = nothing on the union range
-                hist = hist + obs._combine_histograms(h, lo, hi, torch.zeros_like(h), new_min, new_max)
-        obs.histogram.detach_().resize_(hist.shape)
-        obs.histogram.copy_(hist)
-        obs.min_val.copy_(new_min)
-        obs.max_val.copy_(new_max)
+        gathered = _gather_padded(state.reshape(1, -1))
+        if any(g.shape != gathered[0].shape or not torch.equal(g.nan_to_num(), gathered[0].nan_to_num())
+               for g in gathered[1:]):
+            raise RuntimeError(f"calibrator {type(cal).__name__} cannot merge shards exactly (torch's HistogramObserver "
+                               "re-bins as batches arrive): every rank must observe every calibration batch; "
+                               "hqbench.quant.distributed.shard_batches() keeps them all for it")
 
 
 _RANGE = {"min_val": MIN, "max_val": MAX}
@@ -180,7 +165,7 @@ _TWO_PASS = Rule(reduce={0: _RANGE, 1: {"histogram": SUM}})
 RULES: dict[str, Rule] = {
     "hqbench.quant.calibrators.minmax.MovingMinMax": Rule(merge=_replay_moving, record=True),
     "hqbench.quant.calibrators.minmax.MinMax": Rule(reduce={0: _RANGE}),
-    "hqbench.quant.calibrators.histogram.Histogram": Rule(merge=_combine_histograms),
+    "hqbench.quant.calibrators.histogram.Histogram": Rule(merge=_check_replicated, shard=False),
     "hqbench.quant.calibrators.redistribution.ActivationRedistribution":
         Rule(reduce={0: _RANGE, 1: {"histogram": SUM, "zeros": SUM}}),
     "hqbench.quant.calibrators.mse.SymmetricMSE": Rule(reduce={0: _RANGE, 1: {"histogram": SUM, "zeros": SUM}}),
@@ -205,6 +190,14 @@ def rule_for(cal: Calibrator) -> Rule:
         raise NotImplementedError(f"calibrator {type(cal).__name__} ({_class_key(cal)}) has no cross-process merge "
                                   "rule; run calibration on one process")
     return rule
+
+
+def shard_batches(qmodel, batches: list, rank: int, world: int) -> list:
+    """Rank ``rank`` of ``world``'s calibration batches: ``rank, rank + world, ...`` when every
+    calibrator's rule merges shards, otherwise all of them (C; and one process)."""
+    if world <= 1 or len(batches) < world or not all(rule_for(q.calibrator).shard for q in qmodel.quantizers.values()):
+        return list(batches)
+    return list(batches[rank::world])
 
 
 def check_mergeable(qmodel) -> None:
