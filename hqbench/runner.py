@@ -141,10 +141,13 @@ def _git_commit() -> str:
 
 
 def provenance(command: str = "") -> dict[str, str]:
-    """What produced a row: hqbench and torch versions, git commit, UTC time, command line."""
+    """What produced a row: hqbench and torch versions, git commit, the CPU kernels torch picked
+    (its ISA level: float sums can differ between AVX2 and AVX512 builds of a kernel) and its
+    thread count, UTC time, command line."""
     import torch
 
     return {"hqbench_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_threads": torch.get_num_threads(),
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "command": command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])}
 
