@@ -296,7 +296,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     share = (cell.method, base["seed"])  # one calibration per method and draw, frozen at every width
     reused = share in statistics
     callbacks = [] if cell.method == FP32 else [PeerCallback(
-        cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits)] if peer else [QuantizationCallback(
+        cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits, float_scopes=float_scopes)] if peer else [
+        QuantizationCallback(
         cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
         weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,

@@ -237,3 +237,25 @@ def test_cli_row_records_the_peer_and_its_version(tmp_path, monkeypatch, capsys)
     assert peer["act_range"] == "uint8 0..255 (ORT QDQ)" and peer["float_ops"] == ""
     assert abs(peer["value"] - fp32["value"]) <= 5.0
     assert "ORT MinMax" in out.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_peers_run_the_detector_with_its_decoding_kept_float(tmp_path, monkeypatch):
+    """Every peer evaluates the synthetic-SAR detector through the same mAP path. ONNX Runtime keeps
+    the head's decoding float (nodes_to_exclude, as hqbench's float scope): quantized with the
+    rest, the concatenated boxes (pixels) and scores (0..1) share one uint8 grid and mAP is 0."""
+    for name in ("ort-minmax", "pt2e-x86"):
+        _available(name)
+    from hqbench.cli import main
+
+    monkeypatch.delenv("HQBENCH_DATA", raising=False)
+    monkeypatch.setenv("HQBENCH_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "d.json"
+    assert main(["test", "task=detection", "model=yolov3_tiny_synth", "method=fp32,ort-minmax,pt2e-x86",
+                 "data.num_test=12", "data.num_train=8", "data.calib_size=8", f"out={out}"]) == 0
+    rows = {r["method"]: r for r in json.loads(out.read_text())}
+    assert set(rows) == {"fp32", "ort-minmax", "pt2e-x86"} and rows["fp32"]["value"] > 50
+    for name in ("ort-minmax", "pt2e-x86"):  # 12 scenes whose last batch (4) is smaller than the others (8)
+        assert rows[name]["value"] >= rows["fp32"]["value"] - 15, (name, rows[name]["value"], rows["fp32"]["value"])
+    assert "nodes of model.20 (kept float, as hqbench)" in rows["ort-minmax"]["peer_settings"]["nodes_to_exclude"]
+    assert "quantized by the tool's own recipe" in rows["pt2e-x86"]["peer_settings"]["float_scopes"]

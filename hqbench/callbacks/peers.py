@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable
 import lightning as L
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from ._stages import EvaluationStageCallback
 from ..peers import PeerResult, check_installed, create_peer, peer_entry
@@ -22,7 +23,7 @@ from ..quant.model import default_input_fn
 
 
 class PeerModule(nn.Module):
-    """An ``nn.Module`` whose forward is the peer's: inputs go to the CPU, logits come back to their device."""
+    """An ``nn.Module`` whose forward is the peer's: inputs go to the CPU, outputs come back to their device."""
 
     def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], name: str):
         super().__init__()
@@ -31,7 +32,8 @@ class PeerModule(nn.Module):
     def forward(self, x: torch.Tensor, *args, **kwargs):
         if args or kwargs:
             raise NotImplementedError(f"peer {self.peer} runs the network on one positional input tensor")
-        return self._peer_forward(x.detach().cpu()).to(x.device)
+        out = self._peer_forward(x.detach().cpu())  # one tensor, or several (a detector's head)
+        return tree_map(lambda t: t.to(x.device) if isinstance(t, torch.Tensor) else t, out)
 
 
 class PeerCallback(EvaluationStageCallback):
@@ -45,6 +47,9 @@ class PeerCallback(EvaluationStageCallback):
         submodule: attribute holding the network.
         weight_bits, act_bits: widths asked of the peer; it raises
             :class:`~hqbench.peers.PeerUnsupported` when it has none such.
+        float_scopes: module names (relative to the LightningModule, as for QuantizationCallback)
+            whose own ops should stay float, e.g. a detector's box decoding; a peer that can exclude
+            them does (ONNX Runtime), the others record that their recipe quantized them.
 
     After a stage, ``calib_seconds`` (building the peer: export, calibration, conversion, session),
     ``summary`` (``act_range``, ``float_ops``) and ``record`` (version, settings, measured-on engine,
@@ -53,12 +58,13 @@ class PeerCallback(EvaluationStageCallback):
 
     def __init__(self, peer: str, calib_dataloader: Iterable | None = None, num_batches: int | None = None,
                  input_fn: Callable[[Any], tuple] = default_input_fn, submodule: str = "model",
-                 weight_bits: int = 8, act_bits: int = 8):
+                 weight_bits: int = 8, act_bits: int = 8, float_scopes: tuple[str, ...] = ()):
         self.entry = peer_entry(peer)
         check_installed(peer)  # one line naming the extra, before any work
         self.peer, self.calib_dataloader, self.num_batches = peer, calib_dataloader, num_batches
         self.input_fn, self.submodule = input_fn, submodule
         self.weight_bits, self.act_bits = int(weight_bits), int(act_bits)
+        self.float_scopes = tuple(float_scopes)
         self.calib_seconds = 0.0
         self.summary: dict | None = None
         self.record: dict = {}
@@ -81,7 +87,10 @@ class PeerCallback(EvaluationStageCallback):
         factory = create_peer(self.peer)
         was_training = network.training
         try:
-            result = factory(network, inputs, (inputs[0],), weight_bits=self.weight_bits, act_bits=self.act_bits)
+            # the peer exports pl_module.<submodule>: scopes relative to it
+            scopes = tuple(s.removeprefix(f"{self.submodule}.") for s in self.float_scopes)
+            result = factory(network, inputs, (inputs[0],), weight_bits=self.weight_bits, act_bits=self.act_bits,
+                             **({"float_scopes": scopes} if scopes else {}))
         finally:
             network.train(was_training)
         self.result = result

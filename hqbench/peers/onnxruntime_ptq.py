@@ -68,8 +68,19 @@ class BatchReader(CalibrationDataReader):
         self._it = self._images()
 
 
+def _excluded_nodes(path: Path, float_scopes: tuple[str, ...]) -> list[str]:
+    """ONNX nodes of the float scopes (e.g. a detector's box decoding) that stay float, as hqbench
+    keeps them: every op of the scope except convolutions and their activations. The TorchScript
+    exporter names a node ``/<module path>/...``, e.g. ``/model.20/Concat``."""
+    import onnx
+
+    prefixes = tuple(f"/{scope}/" for scope in float_scopes)
+    return [n.name for n in onnx.load(str(path)).graph.node
+            if n.name.startswith(prefixes) and n.op_type != "Conv" and "/act/" not in n.name]
+
+
 def _quantize(method: str, model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8,
-              threads: int | None = None) -> PeerResult:
+              threads: int | None = None, float_scopes: tuple[str, ...] = ()) -> PeerResult:
     if weight_bits not in WEIGHT_TYPES:
         raise PeerUnsupported(f"onnxruntime quantize_static has no {weight_bits}-bit weight type "
                               f"(its QuantType offers 4, 8 and 16 bits; hqbench runs ORT's 4 and 8)")
@@ -96,9 +107,10 @@ def _quantize(method: str, model, calib_batches, example_inputs, *, weight_bits:
     elif method == "percentile":
         extra = {"CalibNumBins": 2048, "CalibPercentile": 99.999}
     out_path = folder / "int8.onnx"
+    excluded = _excluded_nodes(pre_path, tuple(float_scopes))
     quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                     reduce_range=False, activation_type=ACT_TYPES[act_bits], weight_type=WEIGHT_TYPES[weight_bits],
-                    calibrate_method=METHODS[method], extra_options=extra)
+                    calibrate_method=METHODS[method], extra_options=extra, nodes_to_exclude=excluded)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -116,6 +128,8 @@ def _quantize(method: str, model, calib_batches, example_inputs, *, weight_bits:
                 "calibrate_method": METHODS[method].name, "extra_options": extra, "opset": OPSET,
                 "calibration_feed": f"{reader.served_images} images, one per get_next",
                 "export": "torch.onnx.export(dynamo=False)", "pre_process": pre}
+    if float_scopes:
+        settings["nodes_to_exclude"] = f"{len(excluded)} nodes of {', '.join(float_scopes)} (kept float, as hqbench)"
     if weight_bits == 4:
         settings["qdq_domain"] = "com.microsoft (ORT's choice for 4-bit Q/DQ below opset 21)"
     measured = ("onnxruntime CPU int8 kernels (QDQ, ORT_ENABLE_ALL)" if weight_bits == 8 else

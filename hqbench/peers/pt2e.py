@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 
 import torch
+from torch.utils._pytree import tree_map
 
 from . import PeerResult
 from ._common import as_input_list, float_copy, only_8bit, version_of
@@ -40,7 +41,9 @@ def _imports():
 
 
 @torch.no_grad()
-def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8) -> PeerResult:
+def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8,
+             float_scopes: tuple[str, ...] = ()) -> PeerResult:
+    """``float_scopes`` is not applied: the tool quantizes them as its own recipe does (recorded)."""
     only_8bit("PT2E's X86InductorQuantizer default config", weight_bits, act_bits)
     convert_pt2e, prepare_pt2e, X86InductorQuantizer, default_config = _imports()
     batches = as_input_list(calib_batches)
@@ -57,14 +60,27 @@ def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_
         checksum += float(x.double().sum())
     quantized = convert_pt2e(prepared)
 
+    size = example.shape[0]
+
     @torch.no_grad()
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return quantized(x.detach().to("cpu", torch.float32))
+    def forward(x: torch.Tensor):
+        x = x.detach().to("cpu", torch.float32)
+        try:
+            return quantized(x)
+        except AssertionError:  # torch.export kept the batch static (a detector's head): pad to it
+            chunks = []
+            for start in range(0, x.shape[0], size):
+                part = x[start:start + size]
+                padded = torch.cat([part, part[-1:].expand(size - len(part), *part.shape[1:])]) if len(part) < size else part
+                chunks.append(tree_map(lambda t: t[:len(part)] if isinstance(t, torch.Tensor) else t, quantized(padded)))
+            return tree_map(lambda *parts: torch.cat(parts) if isinstance(parts[0], torch.Tensor) else parts[0], *chunks)
 
     settings = {"quantizer": "X86InductorQuantizer", "config": "get_default_x86_inductor_quantization_config()",
                 "weights": "int8 symmetric per-channel (PerChannelMinMaxObserver)",
                 "activations": "uint8 affine per-tensor (HistogramObserver, reduce_range=False)",
                 "export": "torch.export.export, batch axis Dim.AUTO", "convert": "convert_pt2e (fold_quantize=True)"}
+    if float_scopes:
+        settings["float_scopes"] = f"{', '.join(float_scopes)}: quantized by the tool's own recipe (no float scope applied)"
     record = {"version": version_of("torch", "torchao"), "settings": settings,
               "measured_on": "torch reference Q/DQ (simulation): convert_pt2e graph run eagerly",
               "calib_batches": served, "calib_checksum": checksum}

@@ -72,7 +72,6 @@ class DetectionTask(L.LightningModule):
     UNSUPPORTED = {
         "onnxruntime": "the ONNX export of ultralytics' Detect head fails (seen: an int32 bias of its box branch out "
                        "of range at s_in*s_w); use engine=fake or engine=int",
-        "peers": "peers hand back one logits tensor, not a detector's outputs",
     }
 
     def __init__(self, model: nn.Module, card: ModelCard | None = None, conf_thres: float = 0.001,
