@@ -1,7 +1,6 @@
 """Real INT8 on onnxruntime vs fake-quant on ImageNet: Top-1, agreement, and INT8 vs FP32 throughput.
 
-    .venv/bin/python benchmarks/onnx_agreement.py --data /work/shared/data \\
-        --weights /work/shared/data/weights/tf2_mobilenet_v2_1.0_224_ptq.tflite
+    HQBENCH_DATA=../shared/data python benchmarks/onnx_agreement.py --out docs/results/onnx_agreement_mobilenet_v2_tflite.json
 
 Calibrates ``--method`` on ``--calib`` seeded train/ images, evaluates the first ``--eval`` val/
 images with fake-quant (torch), the exported QDQ model (onnxruntime, int8 kernels) and the float
@@ -73,7 +72,7 @@ def output_scale(qmodel) -> torch.Tensor:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=os.environ.get("HQBENCH_DATA", "/work/shared/data"))
+    p.add_argument("--data", default=os.environ.get("HQBENCH_DATA"), help="folder holding imagenet/ (default $HQBENCH_DATA)")
     p.add_argument("--model", default="mobilenet_v2_tflite")
     p.add_argument("--weights", default=None)
     p.add_argument("--method", default="D")
