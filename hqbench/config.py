@@ -91,11 +91,20 @@ def _check_types(task: str, overrides: list[str], cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)
         if expected not in _TYPE_WORDS or value is None:
             continue
-        if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if expected is str and number:
             OmegaConf.update(cfg, key, str(o.partition("=")[2]), merge=False)  # a file named 1 is a path
-        elif not (isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-                  or (expected is float and isinstance(value, int) and not isinstance(value, bool))):
+        elif not _has_type(value, expected):
             raise ValueError(f"{key} must be {_TYPE_WORDS[expected]}, got {value!r}")
+
+
+def _has_type(value: object, expected: type) -> bool:
+    """bool is not an int here, and an int is a float."""
+    if isinstance(value, bool):
+        return expected is bool
+    if expected is float:
+        return isinstance(value, (int, float))
+    return isinstance(value, expected)
 
 
 def compose(task: str, overrides: list[str] = ()) -> DictConfig:
