@@ -144,3 +144,37 @@ def test_a_calibrator_in_one_file_runs_through_the_cli_and_result_py(tmp_path):
     assert "already in" in proc.stdout
     assert sorted(r["method"] for r in _rows(paper)) == ["B", "E", "fp32", "pytorch"]
     assert "Abs quantile" in paper.with_suffix(".md").read_text()
+
+
+@pytest.mark.slow
+def test_result_py_killed_after_its_first_model_resumes_with_only_the_rest(tmp_path):
+    """Rows are written as they finish: SIGKILL after the first model loses nothing, and the rerun
+    runs only the second model's rows (issue 13, item 3)."""
+    import signal
+    import time
+
+    tasks = tmp_path / "tasks"
+    shutil.copytree(TASKS_DIR, tasks)
+    (tasks / "paper.yaml").write_text("real: []\nembedded:\n  - {model: mobilenet_v2_fmnist}\n  - {model: vgg16_fmnist}\n")
+    env = {k: v for k, v in os.environ.items() if k != "HQBENCH_DATA"}
+    env.update(HQBENCH_TASKS=str(tasks), HQBENCH_CACHE=str(tmp_path / "cache"))
+    out = tmp_path / "paper.json"
+    cmd = [sys.executable, str(ROOT / "result.py"), "-B", "data.eval_limit=48", "data.calib_size=16", f"out={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if out.exists() and sum(r["model"] == "mobilenet_v2_fmnist" for r in _rows(out)) == 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    first = _rows(out)
+    assert {(r["model"], r["method"]) for r in first} >= {("mobilenet_v2_fmnist", m) for m in ("fp32", "pytorch", "B")}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert " ".join(done.stdout.split()).count("already in") >= 3  # the first model's rows were reused
+    rows = _rows(out)
+    assert sorted((r["model"], r["method"]) for r in rows) == sorted(
+        (m, k) for m in ("mobilenet_v2_fmnist", "vgg16_fmnist") for k in ("fp32", "pytorch", "B"))
+    for r in first:  # the reused rows are the ones written before the kill, unchanged
+        assert next(x for x in rows if (x["model"], x["method"]) == (r["model"], r["method"]))["timestamp"] == r["timestamp"]
