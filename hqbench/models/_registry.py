@@ -112,6 +112,9 @@ def create_model(name: str, weights: str | None = None) -> tuple[nn.Module, Mode
             valid names and sources).
         FileNotFoundError: if the weights file is missing (the message names the path).
     """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"no model named (got {name!r}); pass model=NAME ({', '.join(list_models())}) "
+                         f"or model=PREFIX:SPEC ({', '.join(s + '...' for s in list_sources())})")
     prefix, colon, spec = name.partition(":")
     if name in _MODELS:
         model, card = _MODELS[name](weights)
