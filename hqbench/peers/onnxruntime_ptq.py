@@ -18,6 +18,8 @@ fuses the Q/DQ pairs into its int8 kernels.
 
 from __future__ import annotations
 
+import contextlib
+
 import tempfile
 from pathlib import Path
 
@@ -97,7 +99,10 @@ def _quantize(method: str, model, calib_batches, example_inputs, *, weight_bits:
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        quant_pre_process(str(float_path), str(pre_path))
+        # ORT's symbolic shape inference writes sym_shape_infer_temp.onnx and a <uuid>.data into the
+        # working folder (seen with the detector): run it inside our temporary folder
+        with contextlib.chdir(folder):
+            quant_pre_process(str(float_path), str(pre_path))
     except Exception as err:  # ORT's pre-processing is advisory; quantize the plain export and say so
         pre_path, pre = float_path, f"quant_pre_process failed ({type(err).__name__}: {str(err)[:120]}); skipped"
     reader = BatchReader("input", batches)
