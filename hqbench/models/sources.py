@@ -1,9 +1,10 @@
 """Open model sources: ``tflite:PATH`` (any supported TFLite classifier) and ``timm:NAME``
 (``torchvision:NAME`` lives in ``torchvision_zoo.py``), each from a local file only.
 
-The card (input size, normalisation, classes) is read from the file, so nothing has to be
-registered per file. On the command line: ``model.name=tflite:/data/model.tflite``, or
-``model=tflite model.weights=/data/model.tflite`` (the ``tasks/model/tflite.yaml`` group option).
+The card (input size, normalisation, classes) is read from the file or the library's metadata, so
+nothing has to be registered per model. On the command line: ``model=tflite:/data/model.tflite``
+(the ``configs/model/source.yaml`` option), or ``model=tflite model.weights=/data/model.tflite``
+(``configs/model/tflite.yaml``).
 The builder lives in ``tflite.py`` and is imported inside the factory, so ``import hqbench.models``
 does not import the ``tflite`` package.
 """
