@@ -57,7 +57,7 @@ def measure(model, card, dm, methods, weight_bits, act_bits) -> dict:
     for x, y in dm.test_dataloader():
         images += len(y)
         for m, qm in qmodels.items():
-            floats, quants = {}, {}
+            floats = {}
             qm.set_mode("float")
             handles = _capture(qm, floats)
             with torch.no_grad():
@@ -119,8 +119,7 @@ def main() -> None:
     data = Path(os.environ.get("HQBENCH_DATA", "")).expanduser()
     if not (data / "imagenet").is_dir():
         raise SystemExit("set HQBENCH_DATA to a folder holding imagenet/")
-    weights = str(data / "weights" / "tf2_mobilenet_v2_1.0_224_ptq.tflite") if args.model == "mobilenet_v2_tflite" else None
-    model, card = create_model(args.model, weights=weights)
+    model, card = create_model(args.model)  # mobilenet_v2_tflite finds its file under $HQBENCH_DATA
     dm = ImageNetDataModule(data / "imagenet", card, batch_size=args.batch, num_workers=0, eval_limit=args.eval,
                             calib_size=args.calib, seed=0)
     dm.setup("test")

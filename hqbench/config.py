@@ -67,7 +67,7 @@ def _unknown_key(task: str, overrides: list[str], key: str) -> str:
     from omegaconf import DictConfig as _Dict, OmegaConf
 
     base = _hydra_compose(task, _group_choices(overrides))
-    parent, _, leaf = key.rpartition(".")
+    parent = key.rpartition(".")[0]
     node = OmegaConf.select(base, parent) if parent else base
     valid = sorted(k for k in node.keys() if k != "defaults") if isinstance(node, _Dict) else []
     where = f"under {parent}" if parent else "at the top level"

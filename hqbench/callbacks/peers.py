@@ -48,8 +48,9 @@ class PeerCallback(EvaluationStageCallback):
         weight_bits, act_bits: widths asked of the peer; it raises
             :class:`~hqbench.peers.PeerUnsupported` when it has none such.
         float_scopes: module names (relative to the LightningModule, as for QuantizationCallback)
-            whose own ops should stay float, e.g. a detector's box decoding; a peer that can exclude
-            them does (ONNX Runtime), the others record that their recipe quantized them.
+            whose own ops should stay float, e.g. a detector's box decoding; a peer registered
+            with ``float_scopes=True`` keeps them float (ONNX Runtime), the others' rows say that
+            their recipe quantized them.
 
     After a stage, ``calib_seconds`` (building the peer: export, calibration, conversion, session),
     ``summary`` (``act_range``, ``float_ops``) and ``record`` (version, settings, measured-on engine,
@@ -89,10 +90,14 @@ class PeerCallback(EvaluationStageCallback):
         try:
             # the peer exports pl_module.<submodule>: scopes relative to it
             scopes = tuple(s.removeprefix(f"{self.submodule}.") for s in self.float_scopes)
+            kept = scopes and self.entry.float_scopes
             result = factory(network, inputs, (inputs[0],), weight_bits=self.weight_bits, act_bits=self.act_bits,
-                             **({"float_scopes": scopes} if scopes else {}))
+                             **({"float_scopes": scopes} if kept else {}))
         finally:
             network.train(was_training)
+        if scopes and not kept:  # said in the row, as the tool's other settings are
+            result.record.setdefault("settings", {})["float_scopes"] = (
+                f"{', '.join(scopes)}: quantized by the tool's own recipe (no float scope applied)")
         self.result = result
         setattr(pl_module, self.submodule, PeerModule(result.forward, self.peer))
         self._undo.append(lambda: setattr(pl_module, self.submodule, network))

@@ -12,7 +12,9 @@ with ``model`` the float ``nn.Module`` (not modified), ``calib_batches`` a list 
 (one per calibration batch, in the datamodule's order), ``example_inputs`` a tuple of positional
 inputs. It returns a :class:`PeerResult`: ``forward(x) -> logits`` and what the row records (the
 peer's package version, its settings, the engine the number was measured on). A width the tool
-cannot run raises :class:`PeerUnsupported` with the reason: the cell is skipped, never faked.
+cannot run raises :class:`PeerUnsupported` with the reason: the cell is skipped, never faked. A peer
+registered with ``float_scopes=True`` also takes ``float_scopes=(module path, ...)``: ops of those
+modules it keeps float (a detector's box decoding), as hqbench's own methods do.
 
 This module imports no peer tool: factories are named as ``"module:function"`` strings and imported
 by :func:`create_peer`, so listing methods costs nothing and works without the ``peers`` extra.
@@ -65,17 +67,18 @@ class PeerEntry:
     engine: str  # the row's engine field: one of hqbench.methods.ROW_ENGINES
     settings: dict
     requires: tuple[str, ...] = ()  # top-level modules the peer imports (checked before any work)
+    float_scopes: bool = False  # the factory takes float_scopes= and keeps those ops float
 
 
 _REGISTRY: dict[str, PeerEntry] = {}
 
 
 def register_peer(name: str, factory, *, title: str, engine: str, settings: dict,
-                  requires: tuple[str, ...] = ()) -> PeerEntry:
+                  requires: tuple[str, ...] = (), float_scopes: bool = False) -> PeerEntry:
     """Register a peer under ``name`` (a method name in rows and on the command line)."""
     if not name or ":" in name or "," in name:
         raise ValueError(f"bad peer name {name!r}")
-    entry = PeerEntry(name, factory, title, engine, dict(settings), tuple(requires))
+    entry = PeerEntry(name, factory, title, engine, dict(settings), tuple(requires), bool(float_scopes))
     _REGISTRY[name] = entry
     return entry
 
@@ -129,7 +132,7 @@ for _method, _extra in (("minmax", {}), ("entropy", {"num_bins": 128, "num_quant
     register_peer(f"ort-{_method}", f"hqbench.peers.onnxruntime_ptq:ort_{_method}",
                   title=f"ORT {_method.capitalize() if _method != 'minmax' else 'MinMax'}", engine="onnxruntime",
                   settings={"recipe": _ORT, "calibrate_method": _method, **_extra},
-                  requires=("onnx", "onnxruntime"))
+                  requires=("onnx", "onnxruntime"), float_scopes=True)
 register_peer("pt2e-x86", "hqbench.peers.pt2e:pt2e_x86", title="PT2E X86", engine="torch-reference",
               settings={"recipe": "torch.export + prepare_pt2e/convert_pt2e, X86InductorQuantizer "
                                   "get_default_x86_inductor_quantization_config()"},

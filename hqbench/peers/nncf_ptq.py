@@ -25,9 +25,7 @@ from . import PeerResult
 from ._common import as_input_list, export_float_onnx, float_copy, only_8bit, version_of
 
 
-def nncf_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8,
-             float_scopes: tuple[str, ...] = ()) -> PeerResult:
-    """``float_scopes`` is not applied: the tool quantizes them as its own recipe does (recorded)."""
+def nncf_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8) -> PeerResult:
     only_8bit("nncf.quantize (preset PERFORMANCE, int8)", weight_bits, act_bits)
     batches = as_input_list(calib_batches)
     net = float_copy(model)
@@ -61,8 +59,6 @@ def nncf_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_
 
     settings = {"preset": "PERFORMANCE (default)", "target_device": "ANY (default)", "subset_size": f"{len(batches)} batches ({n_images} images)",
                 "fast_bias_correction": True, "model_type": None, "source": "ONNX export opset 17 -> ov.convert_model"}
-    if float_scopes:
-        settings["float_scopes"] = f"{', '.join(float_scopes)}: quantized by the tool's own recipe (no float scope applied)"
     record = {"version": version_of("nncf", "openvino"), "settings": settings,
               "measured_on": "OpenVINO CPU plugin int8 kernels",
               "calib_batches": seen["batches"], "calib_checksum": seen["checksum"]}

@@ -40,9 +40,7 @@ from ._common import as_input_list, float_copy, version_of
 LAYER_TYPES = ["Conv2d", "Linear"]
 
 
-def nni_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8,
-            float_scopes: tuple[str, ...] = ()) -> PeerResult:
-    """``float_scopes`` is not applied: the tool quantizes them as its own recipe does (recorded)."""
+def nni_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8) -> PeerResult:
     for what, bits in (("weight", weight_bits), ("activation", act_bits)):
         if not 2 <= bits <= 16:
             raise PeerUnsupported(f"NNI's int{bits} quant_dtype is outside 2..16 bits for {what}s")
@@ -93,8 +91,6 @@ def nni_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_b
                 "activations": f"int{act_bits} -{qa}..{qa} affine per-tensor at Conv2d/Linear inputs and outputs",
                 "weights": f"int{weight_bits} -{qw}..{qw} affine per-tensor", "fuse_names": None,
                 "source": "NNI 3.0 examples/compression/quantization/ptq_example.py config, on all Conv2d/Linear"}
-    if float_scopes:
-        settings["float_scopes"] = f"{', '.join(float_scopes)}: quantized by the tool's own recipe (no float scope applied)"
     record = {"version": version_of("nni"), "settings": settings,
               "measured_on": "NNI fake-quant in torch (clamp_round, simulation)",
               "calib_batches": seen["batches"], "calib_checksum": seen["checksum"]}

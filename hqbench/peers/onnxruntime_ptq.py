@@ -19,7 +19,6 @@ fuses the Q/DQ pairs into its int8 kernels.
 from __future__ import annotations
 
 import contextlib
-
 import tempfile
 from pathlib import Path
 

@@ -41,9 +41,7 @@ def _imports():
 
 
 @torch.no_grad()
-def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8,
-             float_scopes: tuple[str, ...] = ()) -> PeerResult:
-    """``float_scopes`` is not applied: the tool quantizes them as its own recipe does (recorded)."""
+def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8) -> PeerResult:
     only_8bit("PT2E's X86InductorQuantizer default config", weight_bits, act_bits)
     convert_pt2e, prepare_pt2e, X86InductorQuantizer, default_config = _imports()
     batches = as_input_list(calib_batches)
@@ -79,8 +77,6 @@ def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_
                 "weights": "int8 symmetric per-channel (PerChannelMinMaxObserver)",
                 "activations": "uint8 affine per-tensor (HistogramObserver, reduce_range=False)",
                 "export": "torch.export.export, batch axis Dim.AUTO", "convert": "convert_pt2e (fold_quantize=True)"}
-    if float_scopes:
-        settings["float_scopes"] = f"{', '.join(float_scopes)}: quantized by the tool's own recipe (no float scope applied)"
     record = {"version": version_of("torch", "torchao"), "settings": settings,
               "measured_on": "torch reference Q/DQ (simulation): convert_pt2e graph run eagerly",
               "calib_batches": served, "calib_checksum": checksum}

@@ -12,7 +12,6 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
 
 from .bits import check_bits
 from .calibrators import canonical_name, create_calibrator
