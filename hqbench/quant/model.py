@@ -21,7 +21,7 @@ from .points import attach_points
 from .graph import Graph, record
 from .grid import QuantGrid
 from .scheme import Plan, analyse
-from .weights import check_weight_range, quantize_weight, weight_scale
+from .weights import check_weight_range, fit_bias, quantize_weight, weight_scale
 
 # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
 # v2: adds "weight_bits", "keep_8bit", "weight_range", "bias_shift" and "rounded_weights" ({layer: tensor});
@@ -78,6 +78,7 @@ class QuantizedModel(nn.Module):
         self.rounded_weights: dict[str, torch.Tensor] = {}
         self._float_weights: dict[str, tuple] = {}
         self._weight_scales: dict[str, torch.Tensor] = {}
+        self.widened_channels: dict[str, list[int]] = {}  # weight scales widened to fit the int32 bias
         self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
 
     def _kept(self, keep: tuple[str, ...]) -> tuple[set[str], set[str]]:
@@ -124,15 +125,18 @@ class QuantizedModel(nn.Module):
                                                           None if module.bias is None else module.bias.detach().clone()))
                     weight, bias = self._float_weights[name]
                     bits = self._layer_bits[name]
-                    scale = weight_scale(weight, bits, self.weight_per_channel, self.weight_range)
+                    if bias is not None and name in self.bias_shift:
+                        bias = bias - self.bias_shift[name].to(bias)
+                    s_in = None if bias is None else self.quantizer(self.plan.compute_inputs[name]).scale
+                    scale, widened = fit_bias(weight_scale(weight, bits, self.weight_per_channel, self.weight_range),
+                                              bias, s_in)
                     self._weight_scales[name] = scale
+                    if widened:
+                        self.widened_channels[name] = widened
                     rounded = self.rounded_weights.get(name)
                     module.weight.copy_(quantize_weight(weight, scale, bits) if rounded is None else rounded.to(weight))
                     if bias is not None:
-                        if name in self.bias_shift:
-                            bias = bias - self.bias_shift[name].to(bias)
                         # int32 bias at scale s_in * s_w, as the integer kernel adds it.
-                        s_in = self.quantizer(self.plan.compute_inputs[name]).scale
                         s_acc = s_in * scale.reshape(-1)
                         module.bias.copy_(torch.round(bias / s_acc) * s_acc)
                 elif name in self._float_weights:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 
-
 def value_of(model, name: str):
     """The numpy value of an initializer or Constant output ``name`` of an ONNX model."""
     from onnx import numpy_helper
@@ -52,13 +51,12 @@ def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
     s_w = qmodel.weight_scale(name).detach().float().cpu().reshape(-1)
     w_held = _held(inits, f"{name}.weight", name)
     w_int = _integers(w_held, s_w, -qmax, qmax, name, f"{name}.weight")
-    widened: list[int] = []
+    widened = qmodel.widened_channels.get(name)  # see hqbench.quant.weights.fit_bias
     b_int = None
     if f"{name}.bias" in inits:
         s_in = qmodel.quantizer(qmodel.plan.compute_inputs[name]).scale.detach().cpu().float()
         b_held = _held(inits, f"{name}.bias", name)
         s_acc = (s_in * s_w).expand(b_held.shape).contiguous()
-        s_w, s_acc, widened = _fit_bias(name, s_w, s_acc, s_in, b_held, w_int)
         b_int = _integers(b_held, s_acc, -(2**31), 2**31 - 1, name, f"{name}.bias")
     axis = 0 if s_w.numel() > 1 else None
     nodes = [_dq_node(f"{name}.weight", w_int, s_w, torch.int8, axis)]
@@ -69,31 +67,6 @@ def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
         nodes.append(_dq_node(f"{name}.bias", b_int, s_acc, torch.int32, 0))
         encodings["biases"][f"{name}.bias"] = _param_encoding(name, s_acc, -(2**31), 2**31 - 1, 32, "int32", 0)
     return nodes
-
-
-def _fit_bias(layer: str, s_w: torch.Tensor, s_acc: torch.Tensor, s_in: torch.Tensor, bias: torch.Tensor,
-              w_int: torch.Tensor):
-    """Widen the scale of all-zero weight channels whose int32 bias would overflow at ``s_in * s_w``.
-
-    A channel whose weights quantize to 0 gets the floor scale, so ``bias / (s_in * s_w)`` can pass
-    2^31 (MobileNetV2-TFLite's first conv has one). Its weight scale is free (0 stays 0), so it is
-    widened to make the bias exactly ``+-2^29 * s_acc``; TFLite's converter widens weight scales for
-    the same reason (AdjustWeightsForBiasScale). Channels with non-zero weights are refused.
-    """
-    over = bias.abs().double() / s_acc.double() > 2.0**31 - 1
-    if not over.any():
-        return s_w, s_acc, []
-    per_channel = s_w.numel() > 1
-    zero = (w_int.flatten(1).abs().amax(dim=1) == 0) if per_channel else (w_int.abs().max() == 0).expand(bias.shape)
-    if (over & ~zero).any() or not (per_channel or zero.all()):
-        channels = torch.nonzero(over & ~zero).flatten().tolist()[:10]
-        raise OverflowError(f"layer {layer!r}: bias of channels {channels} does not fit int32 at scale s_in * s_w")
-    wide = bias.abs() / 2.0**29  # exact: a power-of-two division
-    if not per_channel:
-        s_acc = torch.full_like(s_acc, float(wide.max()))
-        return (s_acc[:1] / s_in).float(), s_acc, list(range(bias.numel()))
-    s_acc = torch.where(over, wide, s_acc)
-    return torch.where(over, s_acc / s_in, s_w).float(), s_acc, torch.nonzero(over).flatten().tolist()
 
 
 def _held(inits: dict, tensor: str, layer: str) -> torch.Tensor:

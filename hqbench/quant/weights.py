@@ -65,6 +65,34 @@ def _mse_scale(weight: torch.Tensor, bits: int, per_channel: bool, candidates: i
     return best.reshape(()).to(weight.dtype)
 
 
+# The int32 bias of a layer is ``round(b / (s_in * s_w))``. A channel whose weights are (nearly) all
+# zero gets a tiny ``s_w``, and its bias then passes 2^31 (MobileNetV2-TFLite's first conv, three of
+# EfficientNet-Lite0's stem channels). Such a channel's scale is widened until its bias is at most
+# 2^29 accumulator units, leaving 4x headroom for the sum of products; TFLite's converter does the
+# same (AdjustWeightsForBiasScale). Its weights are then a few LSB or zero, which they nearly were.
+BIAS_HEADROOM = 2.0**29
+
+
+def fit_bias(scale: torch.Tensor, bias: torch.Tensor | None, input_scale: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
+    """``scale`` widened where ``|bias| / (input_scale * scale)`` would exceed 2^29; and the widened channels.
+
+    ``scale`` is a weight scale from :func:`weight_scale` (per channel ``[C, 1, ...]`` or a scalar);
+    a per-tensor scale is widened as a whole. Returned unchanged when no channel needs it.
+    """
+    if bias is None:
+        return scale, []
+    floor = bias.detach().abs().double() / (input_scale.detach().double() * BIAS_HEADROOM)
+    flat = scale.reshape(-1).double()
+    if scale.numel() == 1:
+        floor = floor.max().reshape(1)
+    wide = floor > flat
+    if not wide.any():
+        return scale, []
+    fitted = torch.where(wide, floor, flat).to(scale.dtype).reshape(scale.shape)
+    channels = torch.nonzero(wide).flatten().tolist() if scale.numel() > 1 else list(range(bias.numel()))
+    return fitted, channels
+
+
 def weight_scale(weight: torch.Tensor, bits: int = 8, per_channel: bool = True, method: str = "minmax",
                  candidates: int = 100, start: float = 0.2) -> torch.Tensor:
     """Symmetric scale of ``weight`` for the grid ``[-(2^(b-1)-1), 2^(b-1)-1]``.
@@ -87,4 +115,4 @@ def weight_scale(weight: torch.Tensor, bits: int = 8, per_channel: bool = True, 
     return _mse_scale(weight, bits, per_channel, candidates, start)
 
 
-__all__ = ["WEIGHT_METHODS", "quantize_weight", "weight_error", "weight_scale"]
+__all__ = ["WEIGHT_METHODS", "fit_bias", "quantize_weight", "weight_error", "weight_scale"]

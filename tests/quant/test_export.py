@@ -221,3 +221,28 @@ def test_all_zero_weight_channel_with_a_large_bias_is_widened_exactly(tmp_path):
     with torch.no_grad():
         fake = qmodel(calib[1])
     assert (out - fake).abs().max() <= qmodel.quantizer("1").scale * 1.001
+
+
+def test_tiny_nonzero_weight_channel_with_a_large_bias_exports_and_runs_as_integers(tmp_path):
+    """EfficientNet-Lite0's stem has live channels with weights ~1e-6 whose bias overflowed int32.
+
+    Fake-quant widens their weight scale itself, so fake, the integer executor and ONNX Runtime run
+    the same widened channel (the export used to refuse the model with an OverflowError).
+    """
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    with torch.no_grad():
+        net[0].weight[1].mul_(1e-7)
+        net[0].bias[1] = 5.0  # 5 / (s_in * max|w| / 127) > 2^31
+    calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    qmodel = quantize(net, calib, method="D")
+    assert qmodel.widened_channels == {"0": [1]}
+    s_in = qmodel.quantizer(qmodel.plan.compute_inputs["0"]).scale
+    b_int = net[0].bias.detach().double() / (s_in * qmodel.weight_scale("0").reshape(-1)).double()
+    assert b_int.abs().max() <= 2**29 + 1
+    info = qmodel.export_onnx(tmp_path / "net.onnx", calib[0][:2])
+    out = torch.from_numpy(ort.InferenceSession(info["onnx"], providers=["CPUExecutionProvider"])
+                           .run(None, {"input0": calib[1].numpy()})[0])
+    with torch.no_grad():
+        fake = qmodel(calib[1])
+    assert (out - fake).abs().max() <= qmodel.quantizer("1").scale * 1.001
