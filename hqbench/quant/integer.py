@@ -141,8 +141,8 @@ class IntegerExecutor:
         qmax_w = 2 ** (self.q.layer_weight_bits(node.name) - 1) - 1
         w_q = torch.clamp(torch.round(w / s_w), -qmax_w, qmax_w).double()
         s_acc = (x.scale.double() * s_w.double().reshape(-1))  # per output channel
-        bias = module.bias.detach().double() if module.bias is not None else torch.zeros_like(s_acc)
-        b_q = torch.round(bias / s_acc)
+        b_q = self.q.bias_integers(node.name)  # exactly the integers fake-quant and the ONNX export use
+        b_q = torch.zeros_like(s_acc) if b_q is None else b_q.to(s_acc.device)
         if isinstance(module, nn.Linear):
             acc = F.linear(x.d, w_q, b_q)
             shape = (1, -1)

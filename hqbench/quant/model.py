@@ -78,6 +78,7 @@ class QuantizedModel(nn.Module):
         self.rounded_weights: dict[str, torch.Tensor] = {}
         self._float_weights: dict[str, tuple] = {}
         self._weight_scales: dict[str, torch.Tensor] = {}
+        self._bias_integers: dict[str, torch.Tensor] = {}  # int32 biases (as float64) in quant mode
         self.widened_channels: dict[str, list[int]] = {}  # weight scales widened to fit the int32 bias
         self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
 
@@ -136,9 +137,11 @@ class QuantizedModel(nn.Module):
                     rounded = self.rounded_weights.get(name)
                     module.weight.copy_(quantize_weight(weight, scale, bits) if rounded is None else rounded.to(weight))
                     if bias is not None:
-                        # int32 bias at scale s_in * s_w, as the integer kernel adds it.
-                        s_acc = s_in * scale.reshape(-1)
-                        module.bias.copy_(torch.round(bias / s_acc) * s_acc)
+                        # int32 bias at scale s_in * s_w (float32, as ONNX holds it), as the integer
+                        # kernel adds it. In float64: integers up to 2^29 times a float32 scale are exact.
+                        s_acc = (s_in * scale.reshape(-1)).double()
+                        self._bias_integers[name] = torch.round(bias.double() / s_acc)
+                        module.bias.copy_(self._bias_integers[name] * s_acc)
                 elif name in self._float_weights:
                     weight, bias = self._float_weights.pop(name)
                     module.weight.copy_(weight)
@@ -150,6 +153,11 @@ class QuantizedModel(nn.Module):
     def layer_weight_bits(self, name: str) -> int:
         """Weight bits of compute layer ``name`` (8 where ``keep_8bit`` keeps it)."""
         return self._layer_bits[name]
+
+    def bias_integers(self, name: str) -> torch.Tensor | None:
+        """The int32 bias (float64 tensor) of ``name`` at scale ``s_in * s_w``; None if it has no bias."""
+        self.weight_scale(name)  # raises the same error before quant mode
+        return self._bias_integers.get(name)
 
     def weight_scale(self, name: str) -> torch.Tensor:
         """The weight scale fake-quant uses for ``name`` (set on entering quant mode)."""

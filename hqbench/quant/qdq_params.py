@@ -57,7 +57,11 @@ def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
         s_in = qmodel.quantizer(qmodel.plan.compute_inputs[name]).scale.detach().cpu().float()
         b_held = _held(inits, f"{name}.bias", name)
         s_acc = (s_in * s_w).expand(b_held.shape).contiguous()
-        b_int = _integers(b_held, s_acc, -(2**31), 2**31 - 1, name, f"{name}.bias")
+        # Integers above 2^24 are not float32-exact, so they come from the model, not from b_held.
+        b_int = qmodel.bias_integers(name)
+        if not torch.equal((b_int * s_acc.double()).float(), b_held) or b_int.abs().max() > 2**31 - 1:
+            raise RuntimeError(f"layer {name!r}: {name}.bias in the graph is not the model's int32 bias times "
+                               "s_in * s_w; the model's fake-quant values and the exporter's scale disagree")
     axis = 0 if s_w.numel() > 1 else None
     nodes = [_dq_node(f"{name}.weight", w_int, s_w, torch.int8, axis)]
     encodings["weights"][f"{name}.weight"] = _param_encoding(name, s_w, -qmax, qmax, bits, "int8", axis)

@@ -12,6 +12,7 @@ from torch import nn
 from hqbench.quant import prepare, quantize
 from hqbench.quant.fake import QUANT, ActQuantizer
 from hqbench.quant.calibrators import create_calibrator
+from hqbench.quant.weights import weight_scale
 from hqbench.quant.grid import QuantGrid, fake_quantize, fake_quantize_op, fake_quantize_weight, weight_qparams
 
 from .conftest import make_dataset
@@ -221,6 +222,27 @@ def test_all_zero_weight_channel_with_a_large_bias_is_widened_exactly(tmp_path):
     with torch.no_grad():
         fake = qmodel(calib[1])
     assert (out - fake).abs().max() <= qmodel.quantizer("1").scale * 1.001
+
+
+def test_bias_integers_beyond_float32_precision_export_exactly(tmp_path):
+    """Between 2^24 and 2^29 a float32 bias cannot be read back as its integer; the export takes the model's."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.ReLU()).eval()
+    calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
+    qmodel = quantize(net, calib, method="B")
+    s_in = qmodel.quantizer(qmodel.plan.compute_inputs["0"]).scale
+    qmodel.set_mode("float")
+    with torch.no_grad():  # biases of 2^24..2^28 accumulator units, with fractional parts
+        units = torch.tensor([2**24 + 0.3, 2**25 + 0.7, 3e7 + 0.45, 2**27 + 0.55, 2**28 + 0.2, 12345.6])
+        conv = qmodel.model[0]
+        conv.bias.copy_(units * s_in * weight_scale(conv.weight).reshape(-1))
+    qmodel.set_mode(QUANT)
+    b_int = qmodel.bias_integers("0")
+    assert b_int.abs().max() > 2**24 and not qmodel.widened_channels
+    info = qmodel.export_onnx(tmp_path / "net.onnx", calib[0][:2])
+    from onnx import load, numpy_helper
+    inits = {i.name: numpy_helper.to_array(i) for i in load(info["onnx"]).graph.initializer}
+    assert torch.equal(torch.from_numpy(inits["0.bias_quantized"]).double(), b_int)
 
 
 def test_tiny_nonzero_weight_channel_with_a_large_bias_exports_and_runs_as_integers(tmp_path):
