@@ -25,7 +25,7 @@ def main() -> None:
     rows = [row for path in args.results for row in read_results(path)]
     print(markdown_table(rows), "\n")
     print(notes_line(rows), "\n")
-    print("Paired tests (McNemar exact on the same images):\n")
+    print("Paired tests on the same images (exact McNemar for Top-1, paired bootstrap for mAP):\n")
     print(pairwise_markdown(rows))
     commands = sorted({r.extra.get("command", "") for r in rows} - {""})
     print("\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```")

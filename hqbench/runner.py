@@ -30,7 +30,6 @@ from .quant.model import check_keep_8bit, check_weight_rounding
 from .quant.weights import check_weight_range
 from .reporting import ResultRow, append_row, find_row
 from .reporting.results import FLOAT_BITS
-from .reporting.stats import encode_outcomes
 from .paths import cache_dir, repo_root
 from .peers import PeerUnsupported, check_installed, peer_entry
 
@@ -326,8 +325,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
     if reused:  # calib_seconds is then only the range choice (and any weight fitting)
         extra["calibration"] = "statistics shared with an earlier cell of this run (same method and draw)"
-    if hasattr(task, "outcomes"):
-        extra["outcomes"] = encode_outcomes(task.outcomes(len(dm.eval_files)).cpu().numpy())
+    if hasattr(task, "paired_evidence"):  # per-image outcomes or bootstrap replicates, for paired tests
+        extra.update(task.paired_evidence(len(dm.eval_files)))
     eval_seconds = total - calib
     extra["images_per_s"] = round(len(dm.eval_files) / eval_seconds, 2) if eval_seconds > 0 else None
     return ResultRow(**base, value=100.0 * float(metrics[f"test/{task.METRIC}"]), calib_seconds=round(calib, 2),

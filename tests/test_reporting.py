@@ -248,7 +248,7 @@ def test_files_written_before_bit_widths_render_as_before(tmp_path, rows):
     back = read_results(old)
     assert markdown_table(back) == markdown_table(rows)
     assert "| vgg16 | top1 | 71.59 | 70.10 | 69.91 | **71.33** | 71.02 |" in markdown_table(back)
-    assert "significance unknown (no per-image outcomes)" in notes_line(back)
+    assert "significance unknown (no per-image evidence)" in notes_line(back)
 
 
 def test_print_tables_emits_no_ansi_off_terminal(rows, no_colour_env):

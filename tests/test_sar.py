@@ -17,6 +17,7 @@ from torchvision.ops import box_convert
 from hqbench.cli import main
 from hqbench.data.sar import PAD_VALUE, SARShipDataModule, write_yolo_dataset
 from hqbench.tasks.detection import DetectionTask, head_scope, nms
+from hqbench.reporting import pairwise_table, read_results
 
 # Synthetic images: (file, size, COCO boxes xywh), deliberately not square.
 SYNTHETIC = {
@@ -211,6 +212,13 @@ def test_trained_detector_finds_ships_in_fp32_and_int8(sar_root, tmp_path):
                  "method=fp32,pytorch,D", f"out={out}"]) == 0
     rows = {r["method"]: r for r in json.loads(out.read_text())}
     assert rows["fp32"]["value"] > 70 and rows["D"]["value"] > 60 and rows["pytorch"]["act_range"] == "0..127"
+    # mAP50 recomputed from each image's matches is the row's torchmetrics value, and the rows'
+    # replicates on shared resamples give a paired bootstrap test between methods.
+    for r in rows.values():
+        assert r["bootstrap"]["observed"] == pytest.approx(r["value"], abs=1e-4) and r["bootstrap"]["n"] == 16
+    pairs = pairwise_table(read_results(out))
+    assert [(p["a"], p["b"], p["test"], p["n"]) for p in pairs] == [("pytorch", "D", "paired bootstrap", 16)]
+    assert 0 < pairs[0]["p"] <= 1
 
 
 # ------------------------------------------------------------------ every annotation entry is checked on load

@@ -70,7 +70,7 @@ def test_significant_winner_is_marked_alone_with_intervals():
     assert cells[3].startswith("**82.00** [")
     lo, hi = (float(v) for v in cells[3].split("[")[1].rstrip(" |").rstrip("]").split(","))
     assert 79.0 < lo < 82.0 < hi < 85.0
-    assert "McNemar exact, p<0.05" in notes_line(rows) and "bootstrap interval" in notes_line(rows)
+    assert "McNemar exact for Top-1" in notes_line(rows) and "bootstrap interval" in notes_line(rows)
 
 
 def test_close_cells_are_tied_not_best():
@@ -92,8 +92,8 @@ def test_rows_without_outcomes_keep_the_old_mark_and_say_so():
     assert _md_line(md, "mnv2") == "| mnv2 | top1 | 78.00 | **78.50** |"
     assert "**84.00** [" in _md_line(md, "vgg")
     notes = notes_line(rows)
-    assert "McNemar exact" in notes and "lines without per-image outcomes: best marked, significance unknown" in notes
-    assert "significance unknown (no per-image outcomes)" in notes_line(rows[:2])
+    assert "McNemar exact" in notes and "lines without per-image evidence: best marked, significance unknown" in notes
+    assert "significance unknown (no per-image evidence)" in notes_line(rows[:2])
 
 
 def test_draws_show_mean_and_std_and_test_on_the_lowest_shared_seed():
@@ -155,9 +155,9 @@ def test_pairwise_table_lists_every_quantised_pair():
     assert pairs[1]["p"] < 1e-10 and pairs[1]["n"] == N and pairs[1]["seed"] == 0
     assert pairs[3]["p"] is None and pairs[3]["diff"] == pytest.approx(-1.0)
     md = pairwise_markdown(rows).splitlines()
-    assert md[0].startswith("| Model | Metric | A | B | A − B | McNemar p |")
-    assert md[2] == "| mnv2 | top1 | Moving MinMax | MinMax | -0.20 | 0.5 | 1000 |"
-    assert md[-1] == "| old | top1 | Moving MinMax | Activation Redistribution | -1.00 | — | — |"
+    assert md[0].startswith("| Model | Metric | A | B | A − B | paired p | test |")
+    assert md[2] == "| mnv2 | top1 | Moving MinMax | MinMax | -0.20 | 0.5 | McNemar | 1000 |"
+    assert md[-1] == "| old | top1 | Moving MinMax | Activation Redistribution | -1.00 | — | — | — |"
 
 
 def test_intervals_fit_120_columns_and_compact_drops_them():

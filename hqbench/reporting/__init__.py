@@ -18,7 +18,9 @@ from hqbench.reporting.stats import (
     draw_summary,
     encode_outcomes,
     mcnemar_exact,
-    paired_bootstrap_pvalue,
+    Replicates,
+    paired_pvalue,
+    paired_replicates_pvalue,
     rank_cells,
 )
 from hqbench.reporting.tables import (
@@ -48,7 +50,9 @@ __all__ = [
     "markdown_table",
     "mcnemar_exact",
     "notes_line",
-    "paired_bootstrap_pvalue",
+    "Replicates",
+    "paired_pvalue",
+    "paired_replicates_pvalue",
     "pairwise_markdown",
     "pairwise_table",
     "paper_table",

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hqbench.methods import column_order, is_peer
-from hqbench.reporting.stats import bootstrap_ci, decode_outcomes, draw_summary, mcnemar_exact, rank_cells
+from hqbench.reporting.stats import (Replicates, bootstrap_ci, decode_outcomes, draw_summary, pairing_key,
+                                     paired_pvalue, rank_cells)
 
 if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
@@ -203,12 +204,33 @@ def outcomes_of(row: ResultRow) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _seeds_with_outcomes(draws: list[ResultRow]) -> set[int]:
-    return {d.seed for d in draws if outcomes_of(d)}
+@lru_cache(maxsize=4096)
+def _decode_replicates(observed: float, n: int, seed: int, values: str) -> Replicates:
+    return Replicates.decode({"observed": observed, "n": n, "seed": seed, "values": values})
 
 
-def _vector(draws: list[ResultRow], seed: int) -> np.ndarray:
-    return decode_outcomes(outcomes_of(next(d for d in draws if d.seed == seed)))
+def evidence_of(row: ResultRow) -> np.ndarray | Replicates | None:
+    """What paired tests and intervals use: per-image outcomes (Top-1) or bootstrap replicates
+    (mAP, see :mod:`hqbench.reporting.average_precision`); None for rows written without either."""
+    enc = outcomes_of(row)
+    if enc:
+        return decode_outcomes(enc)
+    reps = row.extra.get("bootstrap")
+    if isinstance(reps, dict):
+        return _decode_replicates(reps.get("observed"), reps.get("n"), reps.get("seed"), reps.get("values"))
+    return None
+
+
+def has_evidence(row: ResultRow) -> bool:
+    return bool(outcomes_of(row)) or isinstance(row.extra.get("bootstrap"), dict)
+
+
+def _seeds_with_evidence(draws: list[ResultRow]) -> set[int]:
+    return {d.seed for d in draws if has_evidence(d)}
+
+
+def _evidence(draws: list[ResultRow], seed: int) -> np.ndarray | Replicates:
+    return evidence_of(next(d for d in draws if d.seed == seed))
 
 
 def _mean(draws: list[ResultRow]) -> float:
@@ -218,17 +240,18 @@ def _mean(draws: list[ResultRow]) -> float:
 def _winners(line: Line) -> tuple[dict[str, str], str]:
     """Marks for the quantised cells and how they were decided: "tested", "untested" or "single".
 
-    Tested when every competing cell has outcomes for a seed they all share (the lowest such
-    seed is used): the best is marked alone only if McNemar separates it from every other cell,
+    Tested when every competing cell has evidence (outcomes or replicates) for a seed they all
+    share (the lowest such seed is used): the best is marked alone only if the paired test
+    (McNemar, or the paired bootstrap for mAP) separates it from every other cell,
     otherwise the cells tied with it are marked ``"tie"``. Untested lines mark the maximum.
     """
     values = {m: _mean(ds) for m, ds in line.cells.items() if m != FP32}
     values = {m: v for m, v in values.items() if not math.isnan(v)}
     if len(values) < 2:
         return {m: "best" for m in values}, "single"
-    common = set.intersection(*(_seeds_with_outcomes(line.cells[m]) for m in values))
-    vectors = {m: _vector(line.cells[m], min(common)) for m in values} if common else {}
-    if not vectors or len({v.size for v in vectors.values()}) != 1:
+    common = set.intersection(*(_seeds_with_evidence(line.cells[m]) for m in values))
+    vectors = {m: _evidence(line.cells[m], min(common)) for m in values} if common else {}
+    if not vectors or len({pairing_key(v) for v in vectors.values()}) != 1:
         top = max(values.values())
         return {m: "best" for m, v in values.items() if v == top}, "untested"
     rank = rank_cells({m: vectors[m] for m in column_order(values)}, ALPHA, scores=values)
@@ -248,29 +271,34 @@ def line_cells(line: Line, intervals: bool = True) -> tuple[dict[str, Cell], str
     cells = {}
     for m, draws in line.cells.items():
         mean, std = draw_summary([d.value for d in draws])
-        enc = outcomes_of(draws[0]) if len(draws) == 1 else None
-        ci = _ci(enc) if intervals and enc else None
+        ci = None
+        if intervals and len(draws) == 1:
+            enc = outcomes_of(draws[0])
+            ci = _ci(enc) if enc else (evidence_of(draws[0]).ci() if has_evidence(draws[0]) else None)
         cells[m] = Cell(mean, std, len(draws), ci, marks.get(m, ""))
     return cells, how
 
 
 def _pair(line: Line, a: str, b: str) -> dict[str, Any]:
     va, vb = _mean(line.cells[a]), _mean(line.cells[b])
-    seeds = _seeds_with_outcomes(line.cells[a]) & _seeds_with_outcomes(line.cells[b])
-    p = n = seed = None
+    seeds = _seeds_with_evidence(line.cells[a]) & _seeds_with_evidence(line.cells[b])
+    p = n = seed = test = None
     if seeds:
-        xa, xb = _vector(line.cells[a], min(seeds)), _vector(line.cells[b], min(seeds))
-        if xa.size == xb.size:
-            p, n, seed = mcnemar_exact(xa, xb), int(xa.size), min(seeds)
+        xa, xb = _evidence(line.cells[a], min(seeds)), _evidence(line.cells[b], min(seeds))
+        if pairing_key(xa) == pairing_key(xb):
+            p, seed = paired_pvalue(xa, xb), min(seeds)
+            n = xa.n if isinstance(xa, Replicates) else int(xa.size)
+            test = "paired bootstrap" if isinstance(xa, Replicates) else "McNemar"
     return {"line": line.label, "metric": line.metric, "a": a, "b": b, "a_value": va, "b_value": vb,
-            "diff": va - vb, "p": p, "n": n, "seed": seed}
+            "diff": va - vb, "p": p, "n": n, "seed": seed, "test": test}
 
 
 def pvalue_pairs(line: Line) -> list[dict[str, Any]]:
-    """Every pair of quantised methods of a line: values, difference and exact McNemar p.
+    """Every pair of quantised methods of a line: values, difference and paired p-value.
 
-    The p-value uses the lowest seed both cells have outcomes for; ``p``, ``n`` and ``seed``
-    are None when there is no such draw or the draws cover different numbers of images.
+    ``test`` names it: exact McNemar on Top-1 outcomes, the paired bootstrap on mAP replicates.
+    The p-value uses the lowest seed both cells have evidence for; ``p``, ``n``, ``seed`` and
+    ``test`` are None when there is no such draw or the draws are not on the same images.
     """
     methods = [m for m in column_order(line.cells) if m != FP32]
     return [_pair(line, a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]

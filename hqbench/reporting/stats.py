@@ -5,7 +5,9 @@ says little. These helpers answer the two questions a results table must: how wi
 sampling interval over the evaluation images, and is one method's lead over another larger than
 chance on *the same* images (paired tests, which are far more sensitive than comparing
 intervals). Per-image outcomes travel inside result rows as compact strings
-(:func:`encode_outcomes`), so tables can be recomputed from a results file alone.
+(:func:`encode_outcomes`), so tables can be recomputed from a results file alone. Metrics that do
+not split per image (mAP) travel as :class:`Replicates` on shared bootstrap resamples instead, and
+:func:`paired_pvalue` picks the test that fits the evidence.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -131,36 +134,80 @@ def mcnemar_exact(a_correct: Any, b_correct: Any) -> float:
     return min(1.0, float(stats.binomtest(n_ab, n_ab + n_ba, 0.5).pvalue))
 
 
-def _take(items: Any, idx: np.ndarray) -> Any:
-    return items[idx] if isinstance(items, np.ndarray) else [items[i] for i in idx]
+@dataclass(frozen=True)
+class Replicates:
+    """A metric on the full image set and on bootstrap resamples of it, in percent (e.g. mAP50).
+
+    Rows of the same images store replicates over the same resamples (fixed by ``n`` and
+    ``seed``, see :func:`hqbench.reporting.average_precision.resample_weights`), which makes
+    their differences a paired bootstrap.
+    """
+
+    observed: float
+    values: np.ndarray
+    n: int
+    seed: int
+
+    def ci(self, confidence: float = 0.95) -> tuple[float, float]:
+        """Percentile interval of the replicates."""
+        lo, hi = np.percentile(self.values, [50 * (1 - confidence), 50 * (1 + confidence)])
+        return float(lo), float(hi)
+
+    def encode(self) -> dict[str, Any]:
+        """A JSON-ready dict for a result row (values as base64 float32)."""
+        payload = base64.b64encode(np.asarray(self.values, "<f4").tobytes()).decode("ascii")
+        return {"observed": round(float(self.observed), 6), "n": self.n, "seed": self.seed, "values": payload}
+
+    @classmethod
+    def decode(cls, d: Any) -> Replicates:
+        """Inverse of :meth:`encode`; a one-line ValueError on anything else."""
+        try:
+            values = np.frombuffer(base64.b64decode(d["values"], validate=True), "<f4").astype(np.float64)
+            return cls(float(d["observed"]), values, int(d["n"]), int(d["seed"]))
+        except (KeyError, TypeError, ValueError, binascii.Error):
+            raise ValueError(f"malformed bootstrap replicates {_preview(d)}: expected "
+                             "{'observed', 'n', 'seed', 'values' (base64 float32)}") from None
 
 
-def paired_bootstrap_pvalue(
-    metric_fn: Callable[[Any], float], a_items: Any, b_items: Any, n_resamples: int = 2000, seed: int = 0
-) -> float:
-    """Two-sided paired bootstrap p-value for metrics that do not split per image (e.g. mAP).
+def paired_replicates_pvalue(a: Replicates, b: Replicates) -> float:
+    """Two-sided paired bootstrap p-value of ``a.observed - b.observed`` from replicates on shared resamples.
 
-    ``a_items[i]`` and ``b_items[i]`` are the two methods' outputs for image ``i`` (numpy arrays
-    are indexed directly, anything else item by item); ``metric_fn`` maps a list of items to a
-    number; it is called ``2 * n_resamples + 2`` times, so keep it cheap. Images are resampled
-    jointly for both methods, and the bootstrap distribution of the difference, centred on the
-    observed difference, stands in for the null:
-    ``p = (1 + #{|d* - d| >= |d|}) / (1 + n_resamples)`` (Efron & Tibshirani, ch. 16).
+    The bootstrap distribution of the difference, centred on the observed one, stands in for the
+    null: ``p = (1 + #{|d* - d| >= |d|}) / (1 + B)`` (Efron & Tibshirani, ch. 16).
 
     Raises:
-        ValueError: If the two item lists differ in length or are empty.
+        ValueError: If the two were not drawn on the same resamples (n, seed or count differ).
     """
-    n = len(a_items)
-    if n != len(b_items) or n == 0:
-        raise ValueError(f"paired items must be non-empty and equally long, got {n} and {len(b_items)}")
-    observed = float(metric_fn(a_items)) - float(metric_fn(b_items))
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_resamples)
-    for k in range(n_resamples):
-        idx = rng.integers(0, n, size=n)
-        diffs[k] = float(metric_fn(_take(a_items, idx))) - float(metric_fn(_take(b_items, idx)))
-    extreme = np.count_nonzero(np.abs(diffs - observed) >= abs(observed) - 1e-12)
-    return float((1 + extreme) / (1 + n_resamples))
+    if (a.n, a.seed, a.values.size) != (b.n, b.seed, b.values.size):
+        raise ValueError(f"replicates are not paired: {a.values.size} resamples of {a.n} images (seed {a.seed}) "
+                         f"vs {b.values.size} of {b.n} (seed {b.seed})")
+    observed = a.observed - b.observed
+    diffs = a.values - b.values
+    extreme = np.count_nonzero(np.abs(diffs - observed) >= abs(observed) - 1e-9)
+    return float((1 + extreme) / (1 + diffs.size))
+
+
+def pairing_key(evidence: Any) -> tuple:
+    """Two pieces of evidence can be tested against each other exactly when their keys are equal."""
+    if isinstance(evidence, Replicates):
+        return ("replicates", evidence.n, evidence.seed, evidence.values.size)
+    return ("outcomes", _as_bool(evidence).size)
+
+
+def paired_pvalue(a: Any, b: Any) -> float:
+    """The paired test of two methods on the same images: exact McNemar on per-image outcomes,
+    the paired bootstrap on :class:`Replicates` (metrics such as mAP that do not split per image)."""
+    if isinstance(a, Replicates) and isinstance(b, Replicates):
+        return paired_replicates_pvalue(a, b)
+    return mcnemar_exact(a, b)
+
+
+def evidence_value(evidence: Any) -> float:
+    """The metric the evidence gives on the full image set, in percent."""
+    if isinstance(evidence, Replicates):
+        return evidence.observed
+    arr = _as_bool(evidence)
+    return 100.0 * float(arr.mean()) if arr.size else float("nan")
 
 
 def rank_cells(
@@ -169,15 +216,15 @@ def rank_cells(
     """Rank the quantised cells of one table line and test the leader against the others.
 
     Args:
-        cells: Method -> per-image outcomes, all on the same images. On equal accuracy the
-            method listed first wins, so pass them in column order.
-        alpha: Significance level of the exact McNemar tests.
+        cells: Method -> per-image outcomes, or :class:`Replicates`, all on the same images. On
+            equal accuracy the method listed first wins, so pass them in column order.
+        alpha: Significance level of the paired tests (:func:`paired_pvalue`).
         scores: Optional method -> value to rank by instead of the outcomes' accuracy, e.g.
             the mean over several calibration draws when ``cells`` holds one draw each.
 
     Returns:
         ``best`` (highest accuracy), ``runner_up`` (second, or None with one cell),
-        ``accuracy`` (method -> %), ``pvalues`` (method -> McNemar p against ``best``, best
+        ``accuracy`` (method -> %), ``pvalues`` (method -> paired p against ``best``, best
         excluded), ``significant`` (best beats the runner-up, p < alpha), ``tied`` (best first,
         then every method not significantly different from it, by accuracy) and ``alpha``.
         ``tied == [best]`` means the best beats *every* other cell; this can be False even when
@@ -189,16 +236,17 @@ def rank_cells(
     """
     if not cells:
         raise ValueError("rank_cells: no cells to rank")
-    arrays = {m: _as_bool(v, m) for m, v in cells.items()}
+    arrays = {m: v if isinstance(v, Replicates) else _as_bool(v, m) for m, v in cells.items()}
     first = next(iter(arrays))
     for m, v in arrays.items():
-        if v.size != arrays[first].size:
-            raise ValueError(f"rank_cells: {m!r} has {v.size} outcomes but {first!r} has {arrays[first].size}")
-    accuracy = {m: 100.0 * float(v.mean()) if v.size else float("nan") for m, v in arrays.items()}
+        if pairing_key(v) != pairing_key(arrays[first]):
+            raise ValueError(f"rank_cells: {m!r} is not paired with {first!r}: "
+                             f"{pairing_key(v)} vs {pairing_key(arrays[first])}")
+    accuracy = {m: evidence_value(v) for m, v in arrays.items()}
     rank_by = accuracy if scores is None else {m: float(scores[m]) for m in arrays}
     order = sorted(arrays, key=lambda m: -rank_by[m])  # stable: column order breaks ties
     best = order[0]
-    pvalues = {m: mcnemar_exact(arrays[best], arrays[m]) for m in order[1:]}
+    pvalues = {m: paired_pvalue(arrays[best], arrays[m]) for m in order[1:]}
     runner_up = order[1] if len(order) > 1 else None
     return {
         "best": best,

@@ -3,7 +3,8 @@
 One line per setting (model, bit widths, run options, engine; see :mod:`hqbench.reporting.lines`),
 one column per method in the registry's column order, values in percent with two decimals. With
 per-image outcomes a cell also shows its 95 % bootstrap interval, and the best cell is marked only
-when it beats the others on the same images (exact McNemar, p < 0.05); cells it does not beat
+when it beats the others on the same images (exact McNemar for Top-1, paired bootstrap for mAP,
+p < 0.05); cells it does not beat
 are marked ``~``. Without outcomes the maximum is marked and the notes say significance is unknown.
 Marks are characters, not only colour (``*``/``~`` in rich, ``**bold**``/``~`` in Markdown).
 """
@@ -27,7 +28,7 @@ from hqbench.reporting.lines import (
     line_cells,
     methods_of,
     options_legend,
-    outcomes_of,
+    has_evidence,
     pvalue_pairs,
 )
 
@@ -44,10 +45,11 @@ _MISSING = "—"
 _UNBOUNDED = 10_000
 _SUFFIX = {"best": "*", "tie": "~", "": ""}
 _SIGNIFICANT = (
-    "best marked only when significant (McNemar exact, p<0.05); ~ = not significantly different from the best"
+    "best marked only when significant (paired: McNemar exact for Top-1, bootstrap for mAP; p<0.05); "
+    "~ = not significantly different from the best"
 )
-_UNTESTED = "best INT8 per row marked, significance unknown (no per-image outcomes)"
-_UNTESTED_SOME = "lines without per-image outcomes: best marked, significance unknown"
+_UNTESTED = "best INT8 per row marked, significance unknown (no per-image evidence)"
+_UNTESTED_SOME = "lines without per-image evidence: best marked, significance unknown"
 
 
 def _number(cell: Cell) -> str:
@@ -97,7 +99,7 @@ def paper_table(rows: Iterable[ResultRow], title: str | None = None, compact: bo
         for line, cells in grid
     ]
     headers = ["Model", "Metric", *(method_title(m) for m in methods)]
-    caption = "values in %; * best, ~ tied with the best" if _has_outcomes(rows) else "values in %; * best INT8 per row"
+    caption = "values in %; * best, ~ tied with the best" if _has_evidence(rows) else "values in %; * best INT8 per row"
     return _table(headers, body, n_text=2, keep_cells=True, title=title, caption=caption)
 
 
@@ -168,23 +170,24 @@ def markdown_table(rows: Iterable[ResultRow]) -> str:
 
 
 def pairwise_table(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
-    """For each line, every pair of quantised methods: values, ``diff`` (a - b) and McNemar ``p``.
+    """For each line, every pair of quantised methods: values, ``diff`` (a - b) and paired ``p``.
 
     Each dict has ``line``, ``metric``, ``a``, ``b``, ``a_value``, ``b_value``, ``diff``, ``p``,
-    ``n`` (images) and ``seed`` (the draw compared); the last three are None without outcomes.
+    ``n`` (images), ``seed`` (the draw compared) and ``test`` (McNemar or paired bootstrap); the
+    last four are None without evidence.
     """
     return [pair for line in build_lines(list(rows)) for pair in pvalue_pairs(line)]
 
 
 def pairwise_markdown(rows: Iterable[ResultRow]) -> str:
     """:func:`pairwise_table` as a Markdown table for docs/RESULTS.md (``—`` where untestable)."""
-    out = ["| Model | Metric | A | B | A − B | McNemar p | images |", "|---|---|---|---|---:|---:|---:|"]
+    out = ["| Model | Metric | A | B | A − B | paired p | test | images |", "|---|---|---|---|---:|---:|---|---:|"]
     for p in pairwise_table(rows):
         pv = _MISSING if p["p"] is None else f"{p['p']:.3g}"
         n = _MISSING if p["n"] is None else str(p["n"])
         out.append(
             f"| {_md_escape(p['line'])} | {_md_escape(p['metric'])} | {method_title(p['a'])} | "
-            f"{method_title(p['b'])} | {p['diff']:+.2f} | {pv} | {n} |"
+            f"{method_title(p['b'])} | {p['diff']:+.2f} | {pv} | {p['test'] or _MISSING} | {n} |"
         )
     return "\n".join(out)
 
@@ -193,8 +196,8 @@ def _distinct(values: Iterable[object]) -> str:
     return "/".join(dict.fromkeys(str(v) for v in values))
 
 
-def _has_outcomes(rows: Iterable[ResultRow]) -> bool:
-    return any(outcomes_of(r) for r in rows)
+def _has_evidence(rows: Iterable[ResultRow]) -> bool:
+    return any(has_evidence(r) for r in rows)
 
 
 def _marking(rows: Sequence[ResultRow]) -> list[str]:
@@ -220,7 +223,7 @@ def notes_line(rows: Iterable[ResultRow]) -> str:
     lines = build_lines(rows)
     quantised = [r for r in rows if r.method != FP32]
     parts = ["values in %", *_marking(rows)]
-    if _has_outcomes(rows):
+    if _has_evidence(rows):
         parts.append("[lo, hi] = 95 % bootstrap interval over images")
     draws = sorted({len(ds) for ln in lines for m, ds in ln.cells.items() if len(ds) > 1})
     if draws:

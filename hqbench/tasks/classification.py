@@ -11,6 +11,7 @@ from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from hqbench.models.card import ModelCard
+from hqbench.reporting.stats import encode_outcomes
 
 _OPTIMIZERS = ("sgd", "adamw")
 
@@ -108,6 +109,10 @@ class ClassificationTask(L.LightningModule):
         if world > 1 and values.numel() % world == 0:
             values = values.reshape(world, -1).T.reshape(-1)
         return values[:n_eval] if n_eval is not None else values
+
+    def paired_evidence(self, n_eval: int | None = None) -> dict:
+        """``{"outcomes": ...}`` for the result row: the encoded :meth:`outcomes` (McNemar tests)."""
+        return {"outcomes": encode_outcomes(self.outcomes(n_eval).cpu().numpy())}
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Logits for a batch of ``(images, labels)`` or of images alone."""

@@ -9,6 +9,10 @@ from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import batched_nms, box_convert
 
 from hqbench.models.card import ModelCard
+from hqbench.reporting.average_precision import ImageMatches, MatchSet, match_image
+from hqbench.reporting.stats import Replicates
+
+BOOTSTRAP_RESAMPLES = 1000  # mAP50 replicates stored per row (4 kB); the paired tests' resolution is 1/1001
 
 
 def nms(preds: torch.Tensor, conf_thres: float = 0.001, iou_thres: float = 0.6,
@@ -99,10 +103,12 @@ class DetectionTask(L.LightningModule):
         h = self.hparams
         return nms(self(images), h.conf_thres, h.iou_thres, h.max_det)
 
-    def _evaluate(self, batch, metric: MeanAveragePrecision) -> None:
+    def _evaluate(self, batch, metric: MeanAveragePrecision) -> tuple[list[dict], list[dict]]:
         images, targets = batch
         preds = self.predict_step(images, 0)
-        metric.update(preds, [{k: t[k] for k in ("boxes", "labels", "iscrowd") if k in t} for t in targets])
+        targets = [{k: t[k] for k in ("boxes", "labels", "iscrowd") if k in t} for t in targets]
+        metric.update(preds, targets)
+        return preds, targets
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
         # MeanAveragePrecision returns a dict with non-scalar entries; log only the two numbers.
@@ -114,8 +120,36 @@ class DetectionTask(L.LightningModule):
     def validation_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, self.val_map)
 
+    def on_test_epoch_start(self) -> None:
+        self._test_matches: list[ImageMatches] = []
+
     def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, self.test_map)
+        preds, targets = self._evaluate(batch, self.test_map)
+        # Each image's detections matched once, so mAP50 can be recomputed on resampled images.
+        for p, t in zip(preds, targets):
+            self._test_matches.append(match_image(
+                p["boxes"].cpu(), p["scores"].cpu(), p["labels"].cpu(), t["boxes"].cpu(), t["labels"].cpu(),
+                t["iscrowd"].cpu() if "iscrowd" in t else None))
+
+    def paired_evidence(self, n_eval: int | None = None, seed: int = 0) -> dict:
+        """``{"bootstrap": ...}`` for the result row: mAP50 (%) of the last test run and of
+        ``BOOTSTRAP_RESAMPLES`` resamples of its images, the same resamples for every model on
+        these images, so two rows give a paired bootstrap test (see
+        :mod:`hqbench.reporting.average_precision`).
+
+        Under DDP every rank's matches are gathered and interleaved back into evaluation order
+        (Lightning's sampler gives rank r images r, r+W, ...), and the sampler's padding dropped.
+        """
+        matches = self._test_matches
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world > 1 and torch.distributed.is_initialized():
+            shards: list = [None] * world
+            torch.distributed.all_gather_object(shards, matches)
+            matches = [m for group in zip(*shards) for m in group]
+        matches = matches[:n_eval] if n_eval is not None else matches
+        found = MatchSet(matches)
+        reps = Replicates(100 * found.map50(), 100 * found.bootstrap(BOOTSTRAP_RESAMPLES, seed), found.n, seed)
+        return {"bootstrap": reps.encode()}
 
     def on_validation_epoch_end(self) -> None:
         self._log_map(self.val_map, "val")
