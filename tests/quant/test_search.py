@@ -52,3 +52,20 @@ def test_expected_error_matches_empirical_error(p):
         s, z = range_to_qparams(torch.tensor(lo), torch.tensor(hi), grid)
         measured = ((fake_quantize(x, s, z, grid.qmin, grid.qmax) - x).abs() ** p).mean().item()
         assert predicted == pytest.approx(measured, rel=0.02)
+
+
+def test_the_error_exponent_is_an_option_of_d_and_a_larger_one_clips_less():
+    """``D:4`` minimises E|x - Q(x)|^4: rare large values weigh more, so the range keeps more of the tail."""
+    assert create_calibrator("D:4").p == 4.0 and create_calibrator("D").p == 2.0
+    torch.manual_seed(0)
+    # a detector's class logits: almost all background far below zero, a few objects above it
+    x = torch.cat([torch.randn(200_000) * 2 - 10, torch.rand(300) * 6 - 1])
+    grid = QuantGrid(6, signed=True)
+    hi = {}
+    for method in ("D", "D:4"):
+        cal = create_calibrator(method)
+        for p in range(cal.num_passes):
+            cal.begin_pass(p)
+            cal.observe(x)
+        hi[method] = float(cal.compute_range(grid)[1])
+    assert hi["D:4"] > hi["D"], hi

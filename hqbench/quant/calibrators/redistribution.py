@@ -73,4 +73,4 @@ class ActivationRedistribution(RangeThenHistogram):
         best_lo, best_hi = search_range(self.histogram, edges, grid, self.steps, self.p)
         return torch.tensor(best_lo), torch.tensor(best_hi)
 
-register_calibrator("redistribution", ActivationRedistribution, title="Activation Redistribution", letter="D")
+register_calibrator("redistribution", ActivationRedistribution, title="Activation Redistribution", letter="D", option="p")
