@@ -4,8 +4,8 @@
 
 Calibrates ``--method`` on ``--calib`` seeded train/ images, evaluates the first ``--eval`` val/
 images with fake-quant (torch), the exported QDQ model (onnxruntime, int8 kernels) and the float
-model exported to ONNX (onnxruntime FP32), then times both onnxruntime sessions at ``--batch``
-back to back. Prints one JSON object; writes nothing unless ``--out`` is given.
+model exported to ONNX (onnxruntime FP32), then times both onnxruntime sessions back to back,
+alternating, at ``--batch`` and at batch 1 (latency). Prints one JSON object; writes nothing unless ``--out`` is given.
 """
 
 from __future__ import annotations
@@ -105,11 +105,13 @@ def main() -> None:
         fp32 = float_session(model, x[:2], Path(tmp), args.threads)
         ort_fp32 = run_session(fp32, x, args.batch)
         ops = fused_ops(engine.path, Path(tmp), args.threads)
-        timing = {"int8": [], "fp32": []}
-        bench = x[: args.batch]
+        timing = {"int8": [], "fp32": [], "int8_batch1": [], "fp32_batch1": []}
+        bench, single = x[: args.batch], x[:1]
         for _ in range(args.rounds):
             timing["int8"].append(images_per_second(engine.session, bench, args.repeats))
             timing["fp32"].append(images_per_second(fp32, bench, args.repeats))
+            timing["int8_batch1"].append(images_per_second(engine.session, single, args.repeats * args.batch))
+            timing["fp32_batch1"].append(images_per_second(fp32, single, args.repeats * args.batch))
         engine.close()
     scale = output_scale(qmodel)
     lsb = (ort_int8 - fake).abs() / scale
@@ -130,6 +132,7 @@ def main() -> None:
         "throughput_batch": args.batch,
         "images_per_s": {k: [round(v, 1) for v in vs] for k, vs in timing.items()},
         "int8_speedup": round(max(timing["int8"]) / max(timing["fp32"]), 2),
+        "int8_speedup_batch1": round(max(timing["int8_batch1"]) / max(timing["fp32_batch1"]), 2),
         "threads": args.threads, "torch_threads": torch.get_num_threads(),
     }
     text = json.dumps(result, indent=1)
