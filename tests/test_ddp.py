@@ -315,12 +315,13 @@ def test_lightning_ddp_spawn_equals_one_process(tmp_path):
 
 
 def _cli(tmp: Path, *extra: str) -> dict[str, float]:
-    """``hqbench test`` on 64 embedded Fashion-MNIST images, 4 calibration batches of 8; Top-1 per method."""
+    """``hqbench test`` on 63 embedded Fashion-MNIST images (odd: the sampler repeats one on rank 1),
+    4 calibration batches of 8; Top-1 per method."""
     tmp.mkdir(parents=True)
     env = {**os.environ, "HQBENCH_CACHE": str(tmp.parent / "cache")}
     env.pop("HQBENCH_DATA", None)
     cmd = [sys.executable, "-m", "hqbench", "test", "model=mobilenet_v2_fmnist", "data=fashion_mnist", "method=fp32,B",
-           "data.eval_limit=64", "data.calib_size=32", "data.batch_size=8", "trainer.accelerator=cpu",
+           "data.eval_limit=63", "data.calib_size=32", "data.batch_size=8", "trainer.accelerator=cpu",
            f"out={tmp / 'r.json'}", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -342,3 +343,26 @@ def test_cli_ddp_top1_equals_one_process(tmp_path):
     one = _cli(tmp_path / "one", "trainer.devices=1")
     two = _cli(tmp_path / "two", "trainer.strategy=ddp", "trainer.devices=2")
     assert one == two and set(one) == {"fp32", "B"}, (one, two)
+
+
+@pytest.mark.slow
+def test_cli_ddp_detection_rows_equal_one_process(tmp_path):
+    """`hqbench test task=detection` under ddp with 2 processes: the same mAP50 and the same bootstrap
+    replicates as one process, so each rank's image matches were gathered back in evaluation order."""
+    def rows(tmp: Path, *extra: str) -> dict:
+        tmp.mkdir(parents=True)
+        env = {**os.environ, "HQBENCH_CACHE": str(tmp_path / "cache")}
+        env.pop("HQBENCH_DATA", None)
+        cmd = [sys.executable, "-m", "hqbench", "test", "task=detection", "model=yolov3_tiny_synth",
+               "data=synthetic_sar", "data.num_train=4", "data.num_test=9", "data.calib_size=4", "data.batch_size=2",
+               "method=fp32", "trainer.accelerator=cpu", f"out={tmp / 'r.json'}", *extra]
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=tmp)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        from hqbench.reporting import read_results
+
+        return {r.method: (round(r.value, 4), r.extra["bootstrap"]) for r in read_results(tmp / "r.json")}
+
+    one = rows(tmp_path / "one", "trainer.devices=1")
+    two = rows(tmp_path / "two", "trainer.strategy=ddp", "trainer.devices=2")
+    assert one["fp32"][0] > 20 and one["fp32"][1]["n"] == 9  # 9 scenes: rank 1 gets a padded share
+    assert one == two

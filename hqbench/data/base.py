@@ -86,3 +86,41 @@ class BenchmarkDataModule(L.LightningDataModule):
     def calibration_dataloader(self) -> DataLoader:
         """Calibration batches, unshuffled, in ``calibration_files`` order."""
         return self._loader(self._calib_samples())
+
+
+class EvaluationShare:
+    """Under DDP: which of this rank's evaluation samples are real, and how to put results back in order.
+
+    Lightning's ``DistributedSampler`` gives rank ``r`` of ``W`` the samples at positions
+    ``r, r+W, ...`` of ``range(n)`` followed by repeats of the first samples, so every rank gets
+    as many (synced metrics with per-sample list states, e.g. torchmetrics' mAP, need equal
+    counts). A repeated sample would count twice in every metric: tasks mask it out with
+    :meth:`padding` and keep the rest, which is exactly positions ``r, r+W, ... < n``;
+    :func:`evaluation_order` interleaves the ranks' results back.
+    """
+
+    def __init__(self) -> None:
+        self.seen = 0
+
+    def reset(self) -> None:
+        self.seen = 0
+
+    def padding(self, trainer, count: int) -> torch.Tensor:
+        """Bool mask over the next ``count`` samples of this rank: True where the sampler repeated one."""
+        world = trainer.world_size if trainer is not None else 1
+        positions = torch.arange(self.seen, self.seen + count)
+        self.seen += count
+        if world == 1:
+            return torch.zeros(count, dtype=torch.bool)
+        loader = trainer.test_dataloaders if trainer.testing else trainer.val_dataloaders
+        n = len(loader.dataset)
+        return trainer.global_rank + world * positions >= n
+
+
+def evaluation_order(shards: Sequence[Sequence[Any]]) -> list[Any]:
+    """Per-sample results of every rank, without padding (rank ``r`` has positions ``r, r+W, ...``), in order."""
+    world = len(shards)
+    ordered: list[Any] = [None] * sum(len(s) for s in shards)
+    for rank, shard in enumerate(shards):
+        ordered[rank::world] = list(shard)
+    return ordered

@@ -10,6 +10,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from hqbench.data.base import EvaluationShare, evaluation_order
 from hqbench.models.card import ModelCard
 from hqbench.reporting.stats import encode_outcomes
 
@@ -68,6 +69,7 @@ class ClassificationTask(L.LightningModule):
         self.test_metrics = metrics.clone(prefix="test/")
         # Per-image Top-1 outcomes in evaluation order, for paired tests between methods (McNemar).
         self.test_outcomes = CatMetric()
+        self._share = EvaluationShare()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes)``."""
@@ -90,25 +92,34 @@ class ClassificationTask(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.test_outcomes.reset()
+        self._share.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.test_metrics.update(logits, labels)
+        real = ~self._share.padding(self._trainer, len(labels)).to(labels.device)  # DDP's repeated samples out
+        self.test_metrics.update(logits[real], labels[real])
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
-        self.test_outcomes.update((logits.argmax(1) == labels).float())
+        self.test_outcomes.update((logits[real].argmax(1) == labels[real]).float())
 
     def outcomes(self, n_eval: int | None = None) -> torch.Tensor:
         """Top-1 correct (bool) per test image of the last test run, in evaluation order.
 
-        Under DDP, Lightning's sampler gives rank r images r, r+W, ... (padded to equal shares) and
-        the synced list is rank 0's then rank 1's: interleave back, and drop the padding.
+        Under DDP rank r evaluated images r, r+W, ... (its sampler's repeats masked out, see
+        :class:`~hqbench.data.base.EvaluationShare`), and the synced list is rank 0's, then
+        rank 1's: put back in order.
+
+        Raises:
+            ValueError: if the run saw other than ``n_eval`` images.
         """
         values = self.test_outcomes.compute().bool().reshape(-1)
+        if n_eval is not None and values.numel() != n_eval:
+            raise ValueError(f"the test run evaluated {values.numel()} images, not {n_eval}")
         world = self.trainer.world_size if self._trainer is not None else 1
-        if world > 1 and values.numel() % world == 0:
-            values = values.reshape(world, -1).T.reshape(-1)
-        return values[:n_eval] if n_eval is not None else values
+        if world > 1:
+            shares = values.split([len(range(r, values.numel(), world)) for r in range(world)])
+            values = torch.stack(evaluation_order(shares))
+        return values
 
     def paired_evidence(self, n_eval: int | None = None) -> dict:
         """``{"outcomes": ...}`` for the result row: the encoded :meth:`outcomes` (McNemar tests)."""

@@ -8,11 +8,17 @@ from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import batched_nms, box_convert
 
+from hqbench.data.base import EvaluationShare, evaluation_order
 from hqbench.models.card import ModelCard
 from hqbench.reporting.average_precision import ImageMatches, MatchSet, match_image
 from hqbench.reporting.stats import Replicates
 
 BOOTSTRAP_RESAMPLES = 1000  # mAP50 replicates stored per row (4 kB); the paired tests' resolution is 1/1001
+
+
+def _empty_like(d: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same keys with no boxes: an image that adds nothing to mAP."""
+    return {k: v[:0] for k, v in d.items()}
 
 
 def nms(preds: torch.Tensor, conf_thres: float = 0.001, iou_thres: float = 0.6,
@@ -86,6 +92,7 @@ class DetectionTask(L.LightningModule):
         # One metric per stage so validation during fit never mixes into a test result.
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
+        self._share = EvaluationShare()
 
     @property
     def float_scopes(self) -> tuple[str, ...]:
@@ -103,12 +110,19 @@ class DetectionTask(L.LightningModule):
         h = self.hparams
         return nms(self(images), h.conf_thres, h.iou_thres, h.max_det)
 
-    def _evaluate(self, batch, metric: MeanAveragePrecision) -> tuple[list[dict], list[dict]]:
+    def _evaluate(self, batch, metric: MeanAveragePrecision, padding: torch.Tensor | None = None):
+        """NMS and the metric update; returns this batch's real (not DDP-repeated) predictions and targets."""
         images, targets = batch
         preds = self.predict_step(images, 0)
         targets = [{k: t[k] for k in ("boxes", "labels", "iscrowd") if k in t} for t in targets]
+        if padding is not None and padding.any():
+            # A repeated sample stays in the metric as an empty image (no boxes, no ships: no effect on
+            # mAP), because torchmetrics syncs its per-image lists only when every rank has as many.
+            preds = [_empty_like(p) if pad else p for p, pad in zip(preds, padding.tolist())]
+            targets = [_empty_like(t) if pad else t for t, pad in zip(targets, padding.tolist())]
         metric.update(preds, targets)
-        return preds, targets
+        keep = [i for i in range(len(preds)) if padding is None or not padding[i]]
+        return [preds[i] for i in keep], [targets[i] for i in keep]
 
     def _log_map(self, metric: MeanAveragePrecision, stage: str) -> None:
         # MeanAveragePrecision returns a dict with non-scalar entries; log only the two numbers.
@@ -122,9 +136,10 @@ class DetectionTask(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_matches: list[ImageMatches] = []
+        self._share.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
-        preds, targets = self._evaluate(batch, self.test_map)
+        preds, targets = self._evaluate(batch, self.test_map, self._share.padding(self._trainer, len(batch[1])))
         # Each image's detections matched once, so mAP50 can be recomputed on resampled images.
         for p, t in zip(preds, targets):
             self._test_matches.append(match_image(
@@ -137,16 +152,21 @@ class DetectionTask(L.LightningModule):
         these images, so two rows give a paired bootstrap test (see
         :mod:`hqbench.reporting.average_precision`).
 
-        Under DDP every rank's matches are gathered and interleaved back into evaluation order
-        (Lightning's sampler gives rank r images r, r+W, ...), and the sampler's padding dropped.
+        Under DDP every rank's matches are gathered and put back in evaluation order (rank r
+        evaluated images r, r+W, ...; its sampler's repeats are left out, see
+        :class:`~hqbench.data.base.EvaluationShare`).
+
+        Raises:
+            ValueError: if the run saw other than ``n_eval`` images.
         """
         matches = self._test_matches
         world = self.trainer.world_size if self._trainer is not None else 1
         if world > 1 and torch.distributed.is_initialized():
             shards: list = [None] * world
             torch.distributed.all_gather_object(shards, matches)
-            matches = [m for group in zip(*shards) for m in group]
-        matches = matches[:n_eval] if n_eval is not None else matches
+            matches = evaluation_order(shards)
+        if n_eval is not None and len(matches) != n_eval:
+            raise ValueError(f"the test run evaluated {len(matches)} images, not {n_eval}")
         found = MatchSet(matches)
         reps = Replicates(100 * found.map50(), 100 * found.bootstrap(BOOTSTRAP_RESAMPLES, seed), found.n, seed)
         return {"bootstrap": reps.encode()}
