@@ -104,6 +104,31 @@ def test_fp32_and_quantized_in_one_process_agree_closely():
     assert abs(fp32 - int8) <= 0.1
 
 
+@pytest.mark.parametrize("engine", ["int", "onnxruntime"])
+def test_engines_replace_the_torch_forward_instead_of_running_after_it(engine):
+    """Under engine=int/onnxruntime the torch network does not run at test time (it would double the
+    cost); afterwards the module's own forward is back."""
+    if engine == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    module = PositionalModule().eval()
+    calls = []
+    module.backbone[-1].register_forward_hook(lambda *a: calls.append(1))
+    callback = QuantizationCallback("B", calib_dataloader=_data(1), engine=engine)
+
+    class Count(L.Callback):
+        def on_test_batch_start(self, *args):
+            calls.clear()
+
+        def on_test_batch_end(self, *args):
+            assert not calls, "the torch network ran under a non-torch engine"
+
+    acc = _trainer([callback, Count()]).test(module, _data(2), verbose=False)[0]["acc"]
+    assert 0 <= acc <= 1 and "forward" not in module.__dict__
+    module(torch.randn(2, 1, 8, 8))
+    assert calls  # the float network is back in charge
+
+
 def test_integer_engine_refuses_forward_keywords_instead_of_dropping_them():
     """forward(x, temperature=2.0) under engine=int: the replayed graph cannot take it; say so."""
     torch.manual_seed(0)

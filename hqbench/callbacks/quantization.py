@@ -199,23 +199,38 @@ class QuantizationCallback(EvaluationStageCallback):
         self.calib_seconds = time.perf_counter() - start
 
     def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
-        """Route the module's forward through the integer executor or ONNX Runtime."""
+        """Route the module's forward through the integer executor or ONNX Runtime *instead of* torch.
+
+        The engine replaces ``forward`` on the instance (a forward hook would run the torch network
+        first and then discard its output, paying for both); the undo list puts it back.
+        """
         if self.engine == "int":
-            engine = qmodel.integer_executor()
+            engine, close = qmodel.integer_executor(), None
         else:
             from ..quant.onnx_engine import OnnxRuntimeEngine
 
             engine = OnnxRuntimeEngine(qmodel, example)
+            close = engine.close
 
-        def run(module, args, kwargs, out):
+        def forward(*args, **kwargs):
             if kwargs:  # the replayed graph was recorded without them: refuse rather than ignore them
                 raise NotImplementedError(
                     f"engine={self.engine} replays the graph recorded at calibration, which cannot take forward's "
                     f"keyword arguments {sorted(kwargs)}; use engine=fake, or call forward with positional tensors only")
             return engine(*args)
 
-        handle = pl_module.register_forward_hook(run, with_kwargs=True)
-        self._undo.append(handle.remove)
+        own = pl_module.__dict__.get("forward")  # an instance-level forward someone set before us
+
+        def restore() -> None:
+            if own is None:
+                del pl_module.forward
+            else:
+                pl_module.forward = own
+            if close is not None:
+                close()
+
+        pl_module.forward = forward
+        self._undo.append(restore)
 
     def _activate_baseline(self, trainer, pl_module) -> None:
         network = getattr(pl_module, self.submodule, None)

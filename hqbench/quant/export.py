@@ -26,6 +26,7 @@ a layer may land 1 LSB off, and such steps compound with depth (MobileNetV2: <= 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -132,11 +133,31 @@ def _trace(qmodel, example_inputs: tuple, opset: int, dynamic_batch: bool, all_u
         with torch.no_grad(), warnings.catch_warnings():
             # qparams and shapes are constants by design; the tracer warns about every one of them.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            torch.onnx.export(qmodel.model, example_inputs, buffer, dynamo=False, opset_version=opset,
-                              input_names=inputs, output_names=outputs, dynamic_axes=axes)
+            with _positional_forward(qmodel.model):
+                torch.onnx.export(qmodel.model, example_inputs, buffer, dynamo=False, opset_version=opset,
+                                  input_names=inputs, output_names=outputs, dynamic_axes=axes)
     finally:
         torch.onnx.unregister_custom_op_symbolic("aten::fake_quantize_per_tensor_affine", opset)
     return onnx.load_from_string(buffer.getvalue()), order
+
+
+@contextlib.contextmanager
+def _positional_forward(module):
+    """``module.forward`` seen as ``forward(*inputs)`` while exporting.
+
+    The TorchScript exporter appends forward's unused defaults to the inputs (``temperature=1.0``
+    became a second graph input); the export takes exactly the example's tensors.
+    """
+    own = module.__dict__.get("forward")
+    bound = module.forward
+    module.forward = lambda *inputs: bound(*inputs)
+    try:
+        yield
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
 
 
 def _run(qmodel, example_inputs):

@@ -5,10 +5,11 @@ with all graph optimizations on, so onnxruntime fuses ``DQ -> Conv -> Q`` into Q
 friends. Grids narrower than 8 bits carry a Clip between Q and DQ that keeps them exact but stops
 that fusion: those layers then run as float kernels on dequantized integers.
 
-Hook it into a Lightning module like the integer executor::
+:class:`~hqbench.callbacks.QuantizationCallback` (``engine="onnxruntime"``) puts it in place of
+a LightningModule's ``forward``; by hand::
 
     engine = OnnxRuntimeEngine(qmodel, (example,))
-    pl_module.register_forward_hook(lambda m, args, out: engine(*args))
+    logits = engine(images)
 """
 
 from __future__ import annotations
