@@ -216,7 +216,9 @@ class SyntheticSARDataModule(SARShipDataModule):
             root = cache_dir("synthetic-sar") / f"seed{scene_seed}-size{size}-train{num_train}-test{num_test}"
         super().__init__(root, card=card, imgsz=imgsz, batch_size=batch_size, num_workers=num_workers,
                          eval_limit=eval_limit, calib_size=calib_size, seed=seed)
-        self.source = f"synthetic SAR scenes (seed {scene_seed}, {size}px, {num_train} train / {num_test} test) in {root}"
+        # The scenes are a function of these numbers alone; where they are cached is this machine's business
+        # (rows never store a machine's absolute path, and the same scenes elsewhere are the same rows).
+        self.source = f"synthetic SAR scenes (seed {scene_seed}, {size}px, {num_train} train / {num_test} test)"
 
     def _split(self, name: str):
         if not (self.root / "annotations").is_dir():
