@@ -104,10 +104,11 @@ def test_fp32_and_quantized_in_one_process_agree_closely():
     assert abs(fp32 - int8) <= 0.1
 
 
-@pytest.mark.parametrize("engine", ["int", "onnxruntime"])
+@pytest.mark.parametrize("engine", ["onnxruntime"])
 def test_engines_replace_the_torch_forward_instead_of_running_after_it(engine):
-    """Under engine=int/onnxruntime the torch network does not run at test time (it would double the
-    cost); afterwards the module's own forward is back."""
+    """Under engine=onnxruntime the torch network does not run at test time (it would double the
+    cost); afterwards the module's own forward is back. (engine=int still runs after it: replayed
+    inside the root call, with the quantization hooks live, it gave wrong logits.)"""
     if engine == "onnxruntime":
         pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

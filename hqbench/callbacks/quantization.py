@@ -199,9 +199,9 @@ class QuantizationCallback(EvaluationStageCallback):
         self.calib_seconds = time.perf_counter() - start
 
     def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
-        """Route the module's forward through the integer executor or ONNX Runtime *instead of* torch.
+        """Route the module's forward through ONNX Runtime *instead of* torch, or the integer executor after it.
 
-        The engine replaces ``forward`` on the instance (a forward hook would run the torch network
+        ONNX Runtime replaces ``forward`` on the instance (a forward hook would run the torch network
         first and then discard its output, paying for both); the undo list puts it back.
         """
         if self.engine == "int":
@@ -219,6 +219,14 @@ class QuantizationCallback(EvaluationStageCallback):
                     f"keyword arguments {sorted(kwargs)}; use engine=fake, or call forward with positional tensors only")
             return engine(*args)
 
+        if self.engine == "int":
+            # The integer executor replays the graph while the module's quantization hooks are live;
+            # run in place of forward (inside the root call) it read 35.9 % instead of 87.5 % on
+            # MobileNetV2-TFLite, so it still runs after the torch network, as a forward hook.
+            handle = pl_module.register_forward_hook(lambda module, args, kwargs, out: forward(*args, **kwargs),
+                                                     with_kwargs=True)
+            self._undo.append(handle.remove)
+            return
         own = pl_module.__dict__.get("forward")  # an instance-level forward someone set before us
 
         def restore() -> None:
