@@ -271,10 +271,11 @@ def line_cells(line: Line, intervals: bool = True) -> tuple[dict[str, Cell], str
     cells = {}
     for m, draws in line.cells.items():
         mean, std = draw_summary([d.value for d in draws])
-        ci = None
-        if intervals and len(draws) == 1:
-            enc = outcomes_of(draws[0])
-            ci = _ci(enc) if enc else (evidence_of(draws[0]).ci() if has_evidence(draws[0]) else None)
+        evidence = evidence_of(draws[0]) if intervals and len(draws) == 1 else None
+        if isinstance(evidence, Replicates):
+            ci = evidence.ci()
+        else:  # outcomes: BCa over the images, cached by the encoded string
+            ci = _ci(outcomes_of(draws[0])) if evidence is not None else None
         cells[m] = Cell(mean, std, len(draws), ci, marks.get(m, ""))
     return cells, how
 
@@ -286,9 +287,9 @@ def _pair(line: Line, a: str, b: str) -> dict[str, Any]:
     if seeds:
         xa, xb = _evidence(line.cells[a], min(seeds)), _evidence(line.cells[b], min(seeds))
         if pairing_key(xa) == pairing_key(xb):
+            kind, n = pairing_key(xa)[:2]
             p, seed = paired_pvalue(xa, xb), min(seeds)
-            n = xa.n if isinstance(xa, Replicates) else int(xa.size)
-            test = "paired bootstrap" if isinstance(xa, Replicates) else "McNemar"
+            test = "paired bootstrap" if kind == "replicates" else "McNemar"
     return {"line": line.label, "metric": line.metric, "a": a, "b": b, "a_value": va, "b_value": vb,
             "diff": va - vb, "p": p, "n": n, "seed": seed, "test": test}
 
