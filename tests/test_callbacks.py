@@ -104,11 +104,10 @@ def test_fp32_and_quantized_in_one_process_agree_closely():
     assert abs(fp32 - int8) <= 0.1
 
 
-@pytest.mark.parametrize("engine", ["onnxruntime"])
+@pytest.mark.parametrize("engine", ["int", "onnxruntime"])
 def test_engines_replace_the_torch_forward_instead_of_running_after_it(engine):
-    """Under engine=onnxruntime the torch network does not run at test time (it would double the
-    cost); afterwards the module's own forward is back. (engine=int still runs after it: replayed
-    inside the root call, with the quantization hooks live, it gave wrong logits.)"""
+    """Under a non-torch engine the torch network does not run at test time (it would double the
+    cost); afterwards the module's own forward is back."""
     if engine == "onnxruntime":
         pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
@@ -247,3 +246,32 @@ def test_adaround_runs_inside_lightnings_test_loop():
     acc = _trainer([callback]).test(module, _data(2), verbose=False)[0]["acc"]
     assert 0.0 <= acc <= 1.0 and callback._saved_state["rounded_weights"]
     assert isinstance(module.backbone[1], nn.BatchNorm2d)  # restored afterwards
+
+
+class LogitRecorder(PositionalModule):
+    def __init__(self):
+        super().__init__()
+        self.logits = []
+
+    def test_step(self, batch, batch_idx):
+        self.logits.append(self(batch[0]))
+
+
+def test_integer_engine_in_place_of_forward_matches_fake_quant():
+    """The integer executor replays the graph where the quantization hooks are live (in place of the
+    root's forward); none of them may touch its integers. Logits stay within 1 LSB of fake-quant."""
+    torch.manual_seed(0)
+    module = LogitRecorder().eval()
+    logits = {}
+    for engine in ("fake", "int"):
+        module.logits = []
+        callback = QuantizationCallback("B", calib_dataloader=_data(1), engine=engine)
+
+        class Step(L.Callback):
+            def on_test_batch_end(self, *args):
+                logits["lsb"] = float(callback.qmodel.quantizer(callback.qmodel.plan.chains[
+                    callback.qmodel.plan.compute[-1]][0]).scale)
+
+        _trainer([callback, Step()]).test(module, _data(2), verbose=False)
+        logits[engine] = torch.cat(module.logits)
+    assert (logits["fake"] - logits["int"]).abs().max() <= 1.01 * logits["lsb"]

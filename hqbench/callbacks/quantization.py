@@ -199,36 +199,24 @@ class QuantizationCallback(EvaluationStageCallback):
         self.calib_seconds = time.perf_counter() - start
 
     def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
-        """Route the module's forward through ONNX Runtime *instead of* torch, or the integer executor after it.
+        """Route the module's forward through the integer executor or ONNX Runtime *instead of* torch.
 
-        ONNX Runtime replaces ``forward`` on the instance (a forward hook would run the torch network
+        The engine replaces ``forward`` on the instance (a forward hook would run the torch network
         first and then discard its output, paying for both); the undo list puts it back.
         """
-        def refuse_keywords(kwargs: dict) -> None:
+        if self.engine == "int":
+            engine, close = qmodel.integer_executor(), None
+        else:
+            from ..quant.onnx_engine import OnnxRuntimeEngine
+
+            engine = OnnxRuntimeEngine(qmodel, example)
+            close = engine.close
+
+        def forward(*args, **kwargs):
             if kwargs:  # the replayed graph was recorded without them: refuse rather than ignore them
                 raise NotImplementedError(
                     f"engine={self.engine} replays the graph recorded at calibration, which cannot take forward's "
                     f"keyword arguments {sorted(kwargs)}; use engine=fake, or call forward with positional tensors only")
-
-        if self.engine == "int":
-            # The integer executor replays the graph while the module's quantization hooks are live;
-            # run in place of forward (inside the root call) it read 35.9 % instead of 87.5 % on
-            # MobileNetV2-TFLite, so it still runs after the torch network, as a forward hook.
-            executor = qmodel.integer_executor()
-
-            def after_forward(module, args, kwargs, out):
-                refuse_keywords(kwargs)
-                return executor(*args)
-
-            self._undo.append(pl_module.register_forward_hook(after_forward, with_kwargs=True).remove)
-            return
-
-        from ..quant.onnx_engine import OnnxRuntimeEngine
-
-        engine = OnnxRuntimeEngine(qmodel, example)
-
-        def forward(*args, **kwargs):
-            refuse_keywords(kwargs)
             return engine(*args)
 
         own = pl_module.__dict__.get("forward")  # an instance-level forward someone set before us
@@ -238,7 +226,8 @@ class QuantizationCallback(EvaluationStageCallback):
                 del pl_module.forward
             else:
                 pl_module.forward = own
-            engine.close()
+            if close is not None:
+                close()
 
         pl_module.forward = forward
         self._undo.append(restore)

@@ -60,6 +60,12 @@ def requantize(acc: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> torch.Te
     return torch.clamp(_rshift_round(acc.to(torch.int64) * _multiplier(m)), lo, hi).double()
 
 
+def _call(node: Node, *args, **kwargs):
+    """Run a recorded op; a module through ``forward``, so none of its hooks fire."""
+    target = node.target.forward if node.kind == "module" else node.target
+    return target(*args, **kwargs)
+
+
 class IntegerExecutor:
     """Runs a calibrated QuantizedModel with integer arithmetic; call it like the model."""
 
@@ -93,8 +99,16 @@ class IntegerExecutor:
         z = int(aq.zero_point)
         return aq.scale, z, aq.grid.qmin - z, aq.grid.qmax - z
 
-    @torch.no_grad()
     def __call__(self, *inputs: torch.Tensor):
+        # The replay must not meet the model's own quantization hooks: it may run where they are
+        # live (in place of the root's forward), where a module hook would fake-quantize the
+        # integers a pooling module returns and the function mode would match the executor's own
+        # ops against recorded keys. So modules run through ``forward`` (no hooks) and no
+        # ``__torch_function__`` mode sees the replay.
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            return self._replay(inputs)
+
+    def _replay(self, inputs):
         env: dict = {}
         inputs = list(inputs)
         for node in self.graph.nodes:
@@ -130,7 +144,7 @@ class IntegerExecutor:
         if _is_passthrough(node) and len(ints) == 1 and node.name not in self.plan.points:
             return self._passthrough(node, args, kwargs)
         # No integer kernel: dequantize, run in float, and quantize if the scheme stores the result.
-        out = node.target(*tree_map(self._as_float, args), **tree_map(self._as_float, kwargs))
+        out = _call(node, *tree_map(self._as_float, args), **tree_map(self._as_float, kwargs))
         return self._to_int(out, node.name) if node.name in self.plan.points else out
 
     def _compute(self, node, x: IntTensor) -> IntTensor:
@@ -206,7 +220,7 @@ class IntegerExecutor:
     def _passthrough(self, node, args, kwargs) -> IntTensor:
         x = next(a for a in args if isinstance(a, IntTensor))
         swap = lambda a: a.d if isinstance(a, IntTensor) else a  # noqa: E731
-        d = node.target(*tree_map(swap, args), **tree_map(swap, kwargs))
+        d = _call(node, *tree_map(swap, args), **tree_map(swap, kwargs))
         if node.op in ("AvgPool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool2d", "avg_pool2d", "mean", "interpolate", "Upsample"):
             d = torch.round(d)  # averages round to nearest (ties to even, as the fake-quant path) on the same scale
         return IntTensor(d, x.scale, x.zero_point, x.qmin, x.qmax)
