@@ -10,7 +10,8 @@ It replays the recorded graph of a calibrated :class:`~hqbench.quant.model.Quant
   bias at scale ``s_in * s_w``; then ``d_out = clamp((acc * M0 + 2**(n-1)) >> n)`` with a 31-bit
   multiplier ``M0`` and shift ``n`` per output channel (round to nearest), the activation applied
   as a clamp (ReLU, ReLU6) or a second multiplier for the negative side (LeakyReLU).
-* add/concat requantize each input to the output scale with the same fixed-point multiply.
+* add/concat requantize each input to the output scale with a fixed-point multiply on a common
+  shift of 31 (their scale ratios are near 1, so no digits are lost).
 * Pooling, flatten and padding run on the integers; average pooling rounds to nearest.
 
 Integers are held in float64 tensors so torch's convolution computes the int32 sums exactly
@@ -47,7 +48,7 @@ class IntTensor:
 
 
 def _multiplier(m: torch.Tensor) -> torch.Tensor:
-    """Real multiplier(s) ``m`` -> int64 ``M0`` with ``m ~= M0 / 2**_SHIFT``."""
+    """Real multiplier(s) ``m`` -> int64 ``M0`` with ``m ~= M0 / 2**_SHIFT`` (a join's scale ratios, near 1)."""
     return torch.round(m.double() * 2**_SHIFT).to(torch.int64)
 
 
@@ -55,9 +56,24 @@ def _rshift_round(x: torch.Tensor) -> torch.Tensor:
     return (x + (1 << (_SHIFT - 1))) >> _SHIFT
 
 
+def _fixed_point(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m ~= M0 * 2**-n`` with a normalised 31-bit ``M0`` in ``[2**30, 2**31]``, as TFLite's
+    QuantizeMultiplier: the relative error stays below 2**-31 whatever the size of ``m`` (a fixed
+    shift of 31 loses digits when ``s_in * s_w / s_out`` is small). ``acc * M0`` fits int64 for
+    any int32 ``acc``; ``n`` is capped at 62, where every such product rounds to 0 anyway."""
+    mantissa, exponent = torch.frexp(m.double())  # m = mantissa * 2**exponent, mantissa in [0.5, 1)
+    m0 = torch.round(mantissa * 2**31).to(torch.int64)
+    n = (31 - exponent).to(torch.int64)
+    excess = torch.clamp(n - 62, min=0)
+    return m0 >> excess, n - excess
+
+
 def requantize(acc: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """``clamp(round(acc * m), lo, hi)`` in fixed point; ``acc`` holds integers."""
-    return torch.clamp(_rshift_round(acc.to(torch.int64) * _multiplier(m)), lo, hi).double()
+    """``clamp(round(acc * m), lo, hi)`` in fixed point, ties rounding up (``(x + 2**(n-1)) >> n``);
+    ``acc`` holds integers, ``m`` broadcasts against it."""
+    m0, n = _fixed_point(m)
+    half = torch.ones_like(n) << torch.clamp(n - 1, min=0)
+    return torch.clamp((acc.to(torch.int64) * m0 + half) >> n, lo, hi).double()
 
 
 def _call(node: Node, *args, **kwargs):
@@ -89,9 +105,11 @@ class IntegerExecutor:
         aq = self.q.quantizer(name)
         g = aq.grid
         z = int(aq.zero_point)
-        # The float -> int boundary is the same float32 op as fake-quant: inputs such as
-        # (pixel/127.5 - 1) sit exactly on rounding ties, where float64 would round differently.
-        d = torch.clamp(torch.round(x.float() / aq.scale) + z, g.qmin, g.qmax).double() - z
+        # The float -> int boundary is the same op as fake-quant's, in the input's precision
+        # (float32 unless the model runs in float64): inputs such as (pixel/127.5 - 1) sit exactly
+        # on rounding ties, which float32 and float64 round differently.
+        x = x if x.dtype == torch.float64 else x.float()
+        d = torch.clamp(torch.round(x / aq.scale) + z, g.qmin, g.qmax).double() - z
         return IntTensor(d, aq.scale, z, g.qmin, g.qmax)
 
     def _out_params(self, name: str):
@@ -179,7 +197,7 @@ class IntegerExecutor:
             m = torch.where(acc < 0, m * slope, m)
             d = requantize(acc, m, lo, hi)
         else:
-            d = requantize(acc, m.expand_as(acc), lo, hi)
+            d = requantize(acc, m, lo, hi)
             d = self._clamp_activation(d, act_module, act_op, act, s_out, lo)
         if act and act_op not in ("ReLU", "ReLU6", "relu", "relu_", "hardtanh", "LeakyReLU", "leaky_relu"):
             raise NotImplementedError(f"{act}: activation {act_op} has no integer kernel")
@@ -195,7 +213,7 @@ class IntegerExecutor:
 
     def _relu_requant(self, node, x: IntTensor) -> IntTensor:
         s_out, z, lo, hi = self._out_params(node.name)
-        d = requantize(x.d, (x.scale / s_out).expand_as(x.d), lo, hi)
+        d = requantize(x.d, x.scale / s_out, lo, hi)
         return IntTensor(self._clamp_activation(d, node.target if node.kind == "module" else None, node.op,
                                                 node.name, s_out, lo), s_out, z, lo + z, hi + z)
 

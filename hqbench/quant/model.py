@@ -135,12 +135,18 @@ class QuantizedModel(nn.Module):
                     if widened:
                         self.widened_channels[name] = widened
                     rounded = self.rounded_weights.get(name)
-                    module.weight.copy_(quantize_weight(weight, scale, bits) if rounded is None else rounded.to(weight))
+                    fake = quantize_weight(weight, scale, bits) if rounded is None else rounded.to(weight)
+                    exact = module.weight.dtype == torch.float64  # a model run in float64 sums exactly
+                    if exact:  # the same integers times the scale, without float32's rounding of the product
+                        fake = torch.round(fake / scale).double() * scale.double()
+                    module.weight.copy_(fake)
                     if bias is not None:
                         # int32 bias at scale s_in * s_w (float32, as ONNX holds it), as the integer
                         # kernel adds it. In float64: integers up to 2^29 times a float32 scale are exact.
                         s_acc = (s_in * scale.reshape(-1)).double()
                         self._bias_integers[name] = torch.round(bias.double() / s_acc)
+                        if exact:  # the integer executor's own s_in * s_w, unrounded
+                            s_acc = s_in.double() * scale.reshape(-1).double()
                         module.bias.copy_(self._bias_integers[name] * s_acc)
                 elif name in self._float_weights:
                     weight, bias = self._float_weights.pop(name)

@@ -1,5 +1,7 @@
 """The integer-only executor agrees with fake-quant on a trained network."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -23,6 +25,35 @@ def test_integer_path_agrees_with_fake_quant(trained_net, calib_batches, method)
     assert (fake.argmax(1) == integer.argmax(1)).float().mean() >= 0.99
     assert ((fake_q - int_q).abs() <= 1).float().mean() >= 0.999
     assert (integer.argmax(1) == y).float().mean() >= float_acc - 0.03
+
+
+@pytest.mark.parametrize("method", ["B", "D"])
+def test_fake_quant_in_float64_rounds_exactly_as_the_integer_kernels(trained_net, calib_batches, method):
+    """In float64 the fake-quant sums are exact, so it rounds the very values the integer executor
+    rounds: the logits' integers are equal (in float32 some land 1 LSB apart)."""
+    net, _ = trained_net
+    x, _ = make_dataset(512, seed=2)
+    q = quantize(copy.deepcopy(net), calib_batches, method=method)
+    q.model.double()
+    q.set_mode("quant")  # re-derive the fake-quant weights and biases in float64
+    with torch.no_grad():
+        fake = q(x.double())
+    integer = q.integer_executor()(x.double())
+    scale = q.quantizer("head").scale.double()
+    assert fake.dtype == torch.float64
+    assert (torch.round(fake / scale) == torch.round(integer / scale)).float().mean() >= 0.999
+
+
+def test_requantize_keeps_31_bits_for_small_multipliers():
+    """``s_in * s_w / s_out`` can be ~1e-5: a fixed 31-bit shift would keep only ~15 bits of it and
+    round values near .5 the wrong way; the normalised multiplier matches exact rounding."""
+    from hqbench.quant.integer import requantize
+
+    g = torch.Generator().manual_seed(0)
+    acc = torch.randint(-(2**24), 2**24, (200_000,), generator=g).double()
+    m = torch.tensor(3.0517578125e-05 * 1.2345)
+    exact = torch.clamp(torch.round(acc * m.double()), -(2**20), 2**20)
+    assert torch.equal(requantize(acc, m, -(2**20), 2**20), exact)
 
 
 def test_multi_output_ops_are_refused_by_name():
