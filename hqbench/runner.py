@@ -179,17 +179,24 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                                  ("weight_rounding", weight_rounding if weight_rounding != "nearest" else None),
                                  ("bias_correction", "true" if bias_correction else None),
                                  ("keep_8bit", "+".join(keep) or None)) if v}
+    # A trainer precision other than float32 (64-true: fake-quant sums exactly, as integer kernels do)
+    # changes every torch-run number, FP32's too; peers run in their own engines.
+    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
+    torch_run = {"precision": precision} if precision not in ("32-true", "32") else {}
+    options.update(torch_run)
     cells = []
     for method in dict.fromkeys(methods):
         if method == FP32:
-            cells.append(Cell(FP32, FLOAT_BITS, FLOAT_BITS, {}))
+            cells.append(Cell(FP32, FLOAT_BITS, FLOAT_BITS, dict(torch_run)))
             continue
         for w, a in widths:
             if method == PYTORCH:
                 torch_act_grid(a)  # refuse widths torch's observers cannot hold, before any work
             if is_peer(method):
                 check_installed(method)  # one line naming the extra, before any work
-            mine = {} if method == PYTORCH or is_peer(method) else dict(options)  # other tools' own recipes
+                mine = {}  # other tools' own recipes, in their own engines
+            else:
+                mine = dict(torch_run) if method == PYTORCH else dict(options)
             if w >= 8 and a >= 8:
                 mine.pop("keep_8bit", None)  # nothing is below 8 bits to keep: the same run as without it
             cells.append(Cell(method, w, a, mine))

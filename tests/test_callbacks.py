@@ -48,9 +48,9 @@ def _data(seed):
     return DataLoader(TensorDataset(x, y), batch_size=16)
 
 
-def _trainer(callbacks):
+def _trainer(callbacks, **kwargs):
     return L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=callbacks)
+                     enable_model_summary=False, callbacks=callbacks, **kwargs)
 
 
 def test_callback_quantizes_then_restores_and_checkpoints(tmp_path):
@@ -257,9 +257,11 @@ class LogitRecorder(PositionalModule):
         self.logits.append(self(batch[0]))
 
 
-def test_integer_engine_in_place_of_forward_matches_fake_quant():
+@pytest.mark.parametrize("precision", ["32-true", "64-true"])
+def test_integer_engine_in_place_of_forward_matches_fake_quant(precision):
     """The integer executor replays the graph where the quantization hooks are live (in place of the
-    root's forward); none of them may touch its integers. Logits stay within 1 LSB of fake-quant."""
+    root's forward); none of them may touch its integers. Logits stay within 1 LSB of fake-quant,
+    and are equal to it when the trainer runs in float64 (exact sums: the same values rounded)."""
     torch.manual_seed(0)
     module = LogitRecorder().eval()
     logits = {}
@@ -272,6 +274,10 @@ def test_integer_engine_in_place_of_forward_matches_fake_quant():
                 logits["lsb"] = float(callback.qmodel.quantizer(callback.qmodel.plan.chains[
                     callback.qmodel.plan.compute[-1]][0]).scale)
 
-        _trainer([callback, Step()]).test(module, _data(2), verbose=False)
+        _trainer([callback, Step()], precision=precision).test(module, _data(2), verbose=False)
         logits[engine] = torch.cat(module.logits)
     assert (logits["fake"] - logits["int"]).abs().max() <= 1.01 * logits["lsb"]
+    if precision == "64-true":
+        assert logits["fake"].dtype == torch.float64
+        lsb = torch.tensor(logits["lsb"], dtype=torch.float64)
+        assert torch.equal(torch.round(logits["fake"] / lsb), torch.round(logits["int"] / lsb))

@@ -40,6 +40,21 @@ def test_aliases_bits_and_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "bad.json").exists()
 
 
+def test_a_float64_trainer_is_a_row_of_its_own_with_fake_equal_to_integer(tmp_path):
+    """trainer.precision=64-true changes every number, so it keys the rows (FP32's too) and never
+    reuses a float32 row; there fake-quant sums exactly and scores what the integer executor does."""
+    out = tmp_path / "p.json"
+    assert main(["test", *SMALL, "method=fp32,B", f"out={out}"]) == 0
+    for engine in ("fake", "int"):
+        assert main(["test", *SMALL, "method=fp32,B", f"engine={engine}", "+trainer.precision=64-true", f"out={out}"]) == 0
+    rows = _rows(out)
+    assert [(r["method"], r["engine"], r["options"]) for r in rows] == [
+        ("fp32", "float", {}), ("B", "fake", {}), ("fp32", "float", {"precision": "64-true"}),
+        ("B", "fake", {"precision": "64-true"}), ("B", "int", {"precision": "64-true"})]
+    exact = [r for r in rows if r["method"] == "B" and r["options"]]
+    assert exact[0]["outcomes"] == exact[1]["outcomes"]
+
+
 def test_one_calibration_per_method_and_draw_serves_every_width(tmp_path):
     """A sweep calibrates each method once per draw; the other widths freeze from its statistics
     and give the numbers a run at that width alone gives."""

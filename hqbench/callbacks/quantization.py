@@ -129,9 +129,11 @@ class QuantizationCallback(EvaluationStageCallback):
 
     # ---------------------------------------------------------------- helpers
     def _batches_on(self, trainer: L.Trainer, device: torch.device, limit: int | None = None) -> list:
-        """Calibration batches moved to ``device`` (``num_batches`` of them unless ``limit`` says)."""
+        """Calibration batches moved to ``device`` and converted as the trainer converts its own
+        (``precision="64-true"`` makes them float64), ``num_batches`` of them unless ``limit`` says."""
         def to_device(batch):
-            return tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
+            moved = tree_map(lambda t: t.to(device) if isinstance(t, torch.Tensor) else t, batch)
+            return trainer.precision_plugin.convert_input(moved)
 
         return self._calibration_batches(trainer, self.num_batches if limit is None else limit, to_device)
 

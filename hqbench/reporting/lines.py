@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 FP32 = "fp32"
 ALPHA = 0.05
 #: How known run options appear in line labels; other keys show as ``key=value``.
-_OPTION_ABBREV: dict[str, str] = {"weight_range": "{v}", "bias_correction": "bc", "keep_8bit": "8bit:{v}"}
+_OPTION_ABBREV: dict[str, str] = {"weight_range": "{v}", "bias_correction": "bc", "keep_8bit": "8bit:{v}",
+                                  "precision": "{v}"}
 
 
 @dataclass
