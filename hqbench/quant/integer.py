@@ -7,8 +7,8 @@ It replays the recorded graph of a calibrated :class:`~hqbench.quant.model.Quant
   which is the stored value ``z``). Equivalently the shift is folded into the consumer's int32
   bias as ``-W @ z``.
 * Conv/Linear: ``acc = W_q * d_in + b_q`` with int8 weights (symmetric, per channel) and an int32
-  bias at scale ``s_in * s_w``; then ``d_out = clamp((acc * M0 + 2**(n-1)) >> n)`` with a 31-bit
-  multiplier ``M0`` and shift ``n`` per output channel (round to nearest), the activation applied
+  bias at scale ``s_in * s_w``; then ``d_out = clamp(round(acc * M0 / 2**n))`` with a normalised
+  31-bit multiplier ``M0`` and shift ``n`` per output channel (to nearest, ties to even), the activation applied
   as a clamp (ReLU, ReLU6) or a second multiplier for the negative side (LeakyReLU).
 * add/concat requantize each input to the output scale with a fixed-point multiply on a common
   shift of 31 (their scale ratios are near 1, so no digits are lost).
@@ -52,15 +52,21 @@ def _multiplier(m: torch.Tensor) -> torch.Tensor:
     return torch.round(m.double() * 2**_SHIFT).to(torch.int64)
 
 
-def _rshift_round(x: torch.Tensor) -> torch.Tensor:
-    return (x + (1 << (_SHIFT - 1))) >> _SHIFT
+def _round_shift(x: torch.Tensor, n: torch.Tensor | int) -> torch.Tensor:
+    """``round(x / 2**n)`` for int64 ``x`` and shifts ``n >= 1``, ties to even: the rounding of
+    ``torch.round`` (fake-quant) and of ONNX Runtime's requantization, so an exact tie lands on the
+    same integer in all three. Adding ``2**(n-1) - 1`` plus the truncated quotient's parity rounds
+    up exactly when the remainder passes half, or equals it and the quotient is odd."""
+    n = torch.as_tensor(n, dtype=torch.int64, device=x.device)
+    return (x + (torch.ones_like(n) << (n - 1)) - 1 + ((x >> n) & 1)) >> n
 
 
 def _fixed_point(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``m ~= M0 * 2**-n`` with a normalised 31-bit ``M0`` in ``[2**30, 2**31]``, as TFLite's
     QuantizeMultiplier: the relative error stays below 2**-31 whatever the size of ``m`` (a fixed
     shift of 31 loses digits when ``s_in * s_w / s_out`` is small). ``acc * M0`` fits int64 for
-    any int32 ``acc``; ``n`` is capped at 62, where every such product rounds to 0 anyway."""
+    any int32 ``acc``; ``n`` is capped at 62, where every such product rounds to 0 anyway (and is at
+    least 1 for any multiplier below 2**30)."""
     mantissa, exponent = torch.frexp(m.double())  # m = mantissa * 2**exponent, mantissa in [0.5, 1)
     m0 = torch.round(mantissa * 2**31).to(torch.int64)
     n = (31 - exponent).to(torch.int64)
@@ -69,11 +75,10 @@ def _fixed_point(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def requantize(acc: torch.Tensor, m: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    """``clamp(round(acc * m), lo, hi)`` in fixed point, ties rounding up (``(x + 2**(n-1)) >> n``);
-    ``acc`` holds integers, ``m`` broadcasts against it."""
+    """``clamp(round(acc * m), lo, hi)`` in fixed point, ties to even; ``acc`` holds integers,
+    ``m`` broadcasts against it."""
     m0, n = _fixed_point(m)
-    half = torch.ones_like(n) << torch.clamp(n - 1, min=0)
-    return torch.clamp((acc.to(torch.int64) * m0 + half) >> n, lo, hi).double()
+    return torch.clamp(_round_shift(acc.to(torch.int64) * m0, n), lo, hi).double()
 
 
 def _call(node: Node, *args, **kwargs):
@@ -226,13 +231,13 @@ class IntegerExecutor:
         if node.op == "add":
             a, b = args[0], args[1]
             total = rescale(a) + rescale(b)
-            d = torch.clamp(_rshift_round(total), lo, hi).double()
+            d = torch.clamp(_round_shift(total, _SHIFT), lo, hi).double()
         else:
             parts = args[0] if isinstance(args[0], (list, tuple)) else args
             dim = kwargs.get("dim", args[1] if len(args) > 1 and isinstance(args[1], int) else 1)
             if node.kind == "module":
                 dim = getattr(node.target, "d", 1)
-            d = torch.cat([torch.clamp(_rshift_round(rescale(p)), lo, hi).double() for p in parts], dim=dim)
+            d = torch.cat([torch.clamp(_round_shift(rescale(p), _SHIFT), lo, hi).double() for p in parts], dim=dim)
         return IntTensor(d, s_out, z, lo + z, hi + z)
 
     def _passthrough(self, node, args, kwargs) -> IntTensor:

@@ -54,6 +54,10 @@ def test_requantize_keeps_31_bits_for_small_multipliers():
     m = torch.tensor(3.0517578125e-05 * 1.2345)
     exact = torch.clamp(torch.round(acc * m.double()), -(2**20), 2**20)
     assert torch.equal(requantize(acc, m, -(2**20), 2**20), exact)
+    # Exact ties (odd accumulators halved) round to even, as torch.round and ONNX Runtime do.
+    odd = torch.arange(-9, 10, 2).double()
+    assert torch.equal(requantize(odd, torch.tensor([0.5, 0.25]).reshape(2, 1), -100, 100),
+                       torch.round(odd * torch.tensor([[0.5], [0.25]], dtype=torch.float64)))
 
 
 def test_multi_output_ops_are_refused_by_name():
