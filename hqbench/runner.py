@@ -307,7 +307,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         cell.method, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
         weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,
-        weight_rounding=cell.options.get("weight_rounding", "nearest"), statistics=statistics.get(share))]
+        weight_rounding=cell.options.get("weight_rounding", "nearest"), statistics=statistics.get(share),
+        ranges=statistics.get((row_method("minmax"), base["seed"])))]
     start = time.perf_counter()
     try:
         metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
@@ -332,6 +333,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
     if reused:  # calib_seconds is then only the range choice (and any weight fitting)
         extra["calibration"] = "statistics shared with an earlier cell of this run (same method and draw)"
+    elif getattr(callbacks[0] if callbacks else None, "ranges_taken", False):
+        extra["calibration"] = "first pass (ranges) taken from this run's MinMax (B) cell of the same draw"
     if hasattr(task, "paired_evidence"):  # per-image outcomes or bootstrap replicates, for paired tests
         extra.update(task.paired_evidence(len(dm.eval_files)))
     eval_seconds = total - calib

@@ -55,6 +55,17 @@ def test_a_float64_trainer_is_a_row_of_its_own_with_fake_equal_to_integer(tmp_pa
     assert exact[0]["outcomes"] == exact[1]["outcomes"]
 
 
+def test_a_run_with_minmax_gives_d_its_first_pass(tmp_path):
+    """method=B,D: D takes its range pass from B's calibration of the same draw, says so in its row,
+    and scores exactly what D alone scores."""
+    both, alone = tmp_path / "both.json", tmp_path / "alone.json"
+    assert main(["test", *SMALL, "method=B,D", f"out={both}"]) == 0
+    assert main(["test", *SMALL, "method=D", f"out={alone}"]) == 0
+    shared, own = _rows(both)[1], _rows(alone)[0]
+    assert "MinMax (B)" in shared["calibration"] and "calibration" not in own
+    assert shared["value"] == own["value"] and shared["outcomes"] == own["outcomes"]
+
+
 def test_one_calibration_per_method_and_draw_serves_every_width(tmp_path):
     """A sweep calibrates each method once per draw; the other widths freeze from its statistics
     and give the numbers a run at that width alone gives."""

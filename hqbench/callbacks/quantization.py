@@ -72,6 +72,9 @@ class QuantizationCallback(EvaluationStageCallback):
             data (``callback.statistics`` of an earlier run, e.g. at another width): the ranges are
             chosen from them for this grid with no pass over the data. For evaluation only: the
             weights must not have changed since they were observed.
+        ranges: MinMax (B) statistics of the same model and calibration data (``callback.statistics``
+            of a B run): a range-then-histogram method (D, percentile, entropy, mse) takes its first
+            pass from them instead of making it. Same conditions as ``statistics``.
 
     After a calibration, ``statistics`` holds that run's statistics (see
     :meth:`hqbench.quant.QuantizedModel.calibration_statistics`).
@@ -82,7 +85,7 @@ class QuantizationCallback(EvaluationStageCallback):
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
                  weight_range: str = "minmax", bias_correction: bool = False, weight_rounding: str = "nearest",
-                 recalibrate: bool = True, statistics: dict | None = None):
+                 recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None):
         check_engine(engine)
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -102,7 +105,8 @@ class QuantizationCallback(EvaluationStageCallback):
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
         self.pytorch_via = pytorch_via
         self.calib_seconds = 0.0
-        self._given_statistics = statistics
+        self._given_statistics, self._given_ranges = statistics, ranges
+        self.ranges_taken = False  # whether the last calibration took its first pass from ``ranges``
         self.statistics: dict | None = statistics
         self.summary: dict | None = None  # what the last activation quantized, kept after restore
         self.qmodel: QuantizedModel | None = None
@@ -181,10 +185,12 @@ class QuantizationCallback(EvaluationStageCallback):
                 mine = self._shard(trainer, batches, qmodel)
                 sync = contextlib.nullcontext(None) if mine is None else recording(qmodel)
                 mine = batches if mine is None else mine
-                with _progress(f"calibrating {self.letter}", len(mine) * qmodel.num_passes) as advance, \
+                ranges = self._given_ranges
+                with _progress(f"calibrating {self.letter}", len(mine) * qmodel.passes_left(ranges)) as advance, \
                         sync as on_pass_end:
                     qmodel.calibrate(mine, input_fn=self.input_fn, on_batch=lambda i, n: advance(),
-                                     on_pass_end=on_pass_end)
+                                     on_pass_end=on_pass_end, ranges=ranges)
+                self.ranges_taken = qmodel.passes_left(ranges) < qmodel.num_passes
                 self.statistics = qmodel.calibration_statistics()
             if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.

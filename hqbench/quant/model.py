@@ -15,6 +15,7 @@ from torch import nn
 
 from .bits import check_bits
 from .calibrators import canonical_name, create_calibrator
+from .calibrators.base import RangeThenHistogram
 from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
 from .points import attach_points
@@ -181,7 +182,8 @@ class QuantizedModel(nn.Module):
     def calibrate(self, data: Iterable | Callable[[nn.Module], None], num_batches: int | None = None,
                   input_fn: Callable[[Any], tuple] = default_input_fn,
                   on_batch: Callable[[int, int], None] | None = None,
-                  on_pass_end: Callable[[int], None] | None = None) -> "QuantizedModel":
+                  on_pass_end: Callable[[int], None] | None = None,
+                  ranges: dict[str, dict[str, torch.Tensor]] | None = None) -> "QuantizedModel":
         """Observe activations over ``data``, then freeze qparams and switch to ``quant`` mode.
 
         Args:
@@ -193,12 +195,17 @@ class QuantizedModel(nn.Module):
             on_pass_end: called as ``on_pass_end(pass_index)`` after each pass's batches, before the
                 next pass and the freeze (merging statistics across processes:
                 :func:`hqbench.quant.distributed.sync_pass`).
+            ranges: MinMax (B) :meth:`calibration_statistics` of the same model and data. A
+                range-then-histogram method (D, percentile, entropy, mse) makes its first pass to
+                find exactly those ranges, so it takes them and skips that pass (see
+                :meth:`passes_left`); other methods ignore them.
 
         Raises:
             ValueError: empty calibration data, non-finite activations (naming the layer), or a
                 one-shot iterator given to a method that needs several passes.
         """
         passes = self.num_passes
+        given = self._take_ranges(ranges) if ranges is not None else 0  # passes already made
         is_loop = callable(data) and not hasattr(data, "__iter__")
         if passes > 1 and not is_loop and iter(data) is data:
             raise ValueError(f"method {self.method!r} makes {passes} passes; pass a DataLoader or list, not an iterator")
@@ -210,7 +217,9 @@ class QuantizedModel(nn.Module):
                 for q in self.quantizers.values():
                     q.calibrator.begin_pass(index)
                     q.mode = OBSERVE
-                if is_loop:
+                if index < given:
+                    seen = 1  # this pass's statistics were given
+                elif is_loop:
                     data(self.model)
                     seen = 1
                 else:
@@ -230,6 +239,28 @@ class QuantizedModel(nn.Module):
             self.model.train(was_training)
         self.set_mode(QUANT)
         return self
+
+    def passes_left(self, ranges: dict | None = None) -> int:
+        """Passes over the data :meth:`calibrate` makes, given ``ranges`` (or not)."""
+        return self.num_passes - (ranges is not None and self._first_pass_is_minmax())
+
+    def _first_pass_is_minmax(self) -> bool:
+        return all(isinstance(q.calibrator, RangeThenHistogram) for q in self.quantizers.values())
+
+    def _take_ranges(self, ranges: dict[str, dict[str, torch.Tensor]]) -> int:
+        """Load MinMax ranges as the first pass of range-then-histogram calibrators; passes given."""
+        if not self._first_pass_is_minmax():
+            return 0
+        names = {q.name for q in self.quantizers.values()}
+        if set(ranges) != names:
+            odd = sorted(set(ranges) ^ names)
+            raise ValueError(f"ranges do not match this model's points (first difference: {odd[0]!r})")
+        with torch.no_grad():
+            for q in self.quantizers.values():
+                q.calibrator.begin_pass(0)
+                q.calibrator.widen(ranges[q.name]["min_val"].to(q.calibrator.min_val),
+                                   ranges[q.name]["max_val"].to(q.calibrator.max_val))
+        return 1
 
     def calibration_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """A copy of every point's calibrator statistics (its buffers), keyed by point name.

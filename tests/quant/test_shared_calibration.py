@@ -39,3 +39,24 @@ def test_statistics_of_another_model_are_refused():
     statistics.pop(next(iter(statistics)))
     with pytest.raises(ValueError, match="do not match this model's points"):
         prepare(model, batches[0], "B").calibrate_from(statistics)
+
+
+@pytest.mark.parametrize("method", [e.name for e in list_calibrators()])
+def test_minmax_ranges_stand_in_for_a_two_pass_methods_first_pass(method):
+    """D's (and percentile's, entropy's, mse's) first pass finds exactly MinMax's ranges: given B's
+    statistics it skips that pass and ends with the same statistics and qparams, bit for bit. A
+    method whose first pass is something else ignores them."""
+    model = _net()
+    batches = [torch.randn(5, 3, 6, 6) * (i + 1) for i in range(3)]
+    ranges = prepare(model, batches[0], "B").calibrate(batches).calibration_statistics()
+    alone = prepare(model, batches[0], method).calibrate(batches)
+    counted = prepare(model, batches[0], method)
+    seen = []
+    counted.model.register_forward_pre_hook(lambda m, a: seen.append(1))
+    counted.calibrate(batches, ranges=ranges)
+    assert len(seen) == len(batches) * counted.passes_left(ranges)
+    assert counted.passes_left(ranges) == alone.num_passes - (alone.num_passes == 2)
+    mine, theirs = alone.calibration_statistics(), counted.calibration_statistics()
+    assert all(torch.equal(v, theirs[n][k]) for n, s in mine.items() for k, v in s.items()), method
+    for name, q in alone.quantizers.items():
+        assert torch.equal(q.scale, counted.quantizers[name].scale) and torch.equal(q.zero_point, counted.quantizers[name].zero_point)
