@@ -12,6 +12,8 @@ right next to it (alternately, ``--repeats`` times, median of the per-repeat rat
 * ``calib``: calibration (all passes and the range choice; graph recording and BN folding excluded)
   / one FP32 pass over the same images; ``search`` is the share of calibration time spent choosing
   ranges (``compute_range``, D's histogram search), timed by re-running it on the final statistics;
+  ``calib after B``: the same for a two-pass method given MinMax's (B) ranges, as in a run of A-D,
+  where its first pass is taken from B's calibration;
 * ``int``: integer-only executor / FP32 (batch ``--int-batch``);
 * ``onnx``: ``OnnxRuntimeEngine`` / FP32 (batch ``--batch``; export time excluded);
 * ``rss``: peak RSS of a subprocess that calibrates and evaluates / that of one running FP32 only;
@@ -92,8 +94,9 @@ def fp32_pass(model, batches) -> None:
         model(x)
 
 
-def calibrated(model, batches, method: str, **calibrator_kwargs):
-    """Prepare (untimed) and calibrate (timed); returns (qmodel, calibration s, range-choice s)."""
+def calibrated(model, batches, method: str, ranges=None, **calibrator_kwargs):
+    """Prepare (untimed) and calibrate (timed); returns (qmodel, calibration s, range-choice s).
+    ``ranges``: MinMax statistics that stand in for a two-pass method's first pass (a run with B)."""
     from hqbench.quant import prepare
     from hqbench.quant.calibrators.redistribution import ActivationRedistribution
 
@@ -101,7 +104,7 @@ def calibrated(model, batches, method: str, **calibrator_kwargs):
     if calibrator_kwargs:  # the bins sweep: D with another histogram size
         for q in qm.quantizers.values():
             q.calibrator = ActivationRedistribution(**calibrator_kwargs)
-    seconds = _time(lambda: qm.calibrate(batches))
+    seconds = _time(lambda: qm.calibrate(batches, ranges=ranges))
     # The range choice again on the final statistics: the share of calibration spent searching.
     search = _time(lambda: [q.calibrator.compute_range(q.grid) for q in qm.quantizers.values()])
     return qm, seconds, search
@@ -113,11 +116,11 @@ def measure_fake(fp, qm, x, repeats: int) -> dict:
     return _median_ratio([(_time(lambda: fp(x)), _time(lambda: qm(x))) for _ in range(repeats)])
 
 
-def measure_calibration(fp, model, batches, method: str, repeats: int, **kw) -> dict:
+def measure_calibration(fp, model, batches, method: str, repeats: int, ranges=None, **kw) -> dict:
     pairs, searches = [], []
     for _ in range(repeats):
         before = _time(lambda: fp32_pass(fp, batches))
-        _, seconds, search = calibrated(model, batches, method, **kw)
+        _, seconds, search = calibrated(model, batches, method, ranges, **kw)
         after = _time(lambda: fp32_pass(fp, batches))
         pairs.append(((before + after) / 2, seconds))
         searches.append(search / seconds)
@@ -212,10 +215,14 @@ def run_model(name: str, args, console) -> dict:
     x = load_batches(card, args.batch, args.batch, args.synthetic, split="eval")[0]
     x_int = x[: args.int_batch]
     result = {"model": name, "input_size": card.input_size, "methods": {}}
+    ranges_of_b = calibrated(model, calib, "B")[0].calibration_statistics()  # untimed: what a run with B holds
     for method in args.methods:
         console.print(f"[bold]{name}[/] {method}: calibration", highlight=False)
         entry = {"calib": measure_calibration(fp, model, calib, method, args.calib_repeats)}
         qm, _, _ = calibrated(model, calib, method)
+        if qm.passes_left(ranges_of_b) < qm.num_passes:  # in a run with B, the first pass is B's
+            console.print(f"[bold]{name}[/] {method}: calibration given B's ranges", highlight=False)
+            entry["calib_after_b"] = measure_calibration(fp, model, calib, method, args.calib_repeats, ranges_of_b)
         console.print(f"[bold]{name}[/] {method}: fake-quant, integer executor, onnxruntime", highlight=False)
         entry["fake"] = measure_fake(fp, qm, x, args.repeats)
         if not args.skip_int:
@@ -230,6 +237,7 @@ def run_model(name: str, args, console) -> dict:
         del qm
         console.print(f"  {name} {method}: fake {entry['fake']['ratio']:.2f}x, calibration {entry['calib']['ratio']:.2f}x "
                       f"(search {100 * entry['calib']['search_share']:.1f} %)"
+                      + (f", after B {entry['calib_after_b']['ratio']:.2f}x" if "calib_after_b" in entry else "")
                       + (f", int {entry['int']['ratio']:.1f}x" if "int" in entry else "")
                       + (f", onnxruntime {entry['onnx']['ratio']:.2f}x" if "onnx" in entry else ""), highlight=False)
         args.checkpoint(result)
@@ -266,13 +274,14 @@ def print_tables(results: list[dict], console) -> None:
     from rich.table import Table
 
     table = Table(title="Cost as a multiple of FP32 (median over repeats)")
-    for col in ("model", "method", "fake fwd", "calib / FP32 pass", "search share", "int exec", "onnxruntime",
-                "peak RSS"):
+    for col in ("model", "method", "fake fwd", "calib / FP32 pass", "calib after B", "search share", "int exec",
+                "onnxruntime", "peak RSS"):
         table.add_column(col, justify="left" if col in ("model", "method") else "right")
     for r in results:
         for method, e in r["methods"].items():
             table.add_row(r["model"], method, f"{e['fake']['ratio']:.2f}x",
                           f"{e['calib']['ratio']:.2f}x ({e['calib']['images']} img)",
+                          f"{e['calib_after_b']['ratio']:.2f}x" if "calib_after_b" in e else "-",
                           f"{100 * e['calib']['search_share']:.1f} %",
                           f"{e['int']['ratio']:.1f}x" if "int" in e else "-",
                           f"{e['onnx']['ratio']:.2f}x" if "onnx" in e else ("failed" if "onnx_error" in e else "-"),
