@@ -251,16 +251,19 @@ class QuantizedModel(nn.Module):
         """Load MinMax ranges as the first pass of range-then-histogram calibrators; passes given."""
         if not self._first_pass_is_minmax():
             return 0
-        names = {q.name for q in self.quantizers.values()}
-        if set(ranges) != names:
-            odd = sorted(set(ranges) ^ names)
-            raise ValueError(f"ranges do not match this model's points (first difference: {odd[0]!r})")
+        self._check_points(ranges, "ranges")
         with torch.no_grad():
             for q in self.quantizers.values():
                 q.calibrator.begin_pass(0)
                 q.calibrator.widen(ranges[q.name]["min_val"].to(q.calibrator.min_val),
                                    ranges[q.name]["max_val"].to(q.calibrator.max_val))
         return 1
+
+    def _check_points(self, per_point: dict, what: str) -> None:
+        names = {q.name for q in self.quantizers.values()}
+        if set(per_point) != names:
+            odd = sorted(set(per_point) ^ names)
+            raise ValueError(f"{what} do not match this model's points (first difference: {odd[0]!r})")
 
     def calibration_statistics(self) -> dict[str, dict[str, torch.Tensor]]:
         """A copy of every point's calibrator statistics (its buffers), keyed by point name.
@@ -279,10 +282,7 @@ class QuantizedModel(nn.Module):
         Raises:
             ValueError: the statistics name other points (another model or float scope).
         """
-        names = {q.name for q in self.quantizers.values()}
-        if set(statistics) != names:
-            odd = sorted(set(statistics) ^ names)
-            raise ValueError(f"calibration statistics do not match this model's points (first difference: {odd[0]!r})")
+        self._check_points(statistics, "calibration statistics")
         with torch.no_grad():
             for q in self.quantizers.values():
                 q.calibrator.load_state_dict(statistics[q.name])
