@@ -254,7 +254,6 @@ class QuantizedModel(nn.Module):
         self._check_points(ranges, "ranges")
         with torch.no_grad():
             for q in self.quantizers.values():
-                q.calibrator.begin_pass(0)
                 q.calibrator.widen(ranges[q.name]["min_val"].to(q.calibrator.min_val),
                                    ranges[q.name]["max_val"].to(q.calibrator.max_val))
         return 1
