@@ -10,6 +10,11 @@ after a 20 % warm-up without it, and finally rounds ``h >= 0.5`` up. Defaults fo
 AIMET's ``AdaroundParameters`` (Adam, lr 1e-3, reg 0.01, beta 20 -> 2, warm start 0.2), except the
 iterations: AIMET's 10 000 suit a GPU; the CPU default here is 1000.
 
+What keeps it affordable on a CPU: each capture pass stops at the layer it captures (a forward
+runs only the layers before it), and a convolution's loss is taken on a random 16x16 window of its
+output per step rather than the whole map (the windows are exact: same padding, stride and groups).
+A module called more than once per forward is fitted on its first call.
+
 The loss is on the layer's raw (pre-activation) output; the scale and clip are the model's own
 weight scale (minmax or MSE), so only the rounding direction changes.
 """
@@ -20,10 +25,11 @@ from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torch.func import functional_call
 
 from .fake import QUANT
-from .model import QuantizedModel, default_input_fn
+from .model import QuantizedModel, default_input_fn, forward_until
 
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
@@ -53,8 +59,9 @@ def _beta(t: int, iters: int, beta: tuple[float, float], warm: float) -> float |
 
 
 @torch.no_grad()
-def _capture(qmodel: QuantizedModel, data: list, input_fn: Callable, name: str, mode: str) -> list[torch.Tensor]:
-    """Inputs (quant mode) or raw outputs (float mode) of module ``name`` over ``data``."""
+def _capture(qmodel: QuantizedModel, data: list, input_fn: Callable, name: str, mode: str) -> torch.Tensor:
+    """Inputs (quant mode) or raw outputs (float mode) of module ``name`` (its first call) over ``data``;
+    each forward stops at the module."""
     module = dict(qmodel.model.named_modules())[name]
     seen: list[torch.Tensor] = []
     if mode == QUANT:
@@ -62,16 +69,65 @@ def _capture(qmodel: QuantizedModel, data: list, input_fn: Callable, name: str, 
     else:
         handle = module.register_forward_hook(lambda m, args, out: seen.append(out.detach()), prepend=True)
     try:
-        for batch in data:
-            qmodel.model(*input_fn(batch))
+        forward_until(qmodel.model, data, input_fn, module)
     finally:
         handle.remove()
-    return seen
+    if len(seen) != len(data):
+        raise RuntimeError(f"AdaRound: layer {name!r} did not run once on every calibration batch")
+    return torch.cat(seen)
+
+
+class _Windows:
+    """Random ``size x size`` windows of a Conv2d's output, with the input patches that produce them.
+
+    A step's loss needs a sample of the layer's output, not all of it: on a 112x112 map a 16x16
+    window costs 1/49 of the full convolution. The input is stored padded once, so a window runs
+    as an unpadded convolution and matches the full one exactly, border windows included.
+    """
+
+    def __init__(self, module: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, size: int):
+        self.module = module
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode  # the module's own padding
+        self.x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
+        self.y = y
+        self.size = (min(size, y.shape[2]), min(size, y.shape[3]))
+        self.reach = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in
+                      zip(self.size, module.stride, module.dilation, module.kernel_size)]
+
+    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
+        (sy, sx), (ry, rx) = self.module.stride, self.reach
+        x = self.x[idx, :, oy * sy: oy * sy + ry, ox * sx: ox * sx + rx]
+        return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        m = self.module
+        return F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
+
+
+class _Whole:
+    """Any other layer: whole samples (images, or rows of a Linear)."""
+
+    def __init__(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor):
+        self.module, self.x, self.y = module, x, y
+
+    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[idx], self.y[idx]
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
+        return functional_call(self.module, params, (x,))
+
+
+def _samples(module: nn.Module, x: torch.Tensor, y: torch.Tensor, window: int | None):
+    if window and isinstance(module, nn.Conv2d) and y.dim() == 4:
+        return _Windows(module, x, y, window)
+    return _Whole(module, x, y)
 
 
 def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int, x: torch.Tensor, y: torch.Tensor,
               iters: int, reg: float, beta: tuple[float, float], batch_size: int, lr: float, warm: float,
-              generator: torch.Generator) -> torch.Tensor:
+              window: int | None, generator: torch.Generator) -> torch.Tensor:
     """Learn ``V`` for one layer; returns the hard-rounded fake-quantized weight.
 
     Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
@@ -80,30 +136,25 @@ def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int
     with torch.inference_mode(False), torch.enable_grad():
         w, scale, x, y = w.clone(), scale.clone(), x.clone(), y.clone()
         bias = None if module.bias is None else module.bias.detach().clone()
-        return _optimise_loop(module, w, scale, qmax, x, y, bias, iters, reg, beta, batch_size, lr, warm, generator)
-
-
-def _optimise_loop(module, w, scale, qmax, x, y, bias, iters, reg, beta, batch_size, lr, warm, generator):
-    v = _init_v(w, scale).requires_grad_(True)
-    params = {} if bias is None else {"bias": bias}
-    opt = torch.optim.Adam([v], lr=lr)
-    for t in range(iters):
-        idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
-        with torch.enable_grad():
-            out = functional_call(module, {**params, "weight": _soft_weight(w, scale, v, qmax)}, (x[idx],))
-            loss = ((out - y[idx]) ** 2).mean()
+        data = _samples(module, x, y, window)
+        v = _init_v(w, scale).requires_grad_(True)
+        opt = torch.optim.Adam([v], lr=lr)
+        for t in range(iters):
+            idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
+            xb, yb = data.sample(idx, generator)
+            loss = ((data.forward(xb, _soft_weight(w, scale, v, qmax), bias) - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)
             if b is not None:
                 loss = loss + reg * (1 - (2 * _h(v) - 1).abs().pow(b)).sum()
             opt.zero_grad()
             loss.backward()
-        opt.step()
+            opt.step()
     return _soft_weight(w, scale, v.detach(), qmax, hard=True)
 
 
 def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
                      iters: int = 1000, reg: float = 0.01, beta: tuple[float, float] = (20.0, 2.0),
-                     batch_size: int = 32, lr: float = 1e-3, warm_start: float = 0.2,
+                     batch_size: int = 32, lr: float = 1e-3, warm_start: float = 0.2, window: int | None = 16,
                      seed: int = 0) -> dict[str, torch.Tensor]:
     """AdaRound every compute layer of a calibrated ``qmodel``, in execution order.
 
@@ -115,6 +166,8 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
         iters, reg, beta, lr, warm_start: the optimisation (Adam steps, rounding regulariser weight,
             its annealed exponent (start, end), learning rate, fraction of steps without it).
         batch_size: samples (images, or rows for a Linear) per step.
+        window: a Conv2d's loss is taken on one random ``window x window`` patch of its output per
+            step (the same patch for the step's images) instead of the whole map; None for whole maps.
 
     Returns:
         ``{layer name: fake-quantized weight}``: on the layer's symmetric grid with the model's own
@@ -139,14 +192,14 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
             w = float_w[name]
             scale = qmodel.weight_scale(name)  # the scale fake-quant uses: AdaRound only picks the rounding
             qmodel.set_mode("float")
-            y = torch.cat(_capture(qmodel, batches, input_fn, name, "float"))
+            y = _capture(qmodel, batches, input_fn, name, "float")
             qmodel.set_mode(QUANT)
             with torch.no_grad():  # layers already rounded feed this one their AdaRound weights
                 for done, wq in rounded.items():
                     modules[done].weight.copy_(wq)
-            x = torch.cat(_capture(qmodel, batches, input_fn, name, QUANT))
+            x = _capture(qmodel, batches, input_fn, name, QUANT)
             qmodel.set_mode("float")  # optimise against the float bias, weights restored
-            rounded[name] = _optimise(module, w, scale, qmax, x, y, iters, reg, beta, batch_size, lr, warm_start, g)
+            rounded[name] = _optimise(module, w, scale, qmax, x, y, iters, reg, beta, batch_size, lr, warm_start, window, g)
     finally:
         qmodel.set_mode(QUANT if was_quant else "float")
     return rounded

@@ -45,6 +45,38 @@ def default_input_fn(batch: Any) -> tuple:
     raise TypeError(f"cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=")
 
 
+class _Reached(Exception):
+    """Raised by :func:`forward_until`'s hook: the forward has run the module it waits for."""
+
+
+def forward_until(model: nn.Module, batches: Iterable, input_fn: Callable[[Any], tuple],
+                  module: nn.Module | None = None) -> int:
+    """Run ``model`` over ``batches``; returns how many ran.
+
+    With ``module``, each forward stops right after that module's first call, once its own hooks
+    have run: the layers after it would cost time and change nothing for a layer-by-layer method.
+    The stop is an exception raised by a forward hook of ``module`` itself, so torch still runs the
+    always-call hooks of every module it unwinds through (the op tracker's depth and scope, the
+    function-hook mode's exit): the next forward starts clean.
+    """
+    def stop(m, args, out):
+        raise _Reached
+
+    handle = None if module is None else module.register_forward_hook(stop)  # after the module's other hooks
+    seen = 0
+    try:
+        for batch in batches:
+            try:
+                model(*input_fn(batch))
+            except _Reached:
+                pass
+            seen += 1
+    finally:
+        if handle is not None:
+            handle.remove()
+    return seen
+
+
 class QuantizedModel(nn.Module):
     """A model under the hybrid asymmetric INT8 scheme (see :mod:`hqbench.quant.scheme`).
 

@@ -1,0 +1,72 @@
+"""The layer-by-layer weight methods' shortcuts: forwards that stop at the layer, and AdaRound's loss
+windows that equal the full output."""
+
+import pytest
+import torch
+from torch import nn
+
+from hqbench.quant import quantize
+from hqbench.quant.adaround import _capture, _Windows
+from hqbench.quant.bias_correction import measure_bias_shift
+from hqbench.quant.fake import QUANT
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(6, 8, 3, padding=1),
+    nn.Conv2d(6, 6, 3, stride=2, padding=1, groups=6),
+    nn.Conv2d(6, 4, 5, stride=2, padding=3, dilation=2),
+    nn.Conv2d(6, 4, 3, padding="same", padding_mode="reflect"),
+    nn.Conv2d(6, 4, 1),
+])
+def test_a_window_of_the_padded_input_gives_exactly_that_window_of_the_output(conv):
+    x = torch.randn(5, 6, 23, 19)
+    with torch.no_grad():
+        y = conv(x)
+    windows = _Windows(conv, x, y, size=7)
+    g = torch.Generator().manual_seed(0)
+    idx = torch.tensor([4, 0, 2])
+    for _ in range(20):  # random offsets, borders included
+        xw, yw = windows.sample(idx, g)
+        with torch.no_grad():
+            out = windows.forward(xw, conv.weight, conv.bias)
+        assert out.shape == yw.shape == (3, conv.out_channels, *windows.size)
+        torch.testing.assert_close(out, yw, rtol=1e-5, atol=1e-5)
+
+
+def test_a_capture_that_stops_at_its_layer_leaves_the_model_as_it_was(trained_net, calib_batches):
+    net, _ = trained_net
+    q = quantize(net, calib_batches, method="D")
+    x = calib_batches[0]
+    with torch.no_grad():
+        before = q(x)
+    middle = q.plan.compute[len(q.plan.compute) // 2]
+    captured = _capture(q, calib_batches, lambda b: (b,), middle, QUANT)
+    assert len(captured) == sum(len(b) for b in calib_batches)
+    # The stop unwound cleanly: no function mode left on the stack, the op tracker balanced,
+    # and the next forward is the same (its per-forward call counters were reset).
+    assert torch._C._len_torch_function_stack() == 0
+    assert q._tracker.depth == 0 and q._tracker.scope == ""
+    with torch.no_grad():
+        assert torch.equal(q(x), before)
+    # What it captured is the layer's quantized input, as a full forward sees it.
+    seen = []
+    module = dict(q.model.named_modules())[middle]
+    handle = module.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        q(x)
+    handle.remove()
+    assert torch.equal(captured[:len(x)], seen[0])
+
+
+def test_bias_correction_stopped_at_each_layer_finds_the_shifts_of_full_forwards(trained_net, calib_batches,
+                                                                                  monkeypatch):
+    net, _ = trained_net
+    q = quantize(net, calib_batches, method="B", weight_bits=4)
+    stopped = measure_bias_shift(q, calib_batches)
+    import hqbench.quant.bias_correction as bc
+    full_run = bc._run
+    monkeypatch.setattr(bc, "_run", lambda qm, b, f, hooks, until=None: full_run(qm, b, f, hooks))
+    full = measure_bias_shift(q, calib_batches)
+    assert list(stopped) == list(full)
+    for name in full:
+        torch.testing.assert_close(stopped[name], full[name], rtol=0, atol=0)
