@@ -142,3 +142,13 @@ def test_unknown_keys_and_wrong_types_are_one_line(override, words, capsys):
 def test_typed_keys_accept_what_their_type_allows():
     cfg = compose("classification", ["model.weights=1", "train.lr=1", "data.eval_limit=null", "+trainer.max_epochs=1"])
     assert cfg.model.weights == "1" and cfg.train.lr == 1 and cfg.data.eval_limit is None
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+@pytest.mark.parametrize("override, kept", [(None, ()), ("keep_8bit=first,last", ("first", "last")),
+                                            ("keep_8bit=last", ("last",)), ("keep_8bit=none", ())])
+def test_keep_8bit_takes_one_layer_or_a_comma_list(task, override, kept):
+    from hqbench.quant.model import check_keep_8bit
+
+    cfg = compose(task, [override] if override else [])
+    assert check_keep_8bit(cfg.keep_8bit) == kept
