@@ -68,7 +68,7 @@ def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
     ax.set_xlabel("bit widths (weights, activations)")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a point
 
 
 def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
@@ -103,4 +103,4 @@ def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
     for ax, (key, panel) in zip(axes[:, 0], panels.items()):
         _draw(ax, key, panel)
     fig.tight_layout()
-    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"), binary=True)
