@@ -88,8 +88,8 @@ class _Windows:
     def __init__(self, module: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, size: int):
         self.module = module
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode  # the module's own padding
-        self.x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)
-        self.y = y
+        self.x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)  # a new tensor: no clone needed
+        self.y = y.clone()
         self.size = (min(size, y.shape[2]), min(size, y.shape[3]))
         self.reach = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in
                       zip(self.size, module.stride, module.dilation, module.kernel_size)]
@@ -109,7 +109,7 @@ class _Whole:
     """Any other layer: whole samples (images, or rows of a Linear)."""
 
     def __init__(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        self.module, self.x, self.y = module, x, y
+        self.module, self.x, self.y = module, x.clone(), y.clone()
 
     def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[idx], self.y[idx]
@@ -131,10 +131,11 @@ def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int
     """Learn ``V`` for one layer; returns the hard-rounded fake-quantized weight.
 
     Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
-    sees is cloned out of inference mode first, since inference tensors cannot be saved for backward.
+    sees is copied out of inference mode first (cloned, or padded by ``_Windows`` into a new tensor),
+    since inference tensors cannot be saved for backward.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        w, scale, x, y = w.clone(), scale.clone(), x.clone(), y.clone()
+        w, scale = w.clone(), scale.clone()
         bias = None if module.bias is None else module.bias.detach().clone()
         data = _samples(module, x, y, window)
         v = _init_v(w, scale).requires_grad_(True)
