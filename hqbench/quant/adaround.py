@@ -6,13 +6,9 @@ writes the quantized weight as ``s * clamp(floor(W/s) + h(V), -qmax, qmax)`` wit
 sigmoid ``h``, minimises ``||W x - W~ x~||^2`` (``x~``: the layer's input in the quantized model,
 with the layers before it already rounded, the paper's asymmetric reconstruction) plus
 ``reg * sum(1 - |2h - 1|^beta)``, which pushes each ``h`` to 0 or 1 as ``beta`` anneals from 20 to 2
-(cosine) after a 20 % warm-up without it, and finally rounds ``h >= 0.5`` up. Loss and defaults follow
-Qualcomm AIMET's ``AdaroundLoss`` and ``AdaroundParameters`` (Adam, lr 1e-3, reg 0.01, beta 20 -> 2,
-warm start 0.2), except the iterations: AIMET's 10 000 suit a GPU; the CPU default here is 1000.
-The reconstruction term is AIMET's: the squared error summed over output channels, averaged over
-samples and positions. Its scale against ``reg`` is what the defaults were tuned for; a plain mean
-over channels too makes it ``C_out`` times weaker, and the regulariser then fixes most roundings at
-their starting (nearest) side before the reconstruction has moved them.
+after a 20 % warm-up without it, and finally rounds ``h >= 0.5`` up. Defaults follow Qualcomm
+AIMET's ``AdaroundParameters`` (Adam, lr 1e-3, reg 0.01, beta 20 -> 2, warm start 0.2), except the
+iterations: AIMET's 10 000 suit a GPU; the CPU default here is 1000.
 
 What keeps it affordable on a CPU: each capture pass stops at the layer it captures (a forward
 runs only the layers before it), and a convolution's loss is taken on a random 16x16 window of its
@@ -25,7 +21,6 @@ weight scale (minmax or MSE), so only the rounding direction changes.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterable
 
 import torch
@@ -34,7 +29,7 @@ from torch.nn import functional as F
 from torch.func import functional_call
 
 from .fake import QUANT
-from .model import QuantizedModel, default_input_fn, forward_until, output_channel_dim
+from .model import QuantizedModel, default_input_fn, forward_until
 
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
@@ -55,17 +50,12 @@ def _soft_weight(w, scale, v, qmax, hard: bool = False) -> torch.Tensor:
 
 
 def _beta(t: int, iters: int, beta: tuple[float, float], warm: float) -> float | None:
-    """Annealed ``beta`` at step ``t`` (cosine, as AIMET); None during the warm-up (no rounding regulariser)."""
+    """Annealed ``beta`` at step ``t``; None during the warm-up (no rounding regulariser)."""
     start = warm * iters
     if t < start:
         return None
     rel = (t - start) / max(iters - start, 1)
-    return beta[1] + 0.5 * (beta[0] - beta[1]) * (1 + math.cos(math.pi * rel))
-
-
-def _reconstruction(out: torch.Tensor, target: torch.Tensor, channel_dim: int) -> torch.Tensor:
-    """Squared error summed over output channels, averaged over everything else (AIMET's loss)."""
-    return (out - target).pow(2).sum(channel_dim).mean()
+    return beta[1] + (beta[0] - beta[1]) * max(0.0, 1.0 - rel)
 
 
 @torch.no_grad()
@@ -153,8 +143,7 @@ def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int
         for t in range(iters):
             idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
             xb, yb = data.sample(idx, generator)
-            out = data.forward(xb, _soft_weight(w, scale, v, qmax), bias)
-            loss = _reconstruction(out, yb, output_channel_dim(module, out))
+            loss = ((data.forward(xb, _soft_weight(w, scale, v, qmax), bias) - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)
             if b is not None:
                 loss = loss + reg * (1 - (2 * _h(v) - 1).abs().pow(b)).sum()

@@ -26,7 +26,12 @@ import torch
 from torch import nn
 
 from .fake import OBSERVE, QUANT
-from .model import QuantizedModel, default_input_fn, forward_until, output_channel_dim
+from .model import QuantizedModel, default_input_fn, forward_until
+
+
+def _channel_dim(module: nn.Module, out: torch.Tensor) -> int:
+    """Output channels: dim 1 for Conv (``[N, C, ...]``), the last dim for Linear (``[..., C]``)."""
+    return out.dim() - 1 if isinstance(module, nn.Linear) else 1
 
 
 class _Mean:
@@ -37,7 +42,7 @@ class _Mean:
         self.count = 0
 
     def __call__(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
-        dim = output_channel_dim(module, out)
+        dim = _channel_dim(module, out)
         flat = out.detach().movedim(dim, -1).reshape(-1, out.shape[dim]).double()
         self.total = flat.sum(0) if self.total is None else self.total + flat.sum(0)
         self.count += flat.shape[0]
@@ -51,7 +56,7 @@ class _Mean:
 def _correction(shift: torch.Tensor) -> Callable:
     """A forward hook that subtracts ``shift`` per output channel: what ``bias - shift`` would do."""
     def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
-        dim = output_channel_dim(module, out)
+        dim = _channel_dim(module, out)
         shape = [1] * out.dim()
         shape[dim] = -1
         return out - shift.to(out.dtype).view(shape)

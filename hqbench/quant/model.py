@@ -45,11 +45,6 @@ def default_input_fn(batch: Any) -> tuple:
     raise TypeError(f"cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=")
 
 
-def output_channel_dim(module: nn.Module, out: torch.Tensor) -> int:
-    """A compute layer's output channels: dim 1 for Conv (``[N, C, ...]``), the last for Linear (``[..., C]``)."""
-    return out.dim() - 1 if isinstance(module, nn.Linear) else 1
-
-
 class _Reached(Exception):
     """Raised by :func:`forward_until`'s hook: the forward has run the module it waits for."""
 

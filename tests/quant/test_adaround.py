@@ -70,19 +70,3 @@ def test_bias_correction_stopped_at_each_layer_finds_the_shifts_of_full_forwards
     assert list(stopped) == list(full)
     for name in full:
         torch.testing.assert_close(stopped[name], full[name], rtol=0, atol=0)
-
-
-def test_the_reconstruction_loss_sums_channels_as_aimet_does_and_beta_anneals_by_cosine():
-    from hqbench.quant.adaround import _beta, _reconstruction
-    out, target = torch.randn(4, 7, 5, 5), torch.randn(4, 7, 5, 5)
-    # AIMET's AdaroundLoss.compute_recon_loss: squared Frobenius norm over dim 1, mean over the rest.
-    aimet = (torch.norm(out - target, p="fro", dim=1) ** 2).mean()
-    torch.testing.assert_close(_reconstruction(out, target, 1), aimet)
-    # 7 times the plain mean: the weight of the reconstruction against the rounding regulariser.
-    torch.testing.assert_close(_reconstruction(out, target, 1), 7 * ((out - target) ** 2).mean())
-    rows = torch.randn(9, 3), torch.randn(9, 3)  # a Linear's [N, C_out]
-    torch.testing.assert_close(_reconstruction(*rows, 1), ((rows[0] - rows[1]) ** 2).sum(1).mean())
-    assert _beta(199, 1000, (20.0, 2.0), 0.2) is None  # warm-up: no regulariser
-    assert _beta(200, 1000, (20.0, 2.0), 0.2) == pytest.approx(20.0)
-    assert _beta(600, 1000, (20.0, 2.0), 0.2) == pytest.approx(11.0)
-    assert _beta(999, 1000, (20.0, 2.0), 0.2) == pytest.approx(2.0, abs=1e-3)
