@@ -4,6 +4,11 @@
         --bits w8a4 --methods C,D --calib 64 --eval 32 --out results/layer_error.json
     HQBENCH_DATA=../shared/data python benchmarks/layer_error.py --task detection --model yolov3_tiny_sar \
         --bits w8a6 --methods C,D --calib 64 --eval 116 --out results/layer_error_sar.json
+    HQBENCH_DATA=../shared/data python benchmarks/layer_error.py --model mobilenet_v2_tflite \
+        --bits w8a4 --methods D,D+bc --calib 64 --eval 64 --out results/layer_error_bc.json
+
+A method followed by ``+bc`` is that method with bias correction (``bias_correction=true``, measured
+on the same calibration images): what the correction does to each point's error.
 
 Each method is calibrated as in a table cell (same images, seed 0). Then, on the evaluation images:
 
@@ -57,9 +62,13 @@ def _capture(qmodel, store: dict):
 
 def measure(model, dm, methods, weight_bits, act_bits, float_scopes=(), classifier=True) -> dict:
     calib = list(dm.calibration_dataloader())
-    qmodels = {m: quantize(copy.deepcopy(model), calib, method=m, act_bits=act_bits, weight_bits=weight_bits,
-                           float_scopes=float_scopes)
-               for m in methods}
+    qmodels = {}
+    for m in methods:
+        method, corrected = m.removesuffix("+bc"), m.endswith("+bc")
+        qmodels[m] = quantize(copy.deepcopy(model), calib, method=method, act_bits=act_bits, weight_bits=weight_bits,
+                              float_scopes=float_scopes)
+        if corrected:
+            qmodels[m].correct_bias(calib)
     stats = {m: {} for m in methods}
     logits = {m: [0.0, 0.0, 0] for m in methods}  # signal, noise, correct
     images = 0
