@@ -62,13 +62,9 @@ def _capture(qmodel, store: dict):
 
 def measure(model, dm, methods, weight_bits, act_bits, float_scopes=(), classifier=True) -> dict:
     calib = list(dm.calibration_dataloader())
-    qmodels = {}
-    for m in methods:
-        method, corrected = m.removesuffix("+bc"), m.endswith("+bc")
-        qmodels[m] = quantize(copy.deepcopy(model), calib, method=method, act_bits=act_bits, weight_bits=weight_bits,
-                              float_scopes=float_scopes)
-        if corrected:
-            qmodels[m].correct_bias(calib)
+    qmodels = {m: quantize(copy.deepcopy(model), calib, method=m.removesuffix("+bc"), act_bits=act_bits,
+                           weight_bits=weight_bits, float_scopes=float_scopes, bias_correction=m.endswith("+bc"))
+               for m in methods}
     stats = {m: {} for m in methods}
     logits = {m: [0.0, 0.0, 0] for m in methods}  # signal, noise, correct
     images = 0
