@@ -70,3 +70,24 @@ def test_bias_correction_stopped_at_each_layer_finds_the_shifts_of_full_forwards
     assert list(stopped) == list(full)
     for name in full:
         torch.testing.assert_close(stopped[name], full[name], rtol=0, atol=0)
+
+
+def test_the_activation_loss_uses_each_layers_own_activation_without_its_quantizer(trained_net, calib_batches):
+    from hqbench.quant.adaround import _activation
+
+    net, _ = trained_net
+    q = quantize(net, calib_batches, method="D")
+    modules = dict(q.model.named_modules())
+    acts = {name: _activation(q, name, modules) for name in q.plan.compute}
+    # ResidualNet: stem ReLU, expand ReLU6, project none (linear bottleneck), branch_a LeakyReLU, head none
+    assert acts["project.0"] is None and acts["head"] is None
+    t = torch.linspace(-8, 8, 33).reshape(1, 1, 3, 11)
+    before = t.clone()
+    torch.testing.assert_close(acts["expand.0"](t), nn.functional.relu6(before))
+    torch.testing.assert_close(acts["branch_a.0"](t), nn.functional.leaky_relu(before, 0.1))
+    assert torch.equal(t, before)  # out of place, even for an in-place module
+    calls = []  # the module's hooks (hqbench's quantizer among them) stay out of the loss
+    handle = modules["stem.2"].register_forward_hook(lambda m, a, out: calls.append(m))
+    torch.testing.assert_close(acts["stem.0"](t), nn.functional.relu(before))
+    handle.remove()
+    assert calls == []
