@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Markdown for docs/RESULTS.md from result files: the table, every paired test, and the sweep plot.
+"""Markdown for docs/RESULTS.md from result files: the table, every paired test, each cell's gap to
+FP32 with its paired interval, and the sweep plot.
 
     python benchmarks/report.py docs/results/sweep_mobilenet_v2_tflite.json [--plot PNG]
 
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from hqbench.reporting import read_results
 from hqbench.reporting.plots import plot_sweep
-from hqbench.reporting.tables import markdown_table, notes_line, pairwise_markdown
+from hqbench.reporting.tables import gap_markdown, markdown_table, notes_line, pairwise_markdown
 
 
 def main() -> None:
@@ -27,6 +28,8 @@ def main() -> None:
     print(notes_line(rows), "\n")
     print("Paired tests on the same images (exact McNemar for Top-1, paired bootstrap for mAP):\n")
     print(pairwise_markdown(rows))
+    print("\nGap to FP32 on the same images (95 % paired bootstrap interval; the test as above):\n")
+    print(gap_markdown(rows))
     commands = sorted({r.extra.get("command", "") for r in rows} - {""})
     print("\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```")
     if args.plot:

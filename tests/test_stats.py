@@ -14,7 +14,9 @@ from hqbench.reporting.stats import (
     draw_summary,
     encode_outcomes,
     mcnemar_exact,
+    paired_difference_ci,
     rank_cells,
+    Replicates,
 )
 
 
@@ -161,3 +163,20 @@ def test_draw_summary():
     assert draw_summary([78.5]) == (78.5, None)
     with pytest.raises(ValueError, match="no values"):
         draw_summary([])
+
+
+def test_paired_difference_ci_is_narrow_for_shared_images_and_checks_pairing():
+    a = _outcomes(1300, 1027)
+    b = a.copy()
+    b[np.flatnonzero(a)[:13]] = False  # 13 images lost: -1.0 point
+    lo, hi = paired_difference_ci(b, a)
+    assert lo < -1.0 < hi <= 0.0 and hi - lo < 1.5  # unpaired intervals of each are ~4.4 points wide
+    assert paired_difference_ci(a, a) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="same images"):
+        paired_difference_ci(a, a[:-1])
+    rep = Replicates(80.0, np.array([79.0, 80.0, 81.0, 80.5]), n=100, seed=0)
+    worse = Replicates(78.0, rep.values - np.array([1.0, 2.0, 3.0, 2.0]), n=100, seed=0)
+    lo, hi = paired_difference_ci(worse, rep)
+    assert -3.0 <= lo < hi <= -1.0
+    with pytest.raises(ValueError, match="same resamples"):
+        paired_difference_ci(worse, Replicates(80.0, rep.values, n=100, seed=1))

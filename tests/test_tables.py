@@ -14,6 +14,7 @@ from hqbench.reporting import ResultRow
 from hqbench.reporting.plots import plot_sweep
 from hqbench.reporting.stats import encode_outcomes
 from hqbench.reporting.tables import (
+    gap_markdown,
     markdown_table,
     notes_line,
     pairwise_markdown,
@@ -186,3 +187,17 @@ def test_plot_sweep_writes_a_png(tmp_path):
     assert os.listdir(out.parent) == ["sweep.png"]  # no temp file left
     with pytest.raises(ValueError, match="no quantised result rows"):
         plot_sweep(rows[:1], tmp_path / "empty.png")
+
+
+def test_the_gap_to_fp32_has_a_paired_interval_that_decides_a_within_x_target():
+    rows = [_row("fp32", _BASE), _row("B", _flip(to_wrong=4)), _row("D", _flip(to_wrong=60)),
+            _row("C", None, value=70.0)]
+    lines = gap_markdown(rows).splitlines()
+    by_method = {line.split("|")[3].strip(): [c.strip() for c in line.split("|")[4:-1]] for line in lines[2:]}
+    b_gap, b_draw, b_p, _ = by_method["MinMax"]
+    assert b_gap == "-0.40" and b_draw.startswith("-0.40 [")  # 4 of 1000 images
+    lo, hi = (float(v) for v in b_draw.split("[")[1].rstrip("]").split(","))
+    assert -1.0 < lo < -0.40 < hi <= 0.0 and float(b_p) > 0.05  # tight, since the pair shares 996 images
+    d_lo, d_hi = (float(v) for v in by_method["Activation Redistribution"][1].split("[")[1].rstrip("]").split(","))
+    assert d_lo < -6.0 < d_hi < 0 and float(by_method["Activation Redistribution"][2]) < 1e-6
+    assert by_method["Histogram"][1:3] == ["—", "—"]  # no outcomes: a gap, no interval

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hqbench.methods import column_order, is_peer
-from hqbench.reporting.stats import (Replicates, bootstrap_ci, decode_outcomes, draw_summary, pairing_key,
-                                     paired_pvalue, rank_cells)
+from hqbench.reporting.stats import (Replicates, bootstrap_ci, decode_outcomes, draw_summary, evidence_value,
+                                     paired_difference_ci, pairing_key, paired_pvalue, rank_cells)
 
 if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
@@ -304,3 +304,30 @@ def pvalue_pairs(line: Line) -> list[dict[str, Any]]:
     """
     methods = [m for m in column_order(line.cells) if m != FP32]
     return [_pair(line, a, b) for i, a in enumerate(methods) for b in methods[i + 1 :]]
+
+
+def fp32_gaps(line: Line) -> list[dict[str, Any]]:
+    """Each quantised method's gap to the line's FP32 reference, with its paired interval.
+
+    ``gap`` is the mean over the draws minus FP32; ``seed_gap`` (that draw's gap), ``lo``/``hi``
+    (its 95 % paired bootstrap interval) and ``p`` (the paired test) are for the lowest seed with
+    evidence, as :func:`pvalue_pairs` uses, and None without evidence on FP32's images.
+    """
+    ref = line.cells.get(FP32, [])
+    if not ref:
+        return []
+    fp32 = _mean(ref)
+    ref_evidence = next((evidence_of(r) for r in ref if has_evidence(r)), None)
+    gaps = []
+    for m in [m for m in column_order(line.cells) if m != FP32]:
+        gap = {"line": line.label, "metric": line.metric, "method": m, "gap": _mean(line.cells[m]) - fp32,
+               "seed_gap": None, "lo": None, "hi": None, "p": None, "seed": None}
+        seeds = _seeds_with_evidence(line.cells[m])
+        if ref_evidence is not None and seeds:
+            x = _evidence(line.cells[m], min(seeds))
+            if pairing_key(x) == pairing_key(ref_evidence):
+                gap["seed_gap"] = evidence_value(x) - evidence_value(ref_evidence)
+                gap["lo"], gap["hi"] = paired_difference_ci(x, ref_evidence)
+                gap["p"], gap["seed"] = paired_pvalue(x, ref_evidence), min(seeds)
+        gaps.append(gap)
+    return gaps

@@ -194,6 +194,34 @@ def pairing_key(evidence: Any) -> tuple:
     return ("outcomes", _as_bool(evidence).size)
 
 
+def paired_difference_ci(a: Any, b: Any, confidence: float = 0.95, n_resamples: int = 2000,
+                         seed: int = 0) -> tuple[float, float]:
+    """Bootstrap interval of ``metric(a) - metric(b)`` on the same images, in points.
+
+    Per-image outcomes are resampled in pairs (scipy's paired BCa bootstrap), so what both methods
+    get right or wrong together does not widen it; :class:`Replicates` give the percentile interval
+    of their differences on the shared resamples. "Within X of FP32" is decided by this interval,
+    not by the difference alone.
+
+    Raises:
+        ValueError: the two are not on the same images (or resamples).
+    """
+    if isinstance(a, Replicates) or isinstance(b, Replicates):
+        if not (isinstance(a, Replicates) and isinstance(b, Replicates)) or pairing_key(a) != pairing_key(b):
+            raise ValueError("paired_difference_ci: the two were not measured on the same resamples")
+        lo, hi = np.percentile(a.values - b.values, [50 * (1 - confidence), 50 * (1 + confidence)])
+        return float(lo), float(hi)
+    x, y = _pair(a, b)
+    d = x.astype(np.float64) - y.astype(np.float64)
+    if not d.any() or (d == d[0]).all():  # no discordant images, or all the same way: no spread
+        return 100.0 * float(d.mean()), 100.0 * float(d.mean())
+    res = stats.bootstrap((x.astype(np.float64), y.astype(np.float64)), lambda u, v, axis: np.mean(u - v, axis=axis),
+                          paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
+                          method="BCa", rng=np.random.default_rng(seed))
+    lo, hi = res.confidence_interval
+    return 100.0 * float(lo), 100.0 * float(hi)
+
+
 def paired_pvalue(a: Any, b: Any) -> float:
     """The paired test of two methods on the same images: exact McNemar on per-image outcomes,
     the paired bootstrap on :class:`Replicates` (metrics such as mAP that do not split per image)."""

@@ -25,6 +25,7 @@ from hqbench.reporting.lines import (
     FP32,
     Cell,
     build_lines,
+    fp32_gaps,
     line_cells,
     methods_of,
     options_legend,
@@ -189,6 +190,23 @@ def pairwise_markdown(rows: Iterable[ResultRow]) -> str:
             f"| {_md_escape(p['line'])} | {_md_escape(p['metric'])} | {method_title(p['a'])} | "
             f"{method_title(p['b'])} | {p['diff']:+.2f} | {pv} | {p['test'] or _MISSING} | {n} |"
         )
+    return "\n".join(out)
+
+
+def gap_markdown(rows: Iterable[ResultRow]) -> str:
+    """Every quantised cell's gap to FP32 on the same images, with its paired interval, as Markdown.
+
+    The interval, not the gap alone, says whether a target such as "within 0.5 of FP32" is met.
+    """
+    out = ["| Model | Metric | Method | gap to FP32 (mean of draws) | one draw: gap [95 % paired interval] | paired p | seed |",
+           "|---|---|---|---:|---|---:|---:|"]
+    for line in build_lines(list(rows)):
+        for g in fp32_gaps(line):
+            interval = _MISSING if g["lo"] is None else f"{g['seed_gap']:+.2f} [{g['lo']:+.2f}, {g['hi']:+.2f}]"
+            pv = _MISSING if g["p"] is None else f"{g['p']:.3g}"
+            seed = _MISSING if g["seed"] is None else str(g["seed"])
+            out.append(f"| {_md_escape(g['line'])} | {_md_escape(g['metric'])} | {method_title(g['method'])} | "
+                       f"{g['gap']:+.2f} | {interval} | {pv} | {seed} |")
     return "\n".join(out)
 
 
