@@ -19,14 +19,18 @@ from hqbench.reporting.lines import FP32, Cell, bits_label, bits_sort_key, build
 if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
 
-_PANEL_INCHES = (6.4, 3.6)
+_PANEL_INCHES = (8.0, 3.6)
+_LEGEND_COLUMNS = 2
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+_LINES = ("-", "--", ":", "-.")
+_LEGEND_ROW_INCHES = 0.22
 
 
 def _panels(rows: list[ResultRow]) -> dict[tuple[str, str, str, str], dict]:
     """Per (task, model, dataset, metric): width labels, series -> {width: cell}, FP32 cell."""
     panels: dict[tuple[str, str, str, str], dict] = {}
     for line in build_lines(rows):
-        panel = panels.setdefault(line.group, {"widths": set(), "series": {}, "fp32": None})
+        panel = panels.setdefault(line.group, {"widths": set(), "series": {}, "style": {}, "fp32": None})
         cells, _ = line_cells(line)
         width = bits_label(*line.bits)
         for method, cell in cells.items():
@@ -39,6 +43,7 @@ def _panels(rows: list[ResultRow]) -> dict[tuple[str, str, str, str], dict]:
             name += f" {opts}" if opts else ""
             name += f" [{line.engine}]" if line.engine != "fake" else ""
             panel["series"].setdefault(name, {})[width] = cell
+            panel["style"][name] = (method, (opts, line.engine))
     return {k: v for k, v in panels.items() if v["series"]}
 
 
@@ -53,13 +58,19 @@ def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
     widths = sorted(panel["widths"], key=bits_sort_key)
     x = {w: i for i, w in enumerate(widths)}
     n_series = len(panel["series"])
+    # a method keeps its colour across settings; a setting (options, engine) keeps its marker and line
+    methods = list(dict.fromkeys(m for m, _ in panel["style"].values()))
+    settings = list(dict.fromkeys(s for _, s in panel["style"].values()))
     for k, (name, points) in enumerate(panel["series"].items()):
+        method, setting = panel["style"][name]
+        i, j = methods.index(method), settings.index(setting)
+        style = {"color": f"C{i % 10}", "marker": _MARKERS[j % len(_MARKERS)], "linestyle": _LINES[j % len(_LINES)]}
         ws = [w for w in widths if w in points]
         errs = [_yerr(points[w]) for w in ws]
         dodge = (k - (n_series - 1) / 2) * 0.06  # keep overlapping error bars apart
         ax.errorbar(
             [x[w] + dodge for w in ws], [points[w].value for w in ws],
-            yerr=[[e[0] for e in errs], [e[1] for e in errs]], marker="o", capsize=3, label=name,
+            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, label=name, **style,
         )
     if panel["fp32"] is not None:
         ax.axhline(panel["fp32"].value, color="grey", linestyle="--", linewidth=1, label="FP32")
@@ -68,7 +79,8 @@ def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
     ax.set_xlabel("bit widths (weights, activations)")
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes: never over a point
+    # under the axes, never over a point; beside them, a dozen long series names squeeze the axes away
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=_LEGEND_COLUMNS)
 
 
 def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
@@ -98,9 +110,10 @@ def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
     panels = _panels(list(rows))
     if not panels:
         raise ValueError(f"{path}: no quantised result rows to plot")
-    fig = Figure(figsize=(_PANEL_INCHES[0], _PANEL_INCHES[1] * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)
+    heights = [_PANEL_INCHES[1] + _LEGEND_ROW_INCHES * -(-(len(p["series"]) + 1) // _LEGEND_COLUMNS)
+               for p in panels.values()]
+    fig = Figure(figsize=(_PANEL_INCHES[0], sum(heights)), layout="constrained")  # makes room for the legends
+    axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)
     for ax, (key, panel) in zip(axes[:, 0], panels.items()):
         _draw(ax, key, panel)
-    fig.tight_layout()
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"), binary=True)
