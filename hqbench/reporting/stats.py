@@ -209,11 +209,10 @@ def paired_difference_ci(a: Any, b: Any, confidence: float = 0.95, n_resamples: 
     if isinstance(a, Replicates) or isinstance(b, Replicates):
         if not (isinstance(a, Replicates) and isinstance(b, Replicates)) or pairing_key(a) != pairing_key(b):
             raise ValueError("paired_difference_ci: the two were not measured on the same resamples")
-        lo, hi = np.percentile(a.values - b.values, [50 * (1 - confidence), 50 * (1 + confidence)])
-        return float(lo), float(hi)
+        return Replicates(a.observed - b.observed, a.values - b.values, a.n, a.seed).ci(confidence)
     x, y = _pair(a, b)
     d = x.astype(np.float64) - y.astype(np.float64)
-    if not d.any() or (d == d[0]).all():  # no discordant images, or all the same way: no spread
+    if (d == d[0]).all():  # no discordant images, or all the same way: no spread
         return 100.0 * float(d.mean()), 100.0 * float(d.mean())
     res = stats.bootstrap((x.astype(np.float64), y.astype(np.float64)), lambda u, v, axis: np.mean(u - v, axis=axis),
                           paired=True, vectorized=True, n_resamples=n_resamples, confidence_level=confidence,
