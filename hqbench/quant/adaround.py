@@ -159,6 +159,9 @@ def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int
     with torch.inference_mode(False), torch.enable_grad():
         w, scale = w.clone(), scale.clone()
         bias = None if module.bias is None else module.bias.detach().clone()
+        if act is not None:  # the target after the activation, once: it is elementwise, so it commutes with windows
+            with torch.no_grad():
+                y = act(y)
         data = _samples(module, x, y, window)
         v = _init_v(w, scale).requires_grad_(True)
         opt = torch.optim.Adam([v], lr=lr)
@@ -167,7 +170,7 @@ def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int
             xb, yb = data.sample(idx, generator)
             out = data.forward(xb, _soft_weight(w, scale, v, qmax), bias)
             if act is not None:  # the error that survives the activation (ReLU6 clips part of it away)
-                out, yb = act(out), act(yb)
+                out = act(out)
             loss = ((out - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)
             if b is not None:
