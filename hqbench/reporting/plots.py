@@ -27,10 +27,13 @@ _LEGEND_ROW_INCHES = 0.22
 
 
 def _panels(rows: list[ResultRow]) -> dict[tuple[str, str, str, str], dict]:
-    """Per (task, model, dataset, metric): width labels, series -> {width: cell}, FP32 cell."""
+    """Per (task, model, dataset, metric): width labels, series -> {width: cell}, FP32 cell.
+
+    A series is keyed by ``(method, (options label, engine))``: one method under one setting.
+    """
     panels: dict[tuple[str, str, str, str], dict] = {}
     for line in build_lines(rows):
-        panel = panels.setdefault(line.group, {"widths": set(), "series": {}, "style": {}, "fp32": None})
+        panel = panels.setdefault(line.group, {"widths": set(), "series": {}, "fp32": None})
         cells, _ = line_cells(line)
         width = bits_label(*line.bits)
         for method, cell in cells.items():
@@ -38,12 +41,7 @@ def _panels(rows: list[ResultRow]) -> dict[tuple[str, str, str, str], dict]:
                 panel["fp32"] = cell
                 continue
             panel["widths"].add(width)
-            name = method_title(method)
-            opts = options_label(line.options)
-            name += f" {opts}" if opts else ""
-            name += f" [{line.engine}]" if line.engine != "fake" else ""
-            panel["series"].setdefault(name, {})[width] = cell
-            panel["style"][name] = (method, (opts, line.engine))
+            panel["series"].setdefault((method, (options_label(line.options), line.engine)), {})[width] = cell
     return {k: v for k, v in panels.items() if v["series"]}
 
 
@@ -53,16 +51,20 @@ def _yerr(cell: Cell) -> tuple[float, float]:
     return (cell.std or 0.0, cell.std or 0.0)
 
 
+def _series_name(method: str, setting: tuple[str, str]) -> str:
+    opts, engine = setting
+    return method_title(method) + (f" {opts}" if opts else "") + (f" [{engine}]" if engine != "fake" else "")
+
+
 def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
     task, model, dataset, metric = key
     widths = sorted(panel["widths"], key=bits_sort_key)
     x = {w: i for i, w in enumerate(widths)}
     n_series = len(panel["series"])
     # a method keeps its colour across settings; a setting (options, engine) keeps its marker and line
-    methods = list(dict.fromkeys(m for m, _ in panel["style"].values()))
-    settings = list(dict.fromkeys(s for _, s in panel["style"].values()))
-    for k, (name, points) in enumerate(panel["series"].items()):
-        method, setting = panel["style"][name]
+    methods = list(dict.fromkeys(m for m, _ in panel["series"]))
+    settings = list(dict.fromkeys(s for _, s in panel["series"]))
+    for k, ((method, setting), points) in enumerate(panel["series"].items()):
         i, j = methods.index(method), settings.index(setting)
         style = {"color": f"C{i % 10}", "marker": _MARKERS[j % len(_MARKERS)], "linestyle": _LINES[j % len(_LINES)]}
         ws = [w for w in widths if w in points]
@@ -70,7 +72,7 @@ def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
         dodge = (k - (n_series - 1) / 2) * 0.06  # keep overlapping error bars apart
         ax.errorbar(
             [x[w] + dodge for w in ws], [points[w].value for w in ws],
-            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, label=name, **style,
+            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, label=_series_name(method, setting), **style,
         )
     if panel["fp32"] is not None:
         ax.axhline(panel["fp32"].value, color="grey", linestyle="--", linewidth=1, label="FP32")
