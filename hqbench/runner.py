@@ -25,6 +25,7 @@ from .methods import FP32, PYTORCH, check_engine, is_peer, row_method
 from .models import create_model
 from .models._weights import write_half_state_dict
 from .quant import parse_bit_widths
+from .quant.adaround import check_adaround_options, format_adaround_options
 from .quant.baseline import torch_act_grid
 from .quant.model import check_keep_8bit, check_weight_rounding
 from .quant.weights import check_weight_range
@@ -172,11 +173,13 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     keep = check_keep_8bit(cfg.get("keep_8bit"))
     weight_range = check_weight_range(str(cfg.get("weight_range", "minmax")))
     weight_rounding = check_weight_rounding(str(cfg.get("weight_rounding", "nearest")))
+    adaround = check_adaround_options(cfg.get("adaround"), weight_rounding)
     bias_correction = cfg.get("bias_correction", False)
     if not isinstance(bias_correction, bool):
         raise ValueError(f"bias_correction must be true or false, got {bias_correction!r}")
     options = {k: v for k, v in (("weight_range", weight_range if weight_range != "minmax" else None),
                                  ("weight_rounding", weight_rounding if weight_rounding != "nearest" else None),
+                                 ("adaround", format_adaround_options(adaround) or None),
                                  ("bias_correction", "true" if bias_correction else None),
                                  ("keep_8bit", "+".join(keep) or None)) if v}
     # A trainer precision other than float32 (64-true: fake-quant sums exactly, as integer kernels do)
@@ -308,6 +311,7 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
         weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,
         weight_rounding=cell.options.get("weight_rounding", "nearest"), statistics=statistics.get(share),
+        adaround=check_adaround_options(cfg.get("adaround")) if "weight_rounding" in cell.options else None,
         ranges=statistics.get((row_method("minmax"), base["seed"])))]
     start = time.perf_counter()
     try:

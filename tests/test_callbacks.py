@@ -246,13 +246,25 @@ def test_detection_runs_on_onnxruntime_close_to_fake_quant(tmp_path):
     assert abs(rows["fake"]["value"] - rows["onnxruntime"]["value"]) <= 0.5
 
 
-def test_adaround_runs_inside_lightnings_test_loop():
-    """AdaRound needs autograd; Lightning tests in inference mode. The callback path must still work."""
+def test_adaround_runs_inside_lightnings_test_loop(monkeypatch):
+    """AdaRound needs autograd; Lightning tests in inference mode. The callback path must still work,
+    with the callback's AdaRound settings."""
+    import hqbench.quant.adaround as adaround
+
+    seen, original = [], adaround.adaround_weights
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(adaround, "adaround_weights", spy)
     torch.manual_seed(0)
     module = PositionalModule().eval()
-    callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=3, weight_rounding="adaround")
+    callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=3, weight_rounding="adaround",
+                                    adaround={"iters": 50, "lr": 0.01})
     acc = _trainer([callback]).test(module, _data(2), verbose=False)[0]["acc"]
     assert 0.0 <= acc <= 1.0 and callback._saved_state["rounded_weights"]
+    assert seen == [{"iters": 50}]  # what differs from the defaults reaches AdaRound
     assert isinstance(module.backbone[1], nn.BatchNorm2d)  # restored afterwards
 
 

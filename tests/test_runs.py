@@ -33,7 +33,9 @@ def test_aliases_bits_and_one_line_errors(tmp_path, capsys):
     capsys.readouterr()
     for bad, words in [("bits=w0a8", "2..16"), ("bits=8", "w8a8"), ("keep_8bit=middle", "first, last"),
                        ("weight_range=max", "minmax, mse"), ("method=E", "valid: fp32, pytorch, A, B, C, D"),
-                       ("engine=tpu", "fake, int, onnxruntime"), ("bias_correction=maybe", "true or false")]:
+                       ("engine=tpu", "fake, int, onnxruntime"), ("bias_correction=maybe", "true or false"),
+                       ("adaround.lr=0", "adaround.lr must be a positive number"),
+                       ("adaround.iters=5", "apply to weight_rounding=adaround, not nearest")]:
         assert main(["test", *SMALL, bad, f"out={tmp_path / 'bad.json'}"]) == 1, bad
         text = capsys.readouterr().out
         assert "error:" in text and words in text and "Traceback" not in text, (bad, text)
@@ -99,6 +101,18 @@ def test_resume_merge_seed_and_redo(tmp_path, capsys):
     for row in _rows(out):  # portable rows: no absolute path of this machine
         for key in ("dataset", "weights"):
             assert not os.path.isabs(row[key]), (key, row[key])
+
+
+def test_adaround_settings_key_the_row():
+    """A cell records the AdaRound settings that differ from the defaults: another setting is another row."""
+    from hqbench.config import compose
+    from hqbench.runner import plan_cells
+
+    ada = ["method=fp32,D", "bits=w4a8", "weight_rounding=adaround", "adaround.window=null"]
+    cells = {n: plan_cells(compose("classification", [*ada, f"adaround.iters={n}"])) for n in (1000, 3)}
+    assert cells[1000][1].options == {"weight_rounding": "adaround", "adaround": "window=null"}
+    assert cells[3][1].options == {"weight_rounding": "adaround", "adaround": "iters=3,window=null"}
+    assert cells[3][0].options == {}  # FP32 is the same row whatever the settings
 
 
 def _append_many(path: str, writer: int, count: int) -> None:

@@ -124,7 +124,9 @@ def test_rows_store_the_same_portable_path_however_the_data_is_named(monkeypatch
 
 
 @pytest.mark.parametrize("override, words", [
-    ("foo=1", "unknown key 'foo'; valid at the top level: bias_correction, bits, data"),
+    ("foo=1", "unknown key 'foo'; valid at the top level: adaround, bias_correction, bits, data"),
+    ("adaround.steps=5", "unknown key 'adaround.steps'; valid under adaround: activation_loss, batch_size, beta"),
+    ("adaround.iters=2.5", "adaround.iters must be an integer, got 2.5"),
     ("data.foo=1", "unknown key 'data.foo'; valid under data: _target_, batch_size, calib_size"),
     ("seed=abc", "seed must be an integer, got 'abc'"),
     ("data.eval_limit=1.5", "data.eval_limit must be an integer, got 1.5"),
@@ -152,3 +154,14 @@ def test_keep_8bit_takes_one_layer_or_a_comma_list(task, override, kept):
 
     cfg = compose(task, [override] if override else [])
     assert check_keep_8bit(cfg.keep_8bit) == kept
+
+
+@pytest.mark.parametrize("task", ["classification", "detection"])
+def test_the_adaround_keys_are_the_library_defaults(task):
+    """The task file lists AdaRound's settings for the command line; the library's signature is the source."""
+    from omegaconf import OmegaConf
+
+    from hqbench.quant.adaround import ADAROUND_DEFAULTS, check_adaround_options
+
+    listed = OmegaConf.to_container(compose(task).adaround)
+    assert set(listed) == set(ADAROUND_DEFAULTS) and check_adaround_options(listed) == {}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import lightning as L
 import torch
@@ -26,6 +26,7 @@ from torch.utils._pytree import tree_map
 from ._stages import EvaluationStageCallback
 from ..methods import PYTORCH, check_engine, row_method
 from ..quant import canonical_name, check_bits, prepare
+from ..quant.adaround import check_adaround_options
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
 from ..quant.distributed import is_distributed, recording, shard_batches
 from ..quant.model import QuantizedModel, check_keep_8bit, check_weight_rounding, default_input_fn
@@ -62,7 +63,7 @@ class QuantizationCallback(EvaluationStageCallback):
             model), replacing ``pl_module.<submodule>`` while active. ``"hooks"``: torch's default
             observers and ranges applied through hqbench's hooks, for networks torch.fx cannot
             trace (ultralytics' detectors); BN is folded as for A-D.
-        act_bits, weight_bits, keep_8bit, weight_range, bias_correction, weight_rounding: as in
+        act_bits, weight_bits, keep_8bit, weight_range, bias_correction, weight_rounding, adaround: as in
             :func:`hqbench.quant.quantize`; the ``"pytorch"`` baseline uses torch's observers at the
             matching widths (:mod:`hqbench.quant.baseline`).
         recalibrate: calibrate again at every test/validation/predict start (the default: during
@@ -85,7 +86,7 @@ class QuantizationCallback(EvaluationStageCallback):
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
                  weight_range: str = "minmax", bias_correction: bool = False, weight_rounding: str = "nearest",
-                 recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None):
+                 adaround: Mapping[str, Any] | None = None, recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None):
         check_engine(engine)
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -96,6 +97,7 @@ class QuantizationCallback(EvaluationStageCallback):
         self.keep_8bit, self.weight_range = check_keep_8bit(keep_8bit), check_weight_range(weight_range)
         self.bias_correction, self.recalibrate = bool(bias_correction), bool(recalibrate)
         self.weight_rounding = check_weight_rounding(weight_rounding)
+        self.adaround = check_adaround_options(adaround, self.weight_rounding)
         if self.method == PYTORCH:
             torch_act_grid(self.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
             if self.keep_8bit or weight_range != "minmax" or self.bias_correction or weight_rounding != "nearest":
@@ -194,7 +196,7 @@ class QuantizationCallback(EvaluationStageCallback):
                 self.statistics = qmodel.calibration_statistics()
             if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
-                qmodel.fit_weights(batches, weight_rounding=self.weight_rounding,
+                qmodel.fit_weights(batches, weight_rounding=self.weight_rounding, adaround=self.adaround,
                                    bias_correction=self.bias_correction, input_fn=self.input_fn)
                 self._saved_state = qmodel.quant_state_dict()
             else:

@@ -28,11 +28,12 @@ torch.Size([1, 4, 6, 6])
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
 
+from .adaround import check_adaround_options
 from .bits import check_bits, format_bit_widths, parse_bit_widths
 from .calibrators import canonical_name, create_calibrator, list_calibrators, register_calibrator
 from .grid import TORCH_X86_ACT_GRID, QuantGrid, range_to_qparams
@@ -80,7 +81,8 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
              example_inputs: tuple | None = None, input_fn: Callable[[Any], tuple] = default_input_fn,
              act_bits: int = 8, weight_bits: int = 8, weight_per_channel: bool = True,
              float_scopes: tuple[str, ...] = (), keep_8bit: tuple[str, ...] | str = (), weight_range: str = "minmax",
-             bias_correction: bool = False, weight_rounding: str = "nearest") -> QuantizedModel:
+             bias_correction: bool = False, weight_rounding: str = "nearest",
+             adaround: Mapping[str, Any] | None = None) -> QuantizedModel:
     """Prepare, calibrate and freeze ``model``; returns a fake-quant :class:`QuantizedModel`.
 
     Args:
@@ -95,8 +97,12 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
             measured on the calibration data (:mod:`hqbench.quant.bias_correction`).
         weight_rounding: ``"nearest"`` or ``"adaround"`` (:mod:`hqbench.quant.adaround`; runs
             before bias correction).
+        adaround: AdaRound's settings where they differ from its CPU defaults, e.g.
+            ``{"iters": 10000, "lr": 1e-3}`` (AIMET's, for a GPU); see
+            :func:`hqbench.quant.adaround.adaround_weights`.
     """
     check_weight_rounding(weight_rounding)  # fail on a bad setting or name before any work
+    adaround = check_adaround_options(adaround, weight_rounding)
     canonical_name(method)
     if seed is not None:
         torch.manual_seed(seed)
@@ -109,7 +115,7 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
                      weight_range=weight_range)
     qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
     return qmodel.fit_weights(calib_data, weight_rounding=weight_rounding, bias_correction=bias_correction,
-                              num_batches=num_batches, input_fn=input_fn)
+                              num_batches=num_batches, input_fn=input_fn, adaround=adaround)
 
 
 __all__ = [

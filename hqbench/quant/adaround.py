@@ -32,7 +32,8 @@ changes: a weight MSE clips is rounded to the clip whichever way ``h`` points.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable
+import inspect
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -238,4 +239,72 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
     return rounded
 
 
-__all__ = ["adaround_weights"]
+#: The optimisation settings :func:`adaround_weights` takes, with their defaults (the CLI's
+#: ``adaround.KEY=VALUE`` keys); its signature is the one place they are written.
+ADAROUND_DEFAULTS: dict[str, Any] = {
+    p.name: p.default for p in inspect.signature(adaround_weights).parameters.values()
+    if p.default is not inspect.Parameter.empty and p.name != "input_fn"}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_pair(v: Any) -> bool:
+    return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(_is_number(b) and b > 0 for b in v)
+
+
+# Each setting: what a valid value is, how it reads in an error, and its normal form.
+_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
+    "iters": (lambda v: _is_int(v) and v >= 1, "a positive integer", int),
+    "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer", int),
+    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", int),
+    "window": (lambda v: v is None or _is_int(v) and v >= 1, "a positive integer or null", lambda v: v),
+    "lr": (lambda v: _is_number(v) and v > 0, "a positive number", float),
+    "reg": (lambda v: _is_number(v) and v >= 0, "a number >= 0", float),
+    "warm_start": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)", float),
+    "activation_loss": (lambda v: isinstance(v, bool), "true or false", bool),
+    "beta": (_is_pair, "two positive numbers [start, end]", lambda v: (float(v[0]), float(v[1]))),
+}
+
+
+def _setting(key: str, value: Any) -> Any:
+    valid, what, normal = _SETTINGS[key]
+    if not valid(value):
+        raise ValueError(f"adaround.{key} must be {what}, got {value!r}")
+    return normal(value)
+
+
+def check_adaround_options(options: Mapping[str, Any] | None, weight_rounding: str = "adaround") -> dict[str, Any]:
+    """The settings in ``options`` that differ from :func:`adaround_weights`' defaults, checked.
+
+    Raises:
+        ValueError: one line naming an unknown key (the valid ones listed) or a bad value, or
+            settings that differ from the defaults with a ``weight_rounding`` other than adaround.
+    """
+    defaults = ADAROUND_DEFAULTS
+    unknown = sorted(set(options or {}) - set(defaults))
+    if unknown:
+        raise ValueError(f"unknown AdaRound setting {unknown[0]!r}; valid: {', '.join(defaults)}")
+    checked = {k: _setting(k, v) for k, v in (options or {}).items()}
+    changed = {k: v for k, v in checked.items() if v != _setting(k, defaults[k])}
+    if changed and weight_rounding != "adaround":
+        raise ValueError(f"AdaRound settings ({format_adaround_options(changed)}) apply to weight_rounding=adaround, "
+                         f"not {weight_rounding}")
+    return changed
+
+
+def format_adaround_options(options: Mapping[str, Any]) -> str:
+    """``{"lr": 0.001, "iters": 2000}`` -> ``"iters=2000,lr=0.001"``: the form a result row records."""
+    def text(v: Any) -> str:
+        if v is None or isinstance(v, bool):
+            return "null" if v is None else str(v).lower()
+        return "/".join(map(str, v)) if isinstance(v, tuple) else str(v)
+    return ",".join(f"{k}={text(v)}" for k, v in sorted(options.items()))
+
+
+__all__ = ["ADAROUND_DEFAULTS", "adaround_weights", "check_adaround_options", "format_adaround_options"]

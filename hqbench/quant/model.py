@@ -8,7 +8,7 @@ functional adds/concats), so a LightningModule or any eager model keeps its own 
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -322,12 +322,13 @@ class QuantizedModel(nn.Module):
         return self
 
     def fit_weights(self, data: Iterable, *, weight_rounding: str = "nearest", bias_correction: bool = False,
-                    num_batches: int | None = None, input_fn: Callable[[Any], tuple] = default_input_fn
-                    ) -> "QuantizedModel":
+                    num_batches: int | None = None, input_fn: Callable[[Any], tuple] = default_input_fn,
+                    adaround: Mapping[str, Any] | None = None) -> "QuantizedModel":
         """The weight-side steps after calibration, in their order: AdaRound first (it chooses the
-        integers), then bias correction (it measures the shift those integers leave)."""
+        integers; ``adaround``: its settings, see :func:`hqbench.quant.adaround.adaround_weights`),
+        then bias correction (it measures the shift those integers leave)."""
         if check_weight_rounding(weight_rounding) == "adaround":
-            self.adaround(data, num_batches, input_fn)
+            self.adaround(data, num_batches, input_fn, **(adaround or {}))
         if bias_correction:
             self.correct_bias(data, num_batches, input_fn)
         return self
@@ -350,8 +351,9 @@ class QuantizedModel(nn.Module):
 
         ``options`` go to :func:`hqbench.quant.adaround.adaround_weights` (``iters``, ``reg``, ...).
         """
-        from .adaround import adaround_weights
+        from .adaround import adaround_weights, check_adaround_options
 
+        options = check_adaround_options(options)  # a bad setting fails here, not after the first layers
         batches = _weight_batches(data, num_batches, "weight_rounding=adaround")
         self.rounded_weights = {}
         self.set_mode(QUANT)

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from hqbench.quant import quantize
-from hqbench.quant.adaround import _capture, _Windows
+from hqbench.quant.adaround import _capture, _Windows, check_adaround_options, format_adaround_options
 from hqbench.quant.bias_correction import measure_bias_shift
 from hqbench.quant.fake import QUANT
 
@@ -91,3 +91,30 @@ def test_the_activation_loss_uses_each_layers_own_activation_without_its_quantiz
     torch.testing.assert_close(acts["stem.0"](t), nn.functional.relu(before))
     handle.remove()
     assert calls == []
+
+
+def test_adaround_settings_keep_only_what_differs_from_the_defaults():
+    assert check_adaround_options(None) == {} == check_adaround_options({"iters": 1000, "lr": 0.01, "beta": [20, 2]})
+    changed = check_adaround_options({"iters": 10000, "lr": 1e-3, "beta": [10, 2], "window": None})
+    assert changed == {"iters": 10000, "lr": 0.001, "beta": (10.0, 2.0), "window": None}
+    assert format_adaround_options(changed) == "beta=10.0/2.0,iters=10000,lr=0.001,window=null"
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"steps": 5}, "unknown AdaRound setting 'steps'; valid: iters,"),
+    ({"iters": 0}, "adaround.iters must be a positive integer, got 0"),
+    ({"iters": True}, "adaround.iters must be a positive integer"),
+    ({"lr": -1}, "adaround.lr must be a positive number"),
+    ({"warm_start": 1.0}, "adaround.warm_start must be a fraction in [0, 1)"),
+    ({"beta": [20]}, "adaround.beta must be two positive numbers"),
+    ({"activation_loss": "yes"}, "adaround.activation_loss must be true or false"),
+])
+def test_bad_adaround_settings_are_one_line_errors(options, words):
+    with pytest.raises(ValueError) as err:
+        check_adaround_options(options)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_adaround_settings_without_adaround_are_refused_before_any_work(trained_net, calib_batches):
+    with pytest.raises(ValueError, match="apply to weight_rounding=adaround, not nearest"):
+        quantize(trained_net[0], calib_batches, method="B", adaround={"iters": 5})

@@ -45,9 +45,10 @@ def test_bias_correction_and_adaround_recover_low_bit_accuracy_and_survive_reloa
     x, y = make_dataset(512, seed=3)
     plain = _acc(quantize(net, calib_batches, method="D", weight_bits=3), x, y)
     corrected = quantize(net, calib_batches, method="D", weight_bits=3, bias_correction=True)
-    # quantize(weight_rounding="adaround") runs this with AdaRound's default 1000 iterations a layer;
-    # 200 keep the test short and already beat round-to-nearest by far.
-    rounded = quantize(net, calib_batches, method="D", weight_bits=3).adaround(calib_batches, iters=200)
+    # AdaRound's default is 1000 iterations a layer; 200 keep the test short and already beat
+    # round-to-nearest by far.
+    rounded = quantize(net, calib_batches, method="D", weight_bits=3, weight_rounding="adaround",
+                       adaround={"iters": 200})
     assert corrected.bias_shift and rounded.rounded_weights
     assert _acc(corrected, x, y) > plain + 0.05
     assert _acc(rounded, x, y) > plain + 0.05
