@@ -86,7 +86,8 @@ class QuantizationCallback(EvaluationStageCallback):
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
                  weight_range: str = "minmax", bias_correction: bool = False, weight_rounding: str = "nearest",
-                 adaround: Mapping[str, Any] | None = None, recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None):
+                 adaround: Mapping[str, Any] | None = None, recalibrate: bool = True, statistics: dict | None = None,
+                 ranges: dict | None = None):
         check_engine(engine)
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")

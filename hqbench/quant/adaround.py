@@ -286,12 +286,11 @@ def check_adaround_options(options: Mapping[str, Any] | None, weight_rounding: s
         ValueError: one line naming an unknown key (the valid ones listed) or a bad value, or
             settings that differ from the defaults with a ``weight_rounding`` other than adaround.
     """
-    defaults = ADAROUND_DEFAULTS
-    unknown = sorted(set(options or {}) - set(defaults))
+    unknown = sorted(set(options or {}) - set(ADAROUND_DEFAULTS))
     if unknown:
-        raise ValueError(f"unknown AdaRound setting {unknown[0]!r}; valid: {', '.join(defaults)}")
+        raise ValueError(f"unknown AdaRound setting {unknown[0]!r}; valid: {', '.join(ADAROUND_DEFAULTS)}")
     checked = {k: _setting(k, v) for k, v in (options or {}).items()}
-    changed = {k: v for k, v in checked.items() if v != _setting(k, defaults[k])}
+    changed = {k: v for k, v in checked.items() if v != _setting(k, ADAROUND_DEFAULTS[k])}
     if changed and weight_rounding != "adaround":
         raise ValueError(f"AdaRound settings ({format_adaround_options(changed)}) apply to weight_rounding=adaround, "
                          f"not {weight_rounding}")
