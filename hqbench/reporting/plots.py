@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
 
 _PANEL_INCHES = (8.0, 3.6)
-_LEGEND_COLUMNS = 2
+_LEGEND_COLUMN_CHARS = 48  # series names this long still fit two legend columns across the panel
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _LINES = ("-", "--", ":", "-.")
 _LEGEND_ROW_INCHES = 0.22
@@ -82,7 +82,14 @@ def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
     ax.set_ylabel(f"{metric} (%)")
     ax.grid(True, alpha=0.3)
     # under the axes, never over a point; beside them, a dozen long series names squeeze the axes away
-    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=_LEGEND_COLUMNS)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=_legend_columns(panel))
+
+
+def _legend_columns(panel: dict) -> int:
+    """Two columns, or one when a series name is too long for two to fit the panel's width
+    (a legend wider than the figure makes the layout shrink the axes to a sliver)."""
+    longest = max(len(_series_name(m, s)) for m, s in panel["series"])
+    return 2 if longest <= _LEGEND_COLUMN_CHARS else 1
 
 
 def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
@@ -112,7 +119,7 @@ def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
     panels = _panels(list(rows))
     if not panels:
         raise ValueError(f"{path}: no quantised result rows to plot")
-    heights = [_PANEL_INCHES[1] + _LEGEND_ROW_INCHES * -(-(len(p["series"]) + 1) // _LEGEND_COLUMNS)
+    heights = [_PANEL_INCHES[1] + _LEGEND_ROW_INCHES * -(-(len(p["series"]) + 1) // _legend_columns(p))
                for p in panels.values()]
     fig = Figure(figsize=(_PANEL_INCHES[0], sum(heights)), layout="constrained")  # makes room for the legends
     axes = fig.subplots(len(panels), 1, squeeze=False, height_ratios=heights)
