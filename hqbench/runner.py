@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -160,6 +160,7 @@ class Cell:
     weight_bits: int
     act_bits: int
     options: dict
+    adaround: dict = field(default_factory=dict)  # AdaRound's settings; in ``options`` as their text
 
 
 def plan_cells(cfg: DictConfig) -> list[Cell]:
@@ -202,7 +203,7 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                 mine = dict(torch_run) if method == PYTORCH else dict(options)
             if w >= 8 and a >= 8:
                 mine.pop("keep_8bit", None)  # nothing is below 8 bits to keep: the same run as without it
-            cells.append(Cell(method, w, a, mine))
+            cells.append(Cell(method, w, a, mine, adaround if "weight_rounding" in mine else {}))
     return cells
 
 
@@ -311,7 +312,7 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         weight_bits=cell.weight_bits, act_bits=cell.act_bits, keep_8bit=tuple(keep.split("+")) if keep else (),
         weight_range=cell.options.get("weight_range", "minmax"), bias_correction="bias_correction" in cell.options,
         weight_rounding=cell.options.get("weight_rounding", "nearest"), statistics=statistics.get(share),
-        adaround=check_adaround_options(cfg.get("adaround")) if "weight_rounding" in cell.options else None,
+        adaround=cell.adaround,
         ranges=statistics.get((row_method("minmax"), base["seed"])))]
     start = time.perf_counter()
     try:

@@ -43,12 +43,13 @@ def test_documented_commands_are_valid_runs(where, line):
 
     words = shlex.split(line)
     args = words[words.index("test") + 1:]
+    swept = "-m" in args  # a multirun sweeps comma lists: each value is a run of its own; plan the first
+
+    def one_run(override: str) -> str:
+        key, _, value = override.partition("=")
+        return f"{key}={value.split(',')[0]}" if swept and key not in ("method", "bits", "keep_8bit") else override
+
     # a shell variable stands for what its loop gives; the task's default stands in for it here
-    overrides = [a for a in args if "=" in a and not a.startswith("-") and "$" not in a]
-    task = next((a.split("=", 1)[1] for a in overrides if a.startswith("task=")), "classification")
-    swept = "-m" in args  # a multirun sweeps comma lists: each value is a run of its own
-    for o in [o for o in overrides if not o.startswith("task=")]:
-        key, _, value = o.partition("=")
-        if swept and key not in ("method", "bits", "keep_8bit") and "," in value:
-            overrides[overrides.index(o)] = f"{key}={value.split(',')[0]}"
+    overrides = [one_run(a) for a in args if "=" in a and not a.startswith("-") and "$" not in a]
+    task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "classification")
     assert plan_cells(compose(task, [o for o in overrides if not o.startswith("task=")])), (where, line)

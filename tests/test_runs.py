@@ -112,7 +112,8 @@ def test_adaround_settings_key_the_row():
     cells = {n: plan_cells(compose("classification", [*ada, f"adaround.iters={n}"])) for n in (1000, 3)}
     assert cells[1000][1].options == {"weight_rounding": "adaround", "adaround": "window=null"}
     assert cells[3][1].options == {"weight_rounding": "adaround", "adaround": "iters=3,window=null"}
-    assert cells[3][0].options == {}  # FP32 is the same row whatever the settings
+    assert cells[3][1].adaround == {"iters": 3, "window": None}  # what the callback is given
+    assert cells[3][0].options == {} and cells[3][0].adaround == {}  # FP32 is the same row whatever the settings
 
 
 def _append_many(path: str, writer: int, count: int) -> None:
