@@ -98,8 +98,8 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
         weight_rounding: ``"nearest"`` or ``"adaround"`` (:mod:`hqbench.quant.adaround`; runs
             before bias correction).
         adaround: AdaRound's settings where they differ from its CPU defaults, e.g.
-            ``{"iters": 10000, "lr": 1e-3}`` (AIMET's, for a GPU); see
-            :func:`hqbench.quant.adaround.adaround_weights`.
+            ``{"iters": 10000, "lr": 1e-3}`` (AIMET's, for a GPU) or ``{"granularity": "block"}``
+            (BRECQ's block reconstruction); see :func:`hqbench.quant.adaround.adaround_weights`.
     """
     check_weight_rounding(weight_rounding)  # fail on a bad setting or name before any work
     adaround = check_adaround_options(adaround, weight_rounding)

@@ -28,22 +28,31 @@ A module called more than once per forward is fitted on its first call.
 
 The scale and clip are the model's own weight scale (minmax or MSE), so only the rounding direction
 changes: a weight MSE clips is rounded to the clip whichever way ``h`` points.
+
+``granularity="block"`` is BRECQ's block reconstruction (Li et al., ICLR 2021) on the same
+machinery: the layers of a block (:mod:`hqbench.quant.blocks`) share one loss, the squared error
+of the block's output, with the block's input taken from the quantized model as above. Two
+simplifications, stated: the error is the plain mean squared error (BRECQ weights it by the squared
+gradient of the task loss, its Fisher approximation), and the activations inside a block stay float
+while its weights are learnt, as in BRECQ's weight reconstruction.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.func import functional_call
 
+from .blocks import Block, BlockReplay, Reach, block_reach, find_blocks, run_layer
 from .fake import QUANT
 from .model import QuantizedModel, default_input_fn, forward_until
 from .scheme import SIGNED_ACTIVATIONS, UNSIGNED_ACTIVATIONS
 
+GRANULARITIES = ("layer", "block")
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
 
@@ -98,11 +107,12 @@ class _Windows:
     as an unpadded convolution and matches the full one exactly, border windows included.
     """
 
-    def __init__(self, module: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, size: int):
-        self.module = module
+    def __init__(self, name: str, module: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, size: int,
+                 act: Callable | None = None):
+        self.name, self.module, self.act = name, module, act
         mode = "constant" if module.padding_mode == "zeros" else module.padding_mode  # the module's own padding
         self.x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)  # a new tensor: no clone needed
-        self.y = y.clone()
+        self.y = _target(y, act)
         self.size = (min(size, y.shape[2]), min(size, y.shape[3]))
         self.reach = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in
                       zip(self.size, module.stride, module.dilation, module.kernel_size)]
@@ -113,29 +123,99 @@ class _Windows:
         x = self.x[idx, :, oy * sy: oy * sy + ry, ox * sx: ox * sx + rx]
         return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
         m = self.module
-        return F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
+        out = F.conv2d(x, weights[self.name], _bias(m), m.stride, 0, m.dilation, m.groups)
+        return out if self.act is None else self.act(out)
 
 
 class _Whole:
     """Any other layer: whole samples (images, or rows of a Linear)."""
 
-    def __init__(self, module: nn.Module, x: torch.Tensor, y: torch.Tensor):
-        self.module, self.x, self.y = module, x.clone(), y.clone()
+    def __init__(self, name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, act: Callable | None = None):
+        self.name, self.module, self.act = name, module, act
+        self.x, self.y = x.clone(), _target(y, act)
 
     def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[idx], self.y[idx]
 
-    def forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        params = {"weight": weight} if bias is None else {"weight": weight, "bias": bias}
-        return functional_call(self.module, params, (x,))
+    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = run_layer(self.module, x, weights[self.name], _bias(self.module))
+        return out if self.act is None else self.act(out)
 
 
-def _samples(module: nn.Module, x: torch.Tensor, y: torch.Tensor, window: int | None):
+class _BlockSamples:
+    """A block's samples: its start point's tensor in, its end point's tensor out.
+
+    With ``window`` and a block of local ops (its :class:`~hqbench.quant.blocks.Reach` known), a
+    step runs the block on the input crop that one random ``window x window`` patch of its output
+    needs, cut at multiples of the block's stride, and compares that patch: the same values as the
+    whole map's (checked on setup by :func:`_crops_match`), a fraction of the work on large maps.
+    """
+
+    def __init__(self, replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, window: int | None,
+                 reach: Reach | None):
+        self.replay, self.x, self.y = replay, x.clone(), y.clone()
+        self.reach = reach if window and reach is not None and x.dim() == y.dim() == 4 else None
+        self.size = None if self.reach is None else (min(window, y.shape[2]), min(window, y.shape[3]))
+        if self.size == tuple(y.shape[2:]):
+            self.reach = None  # the window is the whole map
+        self._keep = (0, 0)  # where the sampled patch lies in the replay of the last crop
+
+    def crop(self, x: torch.Tensor, offset: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The input crop that output patch ``offset`` needs, and the patch's place in its replay."""
+        r, (hin, win) = self.reach, x.shape[2:]
+        cuts, keep = [], []
+        for o, w, n, s, a, k in zip(offset, self.size, (hin, win), r.stride, r.start, r.size):
+            lo = max(0, a + o * s) // s * s  # a multiple of the stride: the crop's pixels line up
+            cuts.append(slice(lo, min(n, a + (o + w - 1) * s + k)))
+            keep.append(o - lo // s)
+        return x[:, :, cuts[0], cuts[1]], tuple(keep)
+
+    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.reach is None:
+            return self.x[idx], self.y[idx]
+        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
+        x, self._keep = self.crop(self.x[idx], (oy, ox))
+        return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
+
+    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        out = self.replay(x, weights)
+        if self.reach is None:
+            return out
+        (ky, kx), (h, w) = self._keep, self.size
+        return out[:, :, ky: ky + h, kx: kx + w]
+
+
+@torch.no_grad()
+def _crops_match(samples: _BlockSamples, x: torch.Tensor, y: torch.Tensor, weights: Mapping) -> bool:
+    """Whether the crops of ``samples`` replay (float weights, float ``x``) to the patches of the
+    model's own output ``y``, at the four corners and the middle."""
+    (h, w), (ph, pw) = y.shape[2:], samples.size
+    for oy, ox in {(0, 0), (0, w - pw), (h - ph, 0), (h - ph, w - pw), ((h - ph) // 2, (w - pw) // 2)}:
+        crop, (ky, kx) = samples.crop(x, (oy, ox))
+        out = samples.replay(crop, weights)[:, :, ky: ky + ph, kx: kx + pw]
+        want = y[:, :, oy: oy + ph, ox: ox + pw]
+        if out.shape != want.shape or not torch.allclose(out, want, rtol=1e-4, atol=1e-5 * float(y.abs().max()) + 1e-6):
+            return False
+    return True
+
+
+def _bias(module: nn.Module) -> torch.Tensor | None:
+    return None if module.bias is None else module.bias.detach().clone()
+
+
+@torch.no_grad()
+def _target(y: torch.Tensor, act: Callable | None) -> torch.Tensor:
+    """The target after the activation, once: it is elementwise, so it commutes with windows."""
+    return y.clone() if act is None else act(y.clone())
+
+
+def _layer_samples(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, window: int | None,
+                   act: Callable | None):
     if window and isinstance(module, nn.Conv2d) and y.dim() == 4:
-        return _Windows(module, x, y, window)
-    return _Whole(module, x, y)
+        return _Windows(name, module, x, y, window, act)
+    return _Whole(name, module, x, y, act)
 
 
 def _activation(qmodel: QuantizedModel, name: str, modules: dict[str, nn.Module]) -> Callable | None:
@@ -148,44 +228,109 @@ def _activation(qmodel: QuantizedModel, name: str, modules: dict[str, nn.Module]
     return (lambda t: act.forward(t.clone())) if getattr(act, "inplace", False) else act.forward
 
 
-def _optimise(module: nn.Module, w: torch.Tensor, scale: torch.Tensor, qmax: int, x: torch.Tensor, y: torch.Tensor,
-              iters: int, reg: float, beta: tuple[float, float], batch_size: int, lr: float, warm: float,
-              window: int | None, generator: torch.Generator, act: Callable | None = None) -> torch.Tensor:
-    """Learn ``V`` for one layer; returns the hard-rounded fake-quantized weight.
+def _optimise(samples, layers: Mapping[str, tuple[torch.Tensor, torch.Tensor, int]], iters: int, reg: float,
+              beta: tuple[float, float], batch_size: int, lr: float, warm: float,
+              generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Learn ``V`` for ``layers`` ({name: (float weight, scale, qmax)}) together against the output of
+    ``samples`` (one layer's, or a block's); returns each layer's hard-rounded fake-quantized weight.
 
     Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
     sees is copied out of inference mode first (cloned, or padded by ``_Windows`` into a new tensor),
     since inference tensors cannot be saved for backward.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        w, scale = w.clone(), scale.clone()
-        bias = None if module.bias is None else module.bias.detach().clone()
-        if act is not None:  # the target after the activation, once: it is elementwise, so it commutes with windows
-            with torch.no_grad():
-                y = act(y)
-        data = _samples(module, x, y, window)
-        v = _init_v(w, scale).requires_grad_(True)
-        opt = torch.optim.Adam([v], lr=lr)
+        layers = {n: (w.clone(), scale.clone(), qmax) for n, (w, scale, qmax) in layers.items()}
+        v = {n: _init_v(w, scale).requires_grad_(True) for n, (w, scale, _) in layers.items()}
+        opt = torch.optim.Adam(list(v.values()), lr=lr)
         for t in range(iters):
-            idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
-            xb, yb = data.sample(idx, generator)
-            out = data.forward(xb, _soft_weight(w, scale, v, qmax), bias)
-            if act is not None:  # the error that survives the activation (ReLU6 clips part of it away)
-                out = act(out)
-            loss = ((out - yb) ** 2).mean()
+            idx = torch.randint(0, len(samples.x), (min(batch_size, len(samples.x)),), generator=generator)
+            xb, yb = samples.sample(idx, generator)
+            weights = {n: _soft_weight(w, scale, v[n], qmax) for n, (w, scale, qmax) in layers.items()}
+            loss = ((samples.forward(xb, weights) - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)
             if b is not None:
-                loss = loss + reg * (1 - (2 * _h(v) - 1).abs().pow(b)).sum()
+                loss = loss + reg * sum((1 - (2 * _h(vn) - 1).abs().pow(b)).sum() for vn in v.values())
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return _soft_weight(w, scale, v.detach(), qmax, hard=True)
+    return {n: _soft_weight(w, scale, v[n].detach(), qmax, hard=True) for n, (w, scale, qmax) in layers.items()}
+
+
+@torch.no_grad()
+def _capture_points(qmodel: QuantizedModel, data: list, input_fn: Callable, names: Sequence[str],
+                    stop: str) -> dict[str, list[torch.Tensor]]:
+    """The tensors of points ``names`` (their quantizers' outputs: fake-quantized in quant mode, the
+    float tensor otherwise) over ``data``; each forward stops at point ``stop``."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = [qmodel.quantizer(n).register_forward_hook(lambda m, args, out, n=n: seen[n].append(out.detach().clone()))
+               for n in names]
+    try:
+        forward_until(qmodel.model, data, input_fn, qmodel.quantizer(stop))
+    finally:
+        for h in handles:
+            h.remove()
+    for n, tensors in seen.items():
+        if len(tensors) != len(data):
+            raise RuntimeError(f"AdaRound: point {n!r} was not reached once on every calibration batch")
+    return seen
+
+
+def _units(qmodel: QuantizedModel, granularity: str) -> list[Block | str]:
+    """What is reconstructed, in execution order: blocks (with ``granularity="block"``), and single
+    layers for every layer no block holds."""
+    blocks = find_blocks(qmodel.graph, qmodel.plan) if granularity == "block" else []
+    first = {b.layers[0]: b for b in blocks}
+    inside = {n for b in blocks for n in b.layers}
+    return [first[n] if n in first else n for n in qmodel.plan.compute if n in first or n not in inside]
+
+
+def _quant_mode_with(qmodel: QuantizedModel, rounded: Mapping[str, torch.Tensor]) -> None:
+    """Quant mode, with the layers already rounded holding their AdaRound weights."""
+    qmodel.set_mode(QUANT)
+    modules = dict(qmodel.model.named_modules())
+    with torch.no_grad():
+        for done, wq in rounded.items():
+            modules[done].weight.copy_(wq)
+
+
+def _single_layer_samples(qmodel: QuantizedModel, name: str, batches: list, input_fn: Callable,
+                          rounded: Mapping[str, torch.Tensor], window: int | None, activation_loss: bool):
+    """Layer ``name``'s samples: its input in the quantized model, its float output as the target."""
+    qmodel.set_mode("float")
+    y = _capture(qmodel, batches, input_fn, name, "float")
+    _quant_mode_with(qmodel, rounded)
+    x = _capture(qmodel, batches, input_fn, name, QUANT)
+    qmodel.set_mode("float")  # optimise against the float bias, weights restored
+    modules = dict(qmodel.model.named_modules())
+    act = _activation(qmodel, name, modules) if activation_loss else None
+    return _layer_samples(name, modules[name], x, y, window, act)
+
+
+def _block_samples(qmodel: QuantizedModel, block: Block, batches: list, input_fn: Callable,
+                   rounded: Mapping[str, torch.Tensor], float_w: Mapping[str, torch.Tensor],
+                   window: int | None) -> _BlockSamples | None:
+    """A block's samples (its input in the quantized model, its float output as the target); None
+    when its replay does not give the model's own output."""
+    qmodel.set_mode("float")
+    float_io = _capture_points(qmodel, batches, input_fn, [block.start, block.end], block.end)
+    _quant_mode_with(qmodel, rounded)
+    x = torch.cat(_capture_points(qmodel, batches, input_fn, [block.start], block.start)[block.start])
+    qmodel.set_mode("float")
+    modules = dict(qmodel.model.named_modules())
+    replay = BlockReplay(block, modules)
+    weights = {n: float_w[n] for n in block.layers}
+    if not _replays(replay, float_io, weights):
+        return None
+    samples = _BlockSamples(replay, x, torch.cat(float_io[block.end]), window, block_reach(block, modules))
+    if samples.reach is not None and not _crops_match(samples, float_io[block.start][0], float_io[block.end][0], weights):
+        samples.reach = None  # whole maps: slower, never wrong
+    return samples
 
 
 def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
                      iters: int = 1000, reg: float = 0.01, beta: tuple[float, float] = (20.0, 2.0),
                      batch_size: int = 32, lr: float = 1e-2, warm_start: float = 0.2, window: int | None = 16,
-                     seed: int = 0, activation_loss: bool = True) -> dict[str, torch.Tensor]:
+                     seed: int = 0, activation_loss: bool = True, granularity: str = "layer") -> dict[str, torch.Tensor]:
     """AdaRound every compute layer of a calibrated ``qmodel``, in execution order.
 
     Args:
@@ -196,10 +341,15 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
         iters, reg, beta, lr, warm_start: the optimisation (Adam steps, rounding regulariser weight,
             its annealed exponent (start, end), learning rate, fraction of steps without it).
         batch_size: samples (images, or rows for a Linear) per step.
-        window: a Conv2d's loss is taken on one random ``window x window`` patch of its output per
-            step (the same patch for the step's images) instead of the whole map; None for whole maps.
+        window: a Conv2d's (or block's) loss is taken on one random ``window x window`` patch of its
+            output per step (the same patch for the step's images) instead of the whole map; None
+            for whole maps.
         activation_loss: take the error after the activation module that follows the layer in its
             chain (ReLU, ReLU6, LeakyReLU ...), as the AdaRound paper does; False: on the raw output.
+        granularity: ``"layer"`` (AdaRound), or ``"block"`` (BRECQ's block reconstruction, see
+            :mod:`hqbench.quant.blocks`): the layers of a block are rounded together against the
+            block's output, ``iters`` steps a block; ``window`` applies to a block's output where
+            its ops are local (whole maps otherwise), ``activation_loss`` to the layers no block holds.
 
     Returns:
         ``{layer name: fake-quantized weight}``: on the layer's symmetric grid with the model's own
@@ -216,27 +366,43 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
     qmodel.set_mode("float")
     float_w = {n: modules[n].weight.detach().clone() for n in qmodel.plan.compute}
     rounded: dict[str, torch.Tensor] = {}
+    units = _units(qmodel, granularity)
     try:
-        for name in qmodel.plan.compute:
-            module = modules[name]
-            bits = qmodel.layer_weight_bits(name)
-            qmax = 2 ** (bits - 1) - 1
-            w = float_w[name]
-            scale = qmodel.weight_scale(name)  # the scale fake-quant uses: AdaRound only picks the rounding
-            qmodel.set_mode("float")
-            y = _capture(qmodel, batches, input_fn, name, "float")
-            qmodel.set_mode(QUANT)
-            with torch.no_grad():  # layers already rounded feed this one their AdaRound weights
-                for done, wq in rounded.items():
-                    modules[done].weight.copy_(wq)
-            x = _capture(qmodel, batches, input_fn, name, QUANT)
-            qmodel.set_mode("float")  # optimise against the float bias, weights restored
-            act = _activation(qmodel, name, modules) if activation_loss else None
-            rounded[name] = _optimise(module, w, scale, qmax, x, y, iters, reg, beta, batch_size, lr, warm_start,
-                                      window, g, act)
+        while units:
+            unit = units.pop(0)
+            if isinstance(unit, Block):
+                samples = _block_samples(qmodel, unit, batches, input_fn, rounded, float_w, window)
+                if samples is None:
+                    warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
+                                  f"runs it; its layers are rounded one at a time")
+                    units[:0] = unit.layers
+                    continue
+                layers = unit.layers
+            else:
+                samples = _single_layer_samples(qmodel, unit, batches, input_fn, rounded, window, activation_loss)
+                layers = [unit]
+            grids = {n: (float_w[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1) for n in layers}
+            rounded.update(_optimise(samples, grids, iters, reg, beta, batch_size, lr, warm_start, g))
     finally:
         qmodel.set_mode(QUANT if was_quant else "float")
     return rounded
+
+
+@torch.no_grad()
+def _replays(replay: BlockReplay, float_io: Mapping[str, list[torch.Tensor]], weights: Mapping) -> bool:
+    """Whether the replay of a block, with float weights on the first batch's float input (whole, and
+    its first sample alone), gives the model's own output: a block whose ops depend on more than
+    their recorded arguments (a reshape to the recording's batch size, say) is not replayed."""
+    x, y = float_io[replay.block.start][0], float_io[replay.block.end][0]
+    for n in sorted({1, len(x)}):
+        try:
+            out = replay(x[:n], weights)
+        except (RuntimeError, TypeError, ValueError, IndexError):
+            return False
+        tol = 1e-5 * float(y[:n].abs().max()) + 1e-6
+        if out.shape != y[:n].shape or not torch.allclose(out, y[:n], rtol=1e-4, atol=tol):
+            return False
+    return True
 
 
 #: The optimisation settings :func:`adaround_weights` takes, with their defaults (the CLI's
@@ -269,6 +435,7 @@ _SETTINGS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = 
     "warm_start": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)", float),
     "activation_loss": (lambda v: isinstance(v, bool), "true or false", bool),
     "beta": (_is_pair, "two positive numbers [start, end]", lambda v: (float(v[0]), float(v[1]))),
+    "granularity": (lambda v: v in GRANULARITIES, " or ".join(GRANULARITIES), str),
 }
 
 

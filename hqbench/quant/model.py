@@ -347,7 +347,8 @@ class QuantizedModel(nn.Module):
 
     def adaround(self, data: Iterable, num_batches: int | None = None,
                  input_fn: Callable[[Any], tuple] = default_input_fn, **options) -> "QuantizedModel":
-        """Choose each weight's rounding by AdaRound (Nagel et al. 2020) on ``data``, layer by layer.
+        """Choose each weight's rounding by AdaRound (Nagel et al. 2020) on ``data``, layer by layer
+        (or block by block, BRECQ's reconstruction, with ``granularity="block"``).
 
         ``options`` go to :func:`hqbench.quant.adaround.adaround_weights` (``iters``, ``reg``, ...).
         """

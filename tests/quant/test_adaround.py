@@ -22,13 +22,13 @@ def test_a_window_of_the_padded_input_gives_exactly_that_window_of_the_output(co
     x = torch.randn(5, 6, 23, 19)
     with torch.no_grad():
         y = conv(x)
-    windows = _Windows(conv, x, y, size=7)
+    windows = _Windows("conv", conv, x, y, size=7)
     g = torch.Generator().manual_seed(0)
     idx = torch.tensor([4, 0, 2])
     for _ in range(20):  # random offsets, borders included
         xw, yw = windows.sample(idx, g)
         with torch.no_grad():
-            out = windows.forward(xw, conv.weight, conv.bias)
+            out = windows.forward(xw, {"conv": conv.weight})
         assert out.shape == yw.shape == (3, conv.out_channels, *windows.size)
         torch.testing.assert_close(out, yw, rtol=1e-5, atol=1e-5)
 
@@ -95,9 +95,10 @@ def test_the_activation_loss_uses_each_layers_own_activation_without_its_quantiz
 
 def test_adaround_settings_keep_only_what_differs_from_the_defaults():
     assert check_adaround_options(None) == {} == check_adaround_options({"iters": 1000, "lr": 0.01, "beta": [20, 2]})
-    changed = check_adaround_options({"iters": 10000, "lr": 1e-3, "beta": [10, 2], "window": None})
-    assert changed == {"iters": 10000, "lr": 0.001, "beta": (10.0, 2.0), "window": None}
-    assert format_adaround_options(changed) == "beta=10.0/2.0,iters=10000,lr=0.001,window=null"
+    changed = check_adaround_options({"iters": 10000, "lr": 1e-3, "beta": [10, 2], "window": None,
+                                      "granularity": "block"})
+    assert changed == {"iters": 10000, "lr": 0.001, "beta": (10.0, 2.0), "window": None, "granularity": "block"}
+    assert format_adaround_options(changed) == "beta=10.0/2.0,granularity=block,iters=10000,lr=0.001,window=null"
 
 
 @pytest.mark.parametrize("options, words", [
@@ -108,6 +109,7 @@ def test_adaround_settings_keep_only_what_differs_from_the_defaults():
     ({"warm_start": 1.0}, "adaround.warm_start must be a fraction in [0, 1)"),
     ({"beta": [20]}, "adaround.beta must be two positive numbers"),
     ({"activation_loss": "yes"}, "adaround.activation_loss must be true or false"),
+    ({"granularity": "net"}, "adaround.granularity must be layer or block, got 'net'"),
 ])
 def test_bad_adaround_settings_are_one_line_errors(options, words):
     with pytest.raises(ValueError) as err:
