@@ -312,17 +312,18 @@ def _block_samples(qmodel: QuantizedModel, block: Block, batches: list, input_fn
     """A block's samples (its input in the quantized model, its float output as the target); None
     when its replay does not give the model's own output."""
     qmodel.set_mode("float")
-    float_io = _capture_points(qmodel, batches, input_fn, [block.start, block.end], block.end)
+    y = _capture_points(qmodel, batches, input_fn, [block.end], block.end)[block.end]
+    x0 = _capture_points(qmodel, [next(iter(batches))], input_fn, [block.start], block.start)[block.start][0]
     _quant_mode_with(qmodel, rounded)
     x = torch.cat(_capture_points(qmodel, batches, input_fn, [block.start], block.start)[block.start])
     qmodel.set_mode("float")
     modules = dict(qmodel.model.named_modules())
     replay = BlockReplay(block, modules)
     weights = {n: float_w[n] for n in block.layers}
-    if not _replays(replay, float_io, weights):
+    if not _replays(replay, x0, y[0], weights):
         return None
-    samples = _BlockSamples(replay, x, torch.cat(float_io[block.end]), window, block_reach(block, modules))
-    if samples.reach is not None and not _crops_match(samples, float_io[block.start][0], float_io[block.end][0], weights):
+    samples = _BlockSamples(replay, x, torch.cat(y), window, block_reach(block, modules))
+    if samples.reach is not None and not _crops_match(samples, x0, y[0], weights):
         samples.reach = None  # whole maps: slower, never wrong
     return samples
 
@@ -389,11 +390,10 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
 
 
 @torch.no_grad()
-def _replays(replay: BlockReplay, float_io: Mapping[str, list[torch.Tensor]], weights: Mapping) -> bool:
-    """Whether the replay of a block, with float weights on the first batch's float input (whole, and
-    its first sample alone), gives the model's own output: a block whose ops depend on more than
-    their recorded arguments (a reshape to the recording's batch size, say) is not replayed."""
-    x, y = float_io[replay.block.start][0], float_io[replay.block.end][0]
+def _replays(replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, weights: Mapping) -> bool:
+    """Whether the replay of a block with float weights on a batch's float input ``x`` (whole, and
+    its first sample alone) gives the model's own output ``y``: a block whose ops depend on more
+    than their recorded arguments (a reshape to the recording's batch size, say) is not replayed."""
     for n in sorted({1, len(x)}):
         try:
             out = replay(x[:n], weights)
