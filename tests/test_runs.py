@@ -114,6 +114,8 @@ def test_adaround_settings_key_the_row():
     assert cells[3][1].options == {"weight_rounding": "adaround", "adaround": "iters=3,window=null"}
     assert cells[3][1].adaround == {"iters": 3, "window": None}  # what the callback is given
     assert cells[3][0].options == {} and cells[3][0].adaround == {}  # FP32 is the same row whatever the settings
+    block = plan_cells(compose("classification", [*ada, "adaround.granularity=block"]))[1]
+    assert block.options["adaround"] == "granularity=block,window=null" and block.adaround["granularity"] == "block"
 
 
 def _append_many(path: str, writer: int, count: int) -> None:
