@@ -155,3 +155,12 @@ def test_a_crop_of_a_blocks_input_replays_to_exactly_that_patch_of_its_output(bu
                 out = samples.replay(crop, weights)[:, :, ky: ky + ph, kx: kx + pw]
                 torch.testing.assert_close(out, y[:, :, oy: oy + ph, ox: ox + pw], rtol=1e-4, atol=1e-5)
     assert cropped >= (1 if build is TFLiteLike else 4)
+
+
+@pytest.mark.parametrize("granularity", ["layer", "block"])
+def test_adaround_runs_under_inference_mode(trained_net, calib_batches, granularity):
+    """Lightning tests in inference mode; AdaRound's autograd must not meet an inference tensor."""
+    q = quantize(trained_net[0], calib_batches, "D", weight_bits=4)
+    with torch.inference_mode():
+        rounded = adaround_weights(q, calib_batches, iters=3, granularity=granularity)
+    assert list(rounded) == q.plan.compute
