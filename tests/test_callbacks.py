@@ -246,9 +246,11 @@ def test_detection_runs_on_onnxruntime_close_to_fake_quant(tmp_path):
     assert abs(rows["fake"]["value"] - rows["onnxruntime"]["value"]) <= 0.5
 
 
-def test_adaround_runs_inside_lightnings_test_loop(monkeypatch):
+@pytest.mark.parametrize("granularity", ["layer", "block"])
+def test_adaround_runs_inside_lightnings_test_loop(monkeypatch, granularity):
     """AdaRound needs autograd; Lightning tests in inference mode. The callback path must still work,
-    with the callback's AdaRound settings."""
+    with the callback's AdaRound settings, at both granularities, for a bias-free conv whose folded
+    BN gives it a bias made in inference mode."""
     import hqbench.quant.adaround as adaround
 
     seen, original = [], adaround.adaround_weights
@@ -260,11 +262,14 @@ def test_adaround_runs_inside_lightnings_test_loop(monkeypatch):
     monkeypatch.setattr(adaround, "adaround_weights", spy)
     torch.manual_seed(0)
     module = PositionalModule().eval()
+    module.backbone[0] = nn.Conv2d(1, 8, 3, padding=1, bias=False)
+    settings = {"iters": 50, "lr": 0.01, "granularity": granularity}
     callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=3, weight_rounding="adaround",
-                                    adaround={"iters": 50, "lr": 0.01})
+                                    adaround=settings)
     acc = _trainer([callback]).test(module, _data(2), verbose=False)[0]["acc"]
     assert 0.0 <= acc <= 1.0 and callback._saved_state["rounded_weights"]
-    assert seen == [{"iters": 50}]  # what differs from the defaults reaches AdaRound
+    # what differs from the defaults reaches AdaRound
+    assert seen == [{"iters": 50} if granularity == "layer" else {"iters": 50, "granularity": "block"}]
     assert isinstance(module.backbone[1], nn.BatchNorm2d)  # restored afterwards
 
 

@@ -234,8 +234,11 @@ def _optimise(samples, layers: Mapping[str, tuple[torch.Tensor, torch.Tensor, in
     """Learn ``V`` for ``layers`` ({name: (float weight, scale, qmax)}) together against the output of
     ``samples`` (one layer's, or a block's); returns each layer's hard-rounded fake-quantized weight.
 
+    Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
+    sees is copied out of inference mode first (cloned, or padded by ``_Windows`` into a new tensor),
+    since inference tensors cannot be saved for backward.
     """
-    with torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad():
         layers = {n: (w.clone(), scale.clone(), qmax) for n, (w, scale, qmax) in layers.items()}
         v = {n: _init_v(w, scale).requires_grad_(True) for n, (w, scale, _) in layers.items()}
         opt = torch.optim.Adam(list(v.values()), lr=lr)
@@ -365,25 +368,22 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
     float_w = {n: modules[n].weight.detach().clone() for n in qmodel.plan.compute}
     rounded: dict[str, torch.Tensor] = {}
     units = _units(qmodel, granularity)
-    # Autograd even inside Lightning's test loop (inference mode): every tensor the loss sees is
-    # made outside inference mode, since inference tensors cannot be saved for backward.
     try:
-        with torch.inference_mode(False):
-            while units:
-                unit = units.pop(0)
-                if isinstance(unit, Block):
-                    samples = _block_samples(qmodel, unit, batches, input_fn, rounded, float_w, window)
-                    if samples is None:
-                        warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
-                                      f"runs it; its layers are rounded one at a time")
-                        units[:0] = unit.layers
-                        continue
-                    layers = unit.layers
-                else:
-                    samples = _single_layer_samples(qmodel, unit, batches, input_fn, rounded, window, activation_loss)
-                    layers = [unit]
-                grids = {n: (float_w[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1) for n in layers}
-                rounded.update(_optimise(samples, grids, iters, reg, beta, batch_size, lr, warm_start, g))
+        while units:
+            unit = units.pop(0)
+            if isinstance(unit, Block):
+                samples = _block_samples(qmodel, unit, batches, input_fn, rounded, float_w, window)
+                if samples is None:
+                    warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
+                                  f"runs it; its layers are rounded one at a time")
+                    units[:0] = unit.layers
+                    continue
+                layers = unit.layers
+            else:
+                samples = _single_layer_samples(qmodel, unit, batches, input_fn, rounded, window, activation_loss)
+                layers = [unit]
+            grids = {n: (float_w[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1) for n in layers}
+            rounded.update(_optimise(samples, grids, iters, reg, beta, batch_size, lr, warm_start, g))
     finally:
         qmodel.set_mode(QUANT if was_quant else "float")
     return rounded
