@@ -160,7 +160,6 @@ class _BlockSamples:
         self.size = None if self.reach is None else (min(window, y.shape[2]), min(window, y.shape[3]))
         if self.size == tuple(y.shape[2:]):
             self.reach = None  # the window is the whole map
-        self._keep = (0, 0)  # where the sampled patch lies in the replay of the last crop
 
     def crop(self, x: torch.Tensor, offset: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
         """The input crop that output patch ``offset`` needs, and the patch's place in its replay."""
@@ -172,18 +171,19 @@ class _BlockSamples:
             keep.append(o - lo // s)
         return x[:, :, cuts[0], cuts[1]], tuple(keep)
 
-    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[tuple, torch.Tensor]:
+        """``((input, where the patch lies in its replay, or None), target)``."""
         if self.reach is None:
-            return self.x[idx], self.y[idx]
+            return (self.x[idx], None), self.y[idx]
         oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
-        x, self._keep = self.crop(self.x[idx], (oy, ox))
-        return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
+        return self.crop(self.x[idx], (oy, ox)), self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: tuple, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        x, keep = x
         out = self.replay(x, weights)
-        if self.reach is None:
+        if keep is None:
             return out
-        (ky, kx), (h, w) = self._keep, self.size
+        (ky, kx), (h, w) = keep, self.size
         return out[:, :, ky: ky + h, kx: kx + w]
 
 
@@ -195,10 +195,14 @@ def _crops_match(samples: _BlockSamples, x: torch.Tensor, y: torch.Tensor, weigh
     for oy, ox in {(0, 0), (0, w - pw), (h - ph, 0), (h - ph, w - pw), ((h - ph) // 2, (w - pw) // 2)}:
         crop, (ky, kx) = samples.crop(x, (oy, ox))
         out = samples.replay(crop, weights)[:, :, ky: ky + ph, kx: kx + pw]
-        want = y[:, :, oy: oy + ph, ox: ox + pw]
-        if out.shape != want.shape or not torch.allclose(out, want, rtol=1e-4, atol=1e-5 * float(y.abs().max()) + 1e-6):
+        if not _close(out, y[:, :, oy: oy + ph, ox: ox + pw], float(y.abs().max())):
             return False
     return True
+
+
+def _close(out: torch.Tensor, want: torch.Tensor, magnitude: float) -> bool:
+    """A replay's output equals the model's, up to float32 summation order at ``magnitude``."""
+    return out.shape == want.shape and bool(torch.allclose(out, want, rtol=1e-4, atol=1e-5 * magnitude + 1e-6))
 
 
 def _bias(module: nn.Module) -> torch.Tensor | None:
@@ -235,8 +239,8 @@ def _optimise(samples, layers: Mapping[str, tuple[torch.Tensor, torch.Tensor, in
     ``samples`` (one layer's, or a block's); returns each layer's hard-rounded fake-quantized weight.
 
     Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
-    sees is copied out of inference mode first (cloned, or padded by ``_Windows`` into a new tensor),
-    since inference tensors cannot be saved for backward.
+    sees is made inside this ``inference_mode(False)`` (each step's samples are indexed copies of the
+    cached tensors, biases are cloned), since inference tensors cannot be saved for backward.
     """
     with torch.inference_mode(False), torch.enable_grad():
         layers = {n: (w.clone(), scale.clone(), qmax) for n, (w, scale, qmax) in layers.items()}
@@ -399,8 +403,7 @@ def _replays(replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, weights: Map
             out = replay(x[:n], weights)
         except (RuntimeError, TypeError, ValueError, IndexError):
             return False
-        tol = 1e-5 * float(y[:n].abs().max()) + 1e-6
-        if out.shape != y[:n].shape or not torch.allclose(out, y[:n], rtol=1e-4, atol=tol):
+        if not _close(out, y[:n], float(y[:n].abs().max())):
             return False
     return True
 
