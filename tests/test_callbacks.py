@@ -246,8 +246,9 @@ def test_detection_runs_on_onnxruntime_close_to_fake_quant(tmp_path):
     assert abs(rows["fake"]["value"] - rows["onnxruntime"]["value"]) <= 0.5
 
 
-@pytest.mark.parametrize("granularity", ["layer", "block"])
-def test_adaround_runs_inside_lightnings_test_loop(monkeypatch, granularity):
+@pytest.mark.parametrize("granularity, learn", [("layer", {}), ("block", {}),
+                                               ("layer", {"learn_scale": True, "learn_bias": True})])
+def test_adaround_runs_inside_lightnings_test_loop(monkeypatch, granularity, learn):
     """AdaRound needs autograd; Lightning tests in inference mode. The callback path must still work,
     with the callback's AdaRound settings, at both granularities, for a bias-free conv whose folded
     BN gives it a bias made in inference mode."""
@@ -263,13 +264,14 @@ def test_adaround_runs_inside_lightnings_test_loop(monkeypatch, granularity):
     torch.manual_seed(0)
     module = PositionalModule().eval()
     module.backbone[0] = nn.Conv2d(1, 8, 3, padding=1, bias=False)
-    settings = {"iters": 50, "lr": 0.01, "granularity": granularity}
+    settings = {"iters": 50, "lr": 0.01, "granularity": granularity, **learn}
     callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=3, weight_rounding="adaround",
                                     adaround=settings)
     acc = _trainer([callback]).test(module, _data(2), verbose=False)[0]["acc"]
     assert 0.0 <= acc <= 1.0 and callback._saved_state["rounded_weights"]
+    assert bool(callback._saved_state["learned_scales"]) == bool(learn)
     # what differs from the defaults reaches AdaRound
-    assert seen == [{"iters": 50} if granularity == "layer" else {"iters": 50, "granularity": "block"}]
+    assert seen == [{"iters": 50, **learn} if granularity == "layer" else {"iters": 50, "granularity": "block"}]
     assert isinstance(module.backbone[1], nn.BatchNorm2d)  # restored afterwards
 
 

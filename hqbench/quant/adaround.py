@@ -35,13 +35,22 @@ of the block's output, with the block's input taken from the quantized model as 
 simplifications, stated: the error is the plain mean squared error (BRECQ weights it by the squared
 gradient of the task loss, its Fisher approximation), and the activations inside a block stay float
 while its weights are learnt, as in BRECQ's weight reconstruction.
+
+``learn_scale`` and ``learn_bias`` learn more than the rounding against the same loss, as AdaQuant
+(Hubara et al., ICML 2021) learns each layer's biases and quantization step with its weights: a
+per-output-channel factor on the weight scale (the integers stay on the symmetric grid, so integer
+kernels, the export and the state change nothing but that channel's scale) and the float bias
+(still stored as an int32 at ``s_in * s_w``). The bias takes up the mean error that the quantized
+inputs carry in, which bias correction removes by its mean alone; the scale gives back the
+per-channel gain that rounding a few weights (a depthwise kernel's nine) leaves wrong.
 """
 
 from __future__ import annotations
 
 import inspect
 import warnings
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +62,7 @@ from .model import QuantizedModel, default_input_fn, forward_until
 from .scheme import SIGNED_ACTIVATIONS, UNSIGNED_ACTIVATIONS
 
 GRANULARITIES = ("layer", "block")
+Params = tuple[torch.Tensor, "torch.Tensor | None"]  # a layer's (weight, bias), as the samples' forward takes them
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
 
@@ -123,9 +133,9 @@ class _Windows:
         x = self.x[idx, :, oy * sy: oy * sy + ry, ox * sx: ox * sx + rx]
         return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        m = self.module
-        out = F.conv2d(x, weights[self.name], _bias(m), m.stride, 0, m.dilation, m.groups)
+    def forward(self, x: torch.Tensor, params: Mapping[str, Params]) -> torch.Tensor:
+        m, (weight, bias) = self.module, params[self.name]
+        out = F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
         return out if self.act is None else self.act(out)
 
 
@@ -139,8 +149,8 @@ class _Whole:
     def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.x[idx], self.y[idx]
 
-    def forward(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        out = run_layer(self.module, x, weights[self.name], _bias(self.module))
+    def forward(self, x: torch.Tensor, params: Mapping[str, Params]) -> torch.Tensor:
+        out = run_layer(self.module, x, *params[self.name])
         return out if self.act is None else self.act(out)
 
 
@@ -178,9 +188,9 @@ class _BlockSamples:
         oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
         return self.crop(self.x[idx], (oy, ox)), self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
 
-    def forward(self, x: tuple, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: tuple, params: Mapping[str, Params]) -> torch.Tensor:
         x, keep = x
-        out = self.replay(x, weights)
+        out = self.replay(x, params)
         if keep is None:
             return out
         (ky, kx), (h, w) = keep, self.size
@@ -188,13 +198,13 @@ class _BlockSamples:
 
 
 @torch.no_grad()
-def _crops_match(samples: _BlockSamples, x: torch.Tensor, y: torch.Tensor, weights: Mapping) -> bool:
+def _crops_match(samples: _BlockSamples, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Params]) -> bool:
     """Whether the crops of ``samples`` replay (float weights, float ``x``) to the patches of the
     model's own output ``y``, at the four corners and the middle."""
     (h, w), (ph, pw) = y.shape[2:], samples.size
     for oy, ox in {(0, 0), (0, w - pw), (h - ph, 0), (h - ph, w - pw), ((h - ph) // 2, (w - pw) // 2)}:
         crop, (ky, kx) = samples.crop(x, (oy, ox))
-        out = samples.replay(crop, weights)[:, :, ky: ky + ph, kx: kx + pw]
+        out = samples.replay(crop, params)[:, :, ky: ky + ph, kx: kx + pw]
         if not _close(out, y[:, :, oy: oy + ph, ox: ox + pw], float(y.abs().max())):
             return False
     return True
@@ -203,10 +213,6 @@ def _crops_match(samples: _BlockSamples, x: torch.Tensor, y: torch.Tensor, weigh
 def _close(out: torch.Tensor, want: torch.Tensor, magnitude: float) -> bool:
     """A replay's output equals the model's, up to float32 summation order at ``magnitude``."""
     return out.shape == want.shape and bool(torch.allclose(out, want, rtol=1e-4, atol=1e-5 * magnitude + 1e-6))
-
-
-def _bias(module: nn.Module) -> torch.Tensor | None:
-    return None if module.bias is None else module.bias.detach().clone()
 
 
 @torch.no_grad()
@@ -232,32 +238,75 @@ def _activation(qmodel: QuantizedModel, name: str, modules: dict[str, nn.Module]
     return (lambda t: act.forward(t.clone())) if getattr(act, "inplace", False) else act.forward
 
 
-def _optimise(samples, layers: Mapping[str, tuple[torch.Tensor, torch.Tensor, int]], iters: int, reg: float,
-              beta: tuple[float, float], batch_size: int, lr: float, warm: float,
-              generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Learn ``V`` for ``layers`` ({name: (float weight, scale, qmax)}) together against the output of
-    ``samples`` (one layer's, or a block's); returns each layer's hard-rounded fake-quantized weight.
+class Layer(NamedTuple):
+    """A layer as AdaRound fits it: its float weight and bias, and its weight grid (scale, qmax)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scale: torch.Tensor
+    qmax: int
+
+
+@dataclass
+class Rounding:
+    """What AdaRound chose, per layer: the fake-quantized weights, and (with ``learn_scale`` /
+    ``learn_bias``) the weight scales and biases learnt with them, the bias as the shift
+    ``float bias - learnt bias`` that :class:`~hqbench.quant.model.QuantizedModel` subtracts."""
+
+    weights: dict[str, torch.Tensor] = field(default_factory=dict)
+    scales: dict[str, torch.Tensor] = field(default_factory=dict)
+    bias_shift: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+#: Adam's rate for the learnt scale (its log) and bias: a change of about 1 (a factor e, one unit of
+#: output) over the default 1000 steps; the rounding variables keep ``lr``.
+SIDE_LR = 1e-3
+
+
+def _optimise(samples, layers: Mapping[str, Layer], iters: int, reg: float, beta: tuple[float, float],
+              batch_size: int, lr: float, warm: float, generator: torch.Generator, learn_scale: bool = False,
+              learn_bias: bool = False) -> dict[str, Layer]:
+    """Learn ``V`` for ``layers`` together against the output of ``samples`` (one layer's, or a
+    block's), with each layer's weight scale (a per-channel factor on it) and bias too where asked;
+    returns each layer with its hard-rounded fake-quantized weight and the scale and bias that go with it.
 
     Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
     sees is made inside this ``inference_mode(False)`` (each step's samples are indexed copies of the
-    cached tensors, biases are cloned), since inference tensors cannot be saved for backward.
+    cached tensors, the layers' tensors are cloned), since inference tensors cannot be saved for backward.
     """
     with torch.inference_mode(False), torch.enable_grad():
-        layers = {n: (w.clone(), scale.clone(), qmax) for n, (w, scale, qmax) in layers.items()}
-        v = {n: _init_v(w, scale).requires_grad_(True) for n, (w, scale, _) in layers.items()}
-        opt = torch.optim.Adam(list(v.values()), lr=lr)
+        layers = {n: Layer(*(None if t is None else t.clone() for t in layer[:3]), layer.qmax)
+                  for n, layer in layers.items()}
+        v = {n: _init_v(layer.weight, layer.scale).requires_grad_(True) for n, layer in layers.items()}
+        log_gain = {n: torch.zeros_like(layer.scale, requires_grad=True) for n, layer in layers.items()} if learn_scale else {}
+        bias = {n: layer.bias.clone().requires_grad_(True) for n, layer in layers.items()
+                if learn_bias and layer.bias is not None}
+        groups = [{"params": list(v.values()), "lr": lr}]
+        if log_gain or bias:
+            groups.append({"params": [*log_gain.values(), *bias.values()], "lr": SIDE_LR})
+        opt = torch.optim.Adam(groups)
+
+        def params(hard: bool = False) -> dict[str, Params]:
+            out = {}
+            for n, layer in layers.items():
+                w = _soft_weight(layer.weight, layer.scale, v[n], layer.qmax, hard)
+                out[n] = (w * log_gain[n].exp() if n in log_gain else w, bias.get(n, layer.bias))
+            return out
+
         for t in range(iters):
             idx = torch.randint(0, len(samples.x), (min(batch_size, len(samples.x)),), generator=generator)
             xb, yb = samples.sample(idx, generator)
-            weights = {n: _soft_weight(w, scale, v[n], qmax) for n, (w, scale, qmax) in layers.items()}
-            loss = ((samples.forward(xb, weights) - yb) ** 2).mean()
+            loss = ((samples.forward(xb, params()) - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)
             if b is not None:
                 loss = loss + reg * sum((1 - (2 * _h(vn) - 1).abs().pow(b)).sum() for vn in v.values())
             opt.zero_grad()
             loss.backward()
             opt.step()
-    return {n: _soft_weight(w, scale, v[n].detach(), qmax, hard=True) for n, (w, scale, qmax) in layers.items()}
+        with torch.no_grad():
+            return {n: Layer(w.detach(), None if b is None else b.detach().clone(),
+                             layers[n].scale * log_gain[n].exp() if n in log_gain else layers[n].scale, layers[n].qmax)
+                    for n, (w, b) in params(hard=True).items()}
 
 
 @torch.no_grad()
@@ -288,46 +337,48 @@ def _units(qmodel: QuantizedModel, granularity: str) -> list[Block | str]:
     return [first[n] if n in first else n for n in qmodel.plan.compute if n in first or n not in inside]
 
 
-def _quant_mode_with(qmodel: QuantizedModel, rounded: Mapping[str, torch.Tensor]) -> None:
-    """Quant mode, with the layers already rounded holding their AdaRound weights."""
-    qmodel.set_mode(QUANT)
-    modules = dict(qmodel.model.named_modules())
-    with torch.no_grad():
-        for done, wq in rounded.items():
-            modules[done].weight.copy_(wq)
+def _quant_mode_with(qmodel: QuantizedModel, fitted: Rounding) -> None:
+    """Quant mode, with the layers fitted so far holding what AdaRound chose for them; the model's
+    own records are left as they were (the caller installs the result once it is whole)."""
+    saved = qmodel.rounded_weights, qmodel.learned_scales, qmodel.bias_shift
+    qmodel.rounded_weights, qmodel.learned_scales = fitted.weights, fitted.scales
+    qmodel.bias_shift = {**qmodel.bias_shift, **fitted.bias_shift}
+    try:
+        qmodel.set_mode(QUANT)
+    finally:
+        qmodel.rounded_weights, qmodel.learned_scales, qmodel.bias_shift = saved
 
 
 def _single_layer_samples(qmodel: QuantizedModel, name: str, batches: list, input_fn: Callable,
-                          rounded: Mapping[str, torch.Tensor], window: int | None, activation_loss: bool):
+                          fitted: Rounding, window: int | None, activation_loss: bool):
     """Layer ``name``'s samples: its input in the quantized model, its float output as the target."""
     qmodel.set_mode("float")
     y = _capture(qmodel, batches, input_fn, name, "float")
-    _quant_mode_with(qmodel, rounded)
+    _quant_mode_with(qmodel, fitted)
     x = _capture(qmodel, batches, input_fn, name, QUANT)
-    qmodel.set_mode("float")  # optimise against the float bias, weights restored
+    qmodel.set_mode("float")  # float weights and biases restored
     modules = dict(qmodel.model.named_modules())
     act = _activation(qmodel, name, modules) if activation_loss else None
     return _layer_samples(name, modules[name], x, y, window, act)
 
 
 def _block_samples(qmodel: QuantizedModel, block: Block, batches: list, input_fn: Callable,
-                   rounded: Mapping[str, torch.Tensor], float_w: Mapping[str, torch.Tensor],
-                   window: int | None) -> _BlockSamples | None:
+                   fitted: Rounding, float_params: Mapping[str, Params], window: int | None) -> _BlockSamples | None:
     """A block's samples (its input in the quantized model, its float output as the target); None
     when its replay does not give the model's own output."""
     qmodel.set_mode("float")
     y = _capture_points(qmodel, batches, input_fn, [block.end], block.end)[block.end]
     x0 = _capture_points(qmodel, [next(iter(batches))], input_fn, [block.start], block.start)[block.start][0]
-    _quant_mode_with(qmodel, rounded)
+    _quant_mode_with(qmodel, fitted)
     x = torch.cat(_capture_points(qmodel, batches, input_fn, [block.start], block.start)[block.start])
     qmodel.set_mode("float")
     modules = dict(qmodel.model.named_modules())
     replay = BlockReplay(block, modules)
-    weights = {n: float_w[n] for n in block.layers}
-    if not _replays(replay, x0, y[0], weights):
+    params = {n: float_params[n] for n in block.layers}
+    if not _replays(replay, x0, y[0], params):
         return None
     samples = _BlockSamples(replay, x, torch.cat(y), window, block_reach(block, modules))
-    if samples.reach is not None and not _crops_match(samples, x0, y[0], weights):
+    if samples.reach is not None and not _crops_match(samples, x0, y[0], params):
         samples.reach = None  # whole maps: slower, never wrong
     return samples
 
@@ -335,7 +386,8 @@ def _block_samples(qmodel: QuantizedModel, block: Block, batches: list, input_fn
 def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
                      iters: int = 1000, reg: float = 0.01, beta: tuple[float, float] = (20.0, 2.0),
                      batch_size: int = 32, lr: float = 1e-2, warm_start: float = 0.2, window: int | None = 16,
-                     seed: int = 0, activation_loss: bool = True, granularity: str = "layer") -> dict[str, torch.Tensor]:
+                     seed: int = 0, activation_loss: bool = True, granularity: str = "layer",
+                     learn_scale: bool = False, learn_bias: bool = False) -> Rounding:
     """AdaRound every compute layer of a calibrated ``qmodel``, in execution order.
 
     Args:
@@ -355,10 +407,14 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
             :mod:`hqbench.quant.blocks`): the layers of a block are rounded together against the
             block's output, ``iters`` steps a block; ``window`` applies to a block's output where
             its ops are local (whole maps otherwise), ``activation_loss`` to the layers no block holds.
+        learn_scale: learn each layer's per-channel weight scale with its rounding (a factor on the
+            scale the weight range gave; the integer grid stays symmetric), at :data:`SIDE_LR`.
+        learn_bias: learn each layer's float bias with it too (layers without a bias keep none);
+            it stays a 32-bit integer at ``s_in * s_w`` as before.
 
     Returns:
-        ``{layer name: fake-quantized weight}``: on the layer's symmetric grid with the model's own
-        scale, each weight rounded up or down from ``W/s``.
+        A :class:`Rounding`: per layer, the fake-quantized weight (on the symmetric grid of its scale,
+        each weight rounded up or down from ``W/s``), and the scale and bias shift learnt.
 
     Raises:
         ValueError: ``batches`` is a one-shot iterator.
@@ -369,14 +425,15 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
     was_quant = any(q.mode == QUANT for q in qmodel.quantizers.values())
     g = torch.Generator().manual_seed(seed)
     qmodel.set_mode("float")
-    float_w = {n: modules[n].weight.detach().clone() for n in qmodel.plan.compute}
-    rounded: dict[str, torch.Tensor] = {}
+    float_params = {n: (modules[n].weight.detach().clone(), None if modules[n].bias is None else
+                        modules[n].bias.detach().clone()) for n in qmodel.plan.compute}
+    fitted = Rounding()
     units = _units(qmodel, granularity)
     try:
         while units:
             unit = units.pop(0)
             if isinstance(unit, Block):
-                samples = _block_samples(qmodel, unit, batches, input_fn, rounded, float_w, window)
+                samples = _block_samples(qmodel, unit, batches, input_fn, fitted, float_params, window)
                 if samples is None:
                     warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
                                   f"runs it; its layers are rounded one at a time")
@@ -384,23 +441,30 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
                     continue
                 layers = unit.layers
             else:
-                samples = _single_layer_samples(qmodel, unit, batches, input_fn, rounded, window, activation_loss)
+                samples = _single_layer_samples(qmodel, unit, batches, input_fn, fitted, window, activation_loss)
                 layers = [unit]
-            grids = {n: (float_w[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1) for n in layers}
-            rounded.update(_optimise(samples, grids, iters, reg, beta, batch_size, lr, warm_start, g))
+            grids = {n: Layer(*float_params[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1)
+                     for n in layers}
+            for n, layer in _optimise(samples, grids, iters, reg, beta, batch_size, lr, warm_start, g,
+                                      learn_scale, learn_bias).items():
+                fitted.weights[n] = layer.weight
+                if learn_scale:
+                    fitted.scales[n] = layer.scale
+                if learn_bias and layer.bias is not None:
+                    fitted.bias_shift[n] = float_params[n][1] - layer.bias
     finally:
         qmodel.set_mode(QUANT if was_quant else "float")
-    return rounded
+    return fitted
 
 
 @torch.no_grad()
-def _replays(replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, weights: Mapping) -> bool:
+def _replays(replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Params]) -> bool:
     """Whether the replay of a block with float weights on a batch's float input ``x`` (whole, and
     its first sample alone) gives the model's own output ``y``: a block whose ops depend on more
     than their recorded arguments (a reshape to the recording's batch size, say) is not replayed."""
     for n in sorted({1, len(x)}):
         try:
-            out = replay(x[:n], weights)
+            out = replay(x[:n], params)
         except (RuntimeError, TypeError, ValueError, IndexError):
             return False
         if not _close(out, y[:n], float(y[:n].abs().max())):
@@ -439,6 +503,8 @@ _SETTINGS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = 
     "activation_loss": (lambda v: isinstance(v, bool), "true or false", bool),
     "beta": (_is_pair, "two positive numbers [start, end]", lambda v: (float(v[0]), float(v[1]))),
     "granularity": (lambda v: v in GRANULARITIES, " or ".join(GRANULARITIES), str),
+    "learn_scale": (lambda v: isinstance(v, bool), "true or false", bool),
+    "learn_bias": (lambda v: isinstance(v, bool), "true or false", bool),
 }
 
 
@@ -476,4 +542,4 @@ def format_adaround_options(options: Mapping[str, Any]) -> str:
     return ",".join(f"{k}={text(v)}" for k, v in sorted(options.items()))
 
 
-__all__ = ["ADAROUND_DEFAULTS", "adaround_weights", "check_adaround_options", "format_adaround_options"]
+__all__ = ["ADAROUND_DEFAULTS", "Rounding", "adaround_weights", "check_adaround_options", "format_adaround_options"]

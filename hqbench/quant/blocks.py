@@ -184,7 +184,7 @@ def block_reach(block: Block, modules: Mapping[str, nn.Module]) -> Reach | None:
 
 
 class BlockReplay:
-    """Runs a block's nodes on a tensor of its start point, hook-free, its layers with given weights.
+    """Runs a block's nodes on a tensor of its start point, hook-free, its layers with given weights and biases.
 
     Folded BatchNorms are run as what replaced them (``nn.Identity``); an in-place module gets a
     copy of its input, so autograd can run through the replay.
@@ -195,7 +195,9 @@ class BlockReplay:
         self.modules = {n.name: modules[_module_name(n)] for n in block.nodes if n.kind == "module"}
         self.layers = {name: modules[name] for name in block.layers}
 
-    def __call__(self, x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, params: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+        """The block's end tensor for start tensor ``x``, each layer run with ``params[layer]`` =
+        ``(weight, bias)``."""
         values: dict[str, object] = {self.block.start: x}
 
         def value(a):
@@ -204,8 +206,7 @@ class BlockReplay:
         for node in self.block.nodes:
             args, kwargs = tree_map(value, node.args), tree_map(value, node.kwargs)
             if node.name in self.layers:
-                layer = self.layers[node.name]
-                out = run_layer(layer, args[0], weights[node.name], None if layer.bias is None else layer.bias.detach())
+                out = run_layer(self.layers[node.name], args[0], *params[node.name])
             elif node.kind == "module":
                 module = self.modules[node.name]
                 if getattr(module, "inplace", False) and isinstance(args[0], torch.Tensor):

@@ -27,7 +27,8 @@ from .weights import check_weight_range, fit_bias, quantize_weight, weight_scale
 # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
 # v2: adds "weight_bits", "keep_8bit", "weight_range", "bias_shift" and "rounded_weights" ({layer: tensor});
 #     v1 loads as w8, nothing kept at 8 bits, round-to-nearest.
-STATE_VERSION = 2
+# v3: adds "learned_scales" ({layer: weight scale} that AdaRound's learn_scale chose); v2 loads with none.
+STATE_VERSION = 3
 WEIGHT_ROUNDINGS = ("nearest", "adaround")
 KEEP_8BIT = ("first", "last")  # layers the low-bit literature keeps at 8 bits: first conv, classifier
 
@@ -107,8 +108,10 @@ class QuantizedModel(nn.Module):
         )
         # Per-channel output-mean shift subtracted from each layer's bias in quant mode (bias correction).
         self.bias_shift: dict[str, torch.Tensor] = {}
-        # Fake-quantized weights chosen by AdaRound, used instead of round-to-nearest in quant mode.
+        # Fake-quantized weights chosen by AdaRound, used instead of round-to-nearest in quant mode,
+        # and the weight scales it learnt with them (adaround learn_scale), used instead of the range's.
         self.rounded_weights: dict[str, torch.Tensor] = {}
+        self.learned_scales: dict[str, torch.Tensor] = {}
         self._float_weights: dict[str, tuple] = {}
         self._weight_scales: dict[str, torch.Tensor] = {}
         self._bias_integers: dict[str, torch.Tensor] = {}  # int32 biases (as float64) in quant mode
@@ -162,13 +165,16 @@ class QuantizedModel(nn.Module):
                     if bias is not None and name in self.bias_shift:
                         bias = bias - self.bias_shift[name].to(bias)
                     s_in = None if bias is None else self.quantizer(self.plan.compute_inputs[name]).scale
-                    scale, widened = fit_bias(weight_scale(weight, bits, self.weight_per_channel, self.weight_range),
-                                              bias, s_in)
+                    scale = self.learned_scales.get(name)
+                    if scale is None:
+                        scale = weight_scale(weight, bits, self.weight_per_channel, self.weight_range)
+                    scale, widened = fit_bias(scale.to(weight), bias, s_in)
                     self._weight_scales[name] = scale
                     if widened:
                         self.widened_channels[name] = widened
+                    # AdaRound's weights are on this grid already, unless fit_bias widened a channel since
                     rounded = self.rounded_weights.get(name)
-                    fake = quantize_weight(weight, scale, bits) if rounded is None else rounded.to(weight)
+                    fake = quantize_weight(weight if rounded is None else rounded.to(weight), scale, bits)
                     exact = module.weight.dtype == torch.float64  # a model run in float64 sums exactly
                     if exact:  # the same integers times the scale, without float32's rounding of the product
                         fake = torch.round(fake / scale).double() * scale.double()
@@ -339,9 +345,11 @@ class QuantizedModel(nn.Module):
         from .bias_correction import measure_bias_shift
 
         batches = _weight_batches(data, num_batches, "bias_correction")
-        self.bias_shift = {}
         self.set_mode(QUANT)
-        self.bias_shift = measure_bias_shift(self, batches, input_fn)
+        # measured with the shifts already held (AdaRound's learnt biases, a previous correction)
+        # applied: what is left of the shift adds to them
+        measured = measure_bias_shift(self, batches, input_fn)
+        self.bias_shift = {n: self.bias_shift[n] + s if n in self.bias_shift else s for n, s in measured.items()}
         self.set_mode(QUANT)  # re-quantize from the kept float weights: the corrected biases get rounded
         return self
 
@@ -356,9 +364,10 @@ class QuantizedModel(nn.Module):
 
         options = check_adaround_options(options)  # a bad setting fails here, not after the first layers
         batches = _weight_batches(data, num_batches, "weight_rounding=adaround")
-        self.rounded_weights = {}
+        self.rounded_weights, self.learned_scales, self.bias_shift = {}, {}, {}
         self.set_mode(QUANT)
-        self.rounded_weights = adaround_weights(self, batches, input_fn, **options)
+        fitted = adaround_weights(self, batches, input_fn, **options)
+        self.rounded_weights, self.learned_scales, self.bias_shift = fitted.weights, fitted.scales, fitted.bias_shift
         self.set_mode(QUANT)  # re-quantize from the kept float weights with the chosen roundings
         return self
 
@@ -387,6 +396,7 @@ class QuantizedModel(nn.Module):
                        for q in self.quantizers.values()},
             "bias_shift": {k: v.detach().cpu().clone() for k, v in self.bias_shift.items()},
             "rounded_weights": {k: v.detach().cpu().clone() for k, v in self.rounded_weights.items()},
+            "learned_scales": {k: v.detach().cpu().clone() for k, v in self.learned_scales.items()},
         }
 
     def load_quant_state_dict(self, state: dict) -> None:
@@ -397,8 +407,10 @@ class QuantizedModel(nn.Module):
         """
         mine = self.quant_state_dict()
         if state.get("version") == 1:  # v1 states were all w8 with nothing kept at 8 bits
-            state = {**state, "version": STATE_VERSION, "weight_bits": 8, "keep_8bit": [], "weight_range": "minmax",
+            state = {**state, "version": 2, "weight_bits": 8, "keep_8bit": [], "weight_range": "minmax",
                      "bias_shift": {}, "rounded_weights": {}}
+        if state.get("version") == 2:  # v2 states had no learnt scales
+            state = {**state, "version": STATE_VERSION, "learned_scales": {}}
         keys = ("version", "method", "act_bits", "weight_bits", "weight_per_channel", "keep_8bit", "weight_range")
         problems = [f"{k}: saved {state.get(k)!r}, model {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
         saved, have = set(state.get("points", {})), set(mine["points"])
@@ -412,6 +424,7 @@ class QuantizedModel(nn.Module):
             q.load_state_dict(state["points"][q.name])
         self.bias_shift = {k: v.clone() for k, v in state.get("bias_shift", {}).items()}
         self.rounded_weights = {k: v.clone() for k, v in state.get("rounded_weights", {}).items()}
+        self.learned_scales = {k: v.clone() for k, v in state.get("learned_scales", {}).items()}
         self.set_mode(QUANT)
 
     def summary(self) -> dict:

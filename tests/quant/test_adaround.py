@@ -28,7 +28,7 @@ def test_a_window_of_the_padded_input_gives_exactly_that_window_of_the_output(co
     for _ in range(20):  # random offsets, borders included
         xw, yw = windows.sample(idx, g)
         with torch.no_grad():
-            out = windows.forward(xw, {"conv": conv.weight})
+            out = windows.forward(xw, {"conv": (conv.weight, conv.bias)})
         assert out.shape == yw.shape == (3, conv.out_channels, *windows.size)
         torch.testing.assert_close(out, yw, rtol=1e-5, atol=1e-5)
 

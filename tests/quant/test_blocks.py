@@ -45,10 +45,10 @@ def test_a_replayed_block_gives_the_models_own_output(build):
     q = _float_model(build())
     batches = [torch.randn(3, 3, 64, 64)]
     modules = dict(q.model.named_modules())
-    weights = {n: modules[n].weight.detach() for n in q.plan.compute}
+    params = {n: (modules[n].weight.detach(), modules[n].bias) for n in q.plan.compute}
     for block in find_blocks(q.graph, q.plan):
         seen = _capture_points(q, batches, lambda b: (b,), [block.start, block.end], block.end)
-        out = BlockReplay(block, modules)(seen[block.start][0], weights)
+        out = BlockReplay(block, modules)(seen[block.start][0], params)
         torch.testing.assert_close(out, seen[block.end][0], rtol=1e-4, atol=1e-5)
 
 
@@ -66,7 +66,7 @@ def _block_error(q, batches, block, rounded=None):
     """Squared error at a block's end: the quantized model (act. quant included) against float."""
     q.set_mode("float")
     y = torch.cat(_capture_points(q, batches, lambda b: (b[0],), [block.end], block.end)[block.end])
-    q.rounded_weights = rounded or {}
+    q.rounded_weights = rounded.weights if rounded else {}
     q.set_mode("quant")
     out = torch.cat(_capture_points(q, batches, lambda b: (b[0],), [block.end], block.end)[block.end])
     return float(((out - y) ** 2).mean())
@@ -103,7 +103,7 @@ def test_a_block_that_does_not_replay_is_rounded_layer_by_layer_with_a_warning()
     q = quantize(model, [torch.randn(2, 1, 4, 4)], "B", weight_bits=4)  # records and calibrates at batch 2
     with pytest.warns(UserWarning, match="does not replay as the model runs it; its layers are rounded one at a time"):
         rounded = adaround_weights(q, [torch.randn(2, 1, 4, 4)], lambda b: (b,), iters=5, granularity="block")
-    assert set(rounded) == set(q.plan.compute)
+    assert set(rounded.weights) == set(q.plan.compute)
 
 
 def test_every_layer_gets_a_rounding_at_either_granularity(trained_net, calib_batches):
@@ -111,8 +111,8 @@ def test_every_layer_gets_a_rounding_at_either_granularity(trained_net, calib_ba
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every block of this net replays
         rounded = adaround_weights(q, calib_batches, iters=3, granularity="block")
-    assert list(rounded) == q.plan.compute
-    for name, w in rounded.items():
+    assert list(rounded.weights) == q.plan.compute
+    for name, w in rounded.weights.items():
         scale = q.weight_scale(name)
         torch.testing.assert_close(torch.round(w / scale) * scale, w)  # on the layer's grid
 
@@ -139,7 +139,7 @@ def test_a_crop_of_a_blocks_input_replays_to_exactly_that_patch_of_its_output(bu
     pads, gives the patch the whole map gives."""
     q = _float_model(build(), size)
     modules = dict(q.model.named_modules())
-    weights = {n: modules[n].weight.detach() for n in q.plan.compute}
+    params = {n: (modules[n].weight.detach(), modules[n].bias) for n in q.plan.compute}
     cropped = 0
     for block in find_blocks(q.graph, q.plan):
         seen = _capture_points(q, [torch.randn(2, 3, size, size)], lambda b: (b,), [block.start, block.end], block.end)
@@ -152,7 +152,7 @@ def test_a_crop_of_a_blocks_input_replays_to_exactly_that_patch_of_its_output(bu
         for oy in range(h - ph + 1):
             for ox in range(w - pw + 1):
                 crop, (ky, kx) = samples.crop(x, (oy, ox))
-                out = samples.replay(crop, weights)[:, :, ky: ky + ph, kx: kx + pw]
+                out = samples.replay(crop, params)[:, :, ky: ky + ph, kx: kx + pw]
                 torch.testing.assert_close(out, y[:, :, oy: oy + ph, ox: ox + pw], rtol=1e-4, atol=1e-5)
     assert cropped >= (1 if build is TFLiteLike else 4)
 
@@ -163,4 +163,4 @@ def test_adaround_runs_under_inference_mode(trained_net, calib_batches, granular
     q = quantize(trained_net[0], calib_batches, "D", weight_bits=4)
     with torch.inference_mode():
         rounded = adaround_weights(q, calib_batches, iters=3, granularity=granularity)
-    assert list(rounded) == q.plan.compute
+    assert list(rounded.weights) == q.plan.compute

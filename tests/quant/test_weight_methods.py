@@ -157,7 +157,7 @@ def test_adaround_rounds_up_or_down_and_beats_nearest_at_3_bits(trained_net):
         ref = qmodel(held_out)
     qmodel.set_mode("quant")
     nearest = {n: modules[n].weight.detach().clone() for n in qmodel.plan.compute}
-    rounded = adaround_weights(qmodel, calib, iters=200, batch_size=16)
+    rounded = adaround_weights(qmodel, calib, iters=200, batch_size=16).weights
     assert all(q.mode == "quant" for q in qmodel.quantizers.values())
     assert all(torch.equal(modules[n].weight, nearest[n]) for n in nearest)  # the model is left as it was
     for name, wq in rounded.items():
