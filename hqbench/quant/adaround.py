@@ -278,7 +278,8 @@ def _optimise(samples, layers: Mapping[str, Layer], iters: int, reg: float, beta
         layers = {n: Layer(*(None if t is None else t.clone() for t in layer[:3]), layer.qmax)
                   for n, layer in layers.items()}
         v = {n: _init_v(layer.weight, layer.scale).requires_grad_(True) for n, layer in layers.items()}
-        log_gain = {n: torch.zeros_like(layer.scale, requires_grad=True) for n, layer in layers.items()} if learn_scale else {}
+        log_gain = {n: torch.zeros_like(layer.scale, requires_grad=True) for n, layer in layers.items()
+                    if learn_scale}
         bias = {n: layer.bias.clone().requires_grad_(True) for n, layer in layers.items()
                 if learn_bias and layer.bias is not None}
         groups = [{"params": list(v.values()), "lr": lr}]
