@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Markdown for docs/RESULTS.md from result files: the table, every paired test, each cell's gap to
-FP32 with its paired interval, and the sweep plot.
+FP32 with its paired interval, the time the rows took, and the sweep plot.
 
     python benchmarks/report.py docs/results/sweep_mobilenet_v2_tflite.json [--plot PNG]
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hqbench.reporting import read_results
 from hqbench.reporting.plots import plot_sweep
-from hqbench.reporting.tables import gap_markdown, markdown_table, notes_line, pairwise_markdown
+from hqbench.reporting.tables import cost_markdown, gap_markdown, markdown_table, notes_line, pairwise_markdown
 
 
 def main() -> None:
@@ -30,6 +30,8 @@ def main() -> None:
     print(pairwise_markdown(rows))
     print("\nGap to FP32 on the same images (95 % paired bootstrap interval; the test as above):\n")
     print(gap_markdown(rows))
+    print("\nTime the rows record (calibration and evaluation, summed):\n")
+    print(cost_markdown(rows))
     commands = sorted({r.extra.get("command", "") for r in rows} - {""})
     print("\nCommands:\n\n```bash\n" + "\n".join(commands) + "\n```")
     if args.plot:

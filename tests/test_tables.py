@@ -14,6 +14,7 @@ from hqbench.reporting import ResultRow
 from hqbench.reporting.plots import plot_sweep
 from hqbench.reporting.stats import encode_outcomes
 from hqbench.reporting.tables import (
+    cost_markdown,
     gap_markdown,
     markdown_table,
     notes_line,
@@ -201,3 +202,13 @@ def test_the_gap_to_fp32_has_a_paired_interval_that_decides_a_within_x_target():
     d_lo, d_hi = (float(v) for v in by_method["Activation Redistribution"][1].split("[")[1].rstrip("]").split(","))
     assert d_lo < -6.0 < d_hi < 0 and float(by_method["Activation Redistribution"][2]) < 1e-6
     assert by_method["Histogram"][1:3] == ["—", "—"]  # no outcomes: a gap, no interval
+
+
+def test_the_cost_table_sums_the_rows_time_with_adaround_apart():
+    rows = [_row("fp32", _BASE), _row("B", _flip(to_wrong=4)),
+            _row("D", _flip(to_wrong=4), calib_seconds=3600.0, options={"weight_rounding": "adaround"})]
+    cells = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in
+             cost_markdown(rows).splitlines()[2:]}
+    assert cells["without AdaRound"] == ["2", "0.00 h", "0.00 h", "0.01 h"]  # 2 + 16 s
+    assert cells["with AdaRound"] == ["1", "1.00 h", "0.00 h", "1.00 h"]
+    assert cells["all"] == ["3", "1.00 h", "0.01 h", "1.01 h"]

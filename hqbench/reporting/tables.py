@@ -210,6 +210,21 @@ def gap_markdown(rows: Iterable[ResultRow]) -> str:
     return "\n".join(out)
 
 
+def cost_markdown(rows: Iterable[ResultRow]) -> str:
+    """The calibration and evaluation time the rows record, summed, as Markdown: the rows with
+    AdaRound apart from the rest (one such cell calibrates for longer than a whole width of the
+    others), then all of them. Process start-up and model loading are not in the rows."""
+    rows = list(rows)
+    adaround = [r for r in rows if r.options.get("weight_rounding") == "adaround"]
+    groups = {"without AdaRound": [r for r in rows if r not in adaround], "with AdaRound": adaround, "all": rows}
+    out = ["| Rows | cells | calibration | evaluation | total |", "|---|---:|---:|---:|---:|"]
+    for name, group in groups.items():
+        calib, evaluation = sum(r.calib_seconds for r in group), sum(r.eval_seconds for r in group)
+        out.append(f"| {name} | {len(group)} | {calib / 3600:.2f} h | {evaluation / 3600:.2f} h | "
+                   f"{(calib + evaluation) / 3600:.2f} h |")
+    return "\n".join(out)
+
+
 def _distinct(values: Iterable[object]) -> str:
     return "/".join(dict.fromkeys(str(v) for v in values))
 
