@@ -341,13 +341,12 @@ class QuantizedModel(nn.Module):
 
     def correct_bias(self, data: Iterable, num_batches: int | None = None,
                      input_fn: Callable[[Any], tuple] = default_input_fn) -> "QuantizedModel":
-        """Measure each layer's quantization mean shift on ``data`` and subtract it from its bias."""
+        """Measure each layer's quantization mean shift on ``data`` and subtract it from its bias; a
+        shift already held (AdaRound's learnt bias, an earlier correction) stays, and what is left adds to it."""
         from .bias_correction import measure_bias_shift
 
         batches = _weight_batches(data, num_batches, "bias_correction")
-        self.set_mode(QUANT)
-        # measured with the shifts already held (AdaRound's learnt biases, a previous correction)
-        # applied: what is left of the shift adds to them
+        self.set_mode(QUANT)  # the shifts held are applied while the rest is measured
         measured = measure_bias_shift(self, batches, input_fn)
         self.bias_shift = {n: self.bias_shift[n] + s if n in self.bias_shift else s for n, s in measured.items()}
         self.set_mode(QUANT)  # re-quantize from the kept float weights: the corrected biases get rounded
