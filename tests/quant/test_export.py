@@ -103,16 +103,22 @@ def test_quant_mode_refuses_an_uncalibrated_point_by_name():
         q.mode = QUANT
 
 
-def calibrated(net, weight_bits: int, act_bits: int):
+def calibrated(net, weight_bits: int, act_bits: int, **weight_options):
     x, _ = make_dataset(256, seed=3)
-    return quantize(net, list(x.split(64)), method="D", act_bits=act_bits, weight_bits=weight_bits)
+    return quantize(net, list(x.split(64)), method="D", act_bits=act_bits, weight_bits=weight_bits, **weight_options)
 
 
-@pytest.mark.parametrize("bits, container", [((8, 8), "native"), ((8, 8), "uint8"), ((4, 6), "native")],
-                         ids=["w8a8", "w8a8-uint8", "w4a6"])
-def test_export_and_onnxruntime_agree_with_fake_quant(trained_net, tmp_path, bits, container):
+# AdaRound with each layer's weight scale and bias learnt: the export must carry the learnt scales.
+LEARNT = {"weight_rounding": "adaround", "adaround": {"iters": 100, "learn_scale": True, "learn_bias": True}}
+
+
+@pytest.mark.parametrize("bits, container, weight_options",
+                         [((8, 8), "native", {}), ((8, 8), "uint8", {}), ((4, 6), "native", {}),
+                          ((4, 6), "native", LEARNT)], ids=["w8a8", "w8a8-uint8", "w4a6", "w4a6-learnt-scales"])
+def test_export_and_onnxruntime_agree_with_fake_quant(trained_net, tmp_path, bits, container, weight_options):
     net, _ = trained_net
-    qmodel = calibrated(net, *bits)
+    qmodel = calibrated(net, *bits, **weight_options)
+    assert bool(qmodel.learned_scales) == bool(weight_options)
     example = make_dataset(4, seed=5)[0]
     info = qmodel.export_onnx(tmp_path / "net.onnx", example, container=container)
     model = onnx.load(info["onnx"])
