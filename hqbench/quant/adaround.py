@@ -56,13 +56,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .blocks import Block, BlockReplay, Reach, block_reach, find_blocks, run_layer
+from .blocks import Block, BlockReplay, Params, Reach, block_reach, find_blocks, run_layer
 from .fake import QUANT
 from .model import QuantizedModel, default_input_fn, forward_until
 from .scheme import SIGNED_ACTIVATIONS, UNSIGNED_ACTIVATIONS
 
 GRANULARITIES = ("layer", "block")
-Params = tuple[torch.Tensor, "torch.Tensor | None"]  # a layer's (weight, bias), as the samples' forward takes them
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
 

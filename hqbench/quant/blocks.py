@@ -28,6 +28,8 @@ from .graph import Node
 from .scheme import (JOIN_FUNCTIONS, SIGNED_ACTIVATIONS, SIGNED_FUNCTIONS, UNSIGNED_ACTIVATIONS, UNSIGNED_FUNCTIONS,
                      Plan)
 
+Params = tuple[torch.Tensor, "torch.Tensor | None"]  # a layer's (weight, bias), as replays and samples take them
+
 #: A stretch is closed at the first cut once it holds this many compute layers (VGG-like chains,
 #: where no join or linear layer would end it); ResNet-50's bottleneck block has four.
 MAX_LAYERS = 4
@@ -195,7 +197,7 @@ class BlockReplay:
         self.modules = {n.name: modules[_module_name(n)] for n in block.nodes if n.kind == "module"}
         self.layers = {name: modules[name] for name in block.layers}
 
-    def __call__(self, x: torch.Tensor, params: Mapping[str, tuple[torch.Tensor, torch.Tensor | None]]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, params: Mapping[str, Params]) -> torch.Tensor:
         """The block's end tensor for start tensor ``x``, each layer run with ``params[layer]`` =
         ``(weight, bias)``."""
         values: dict[str, object] = {self.block.start: x}
@@ -218,4 +220,4 @@ class BlockReplay:
         return values[self.block.end]
 
 
-__all__ = ["Block", "BlockReplay", "MAX_LAYERS", "Reach", "block_reach", "find_blocks", "run_layer"]
+__all__ = ["Block", "BlockReplay", "MAX_LAYERS", "Params", "Reach", "block_reach", "find_blocks", "run_layer"]

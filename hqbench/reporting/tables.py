@@ -215,8 +215,10 @@ def cost_markdown(rows: Iterable[ResultRow]) -> str:
     AdaRound apart from the rest (one such cell calibrates for longer than a whole width of the
     others), then all of them. Process start-up and model loading are not in the rows."""
     rows = list(rows)
-    adaround = [r for r in rows if r.options.get("weight_rounding") == "adaround"]
-    groups = {"without AdaRound": [r for r in rows if r not in adaround], "with AdaRound": adaround, "all": rows}
+    groups: dict[str, list[ResultRow]] = {"without AdaRound": [], "with AdaRound": []}
+    for r in rows:
+        groups["with AdaRound" if r.options.get("weight_rounding") == "adaround" else "without AdaRound"].append(r)
+    groups["all"] = rows
     out = ["| Rows | cells | calibration | evaluation | total |", "|---|---:|---:|---:|---:|"]
     for name, group in groups.items():
         calib, evaluation = sum(r.calib_seconds for r in group), sum(r.eval_seconds for r in group)
