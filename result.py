@@ -2,7 +2,7 @@
 """Reproduce the paper's table: python result.py [-A] [-B] [-C] [-D] [--method NAME ...] [key=value ...]
 
 No method flag means all four of the paper's methods. FP32 and the PyTorch baseline always run.
-Rows come from hqbench/configs/paper.yaml; overrides (data.root=..., data.eval_limit=..., bits=w8a8,w8a4,
+Rows come from tasks/paper.yaml; overrides (data.root=..., data.eval_limit=..., bits=w8a8,w8a4,
 out=...) apply to every row. Each finished row is merged into the results file at once, so an
 interrupted run loses nothing, runs with other methods add to the same file, and a rerun skips rows
 the file already holds for the same configuration (redo=true reruns them).

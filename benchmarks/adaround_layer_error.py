@@ -8,7 +8,7 @@ The model is calibrated (D) as in a table cell. For each chosen compute layer (i
 execution order), the layer's input is taken from the quantized model with every earlier layer
 rounded to nearest (a simplification: in a real run the earlier layers hold their AdaRound weights),
 and its target is its float output after its activation, AdaRound's loss. Each variant is fitted on
-the calibration images with AdaRound's defaults (:data:`hqbench.quant.adaround.ADAROUND_DEFAULTS`)
+the calibration images with AdaRound's defaults (:data:`hqbench.quant.recipe.ADAROUND_DEFAULTS`)
 and its mean squared error is measured on whole maps, on the calibration images it learnt from and
 on held-out evaluation images:
 
@@ -32,10 +32,12 @@ from rich.table import Table
 from hqbench.config import compose
 from hqbench.models import create_model
 from hqbench.quant import parse_bit_widths, quantize
-from hqbench.quant.adaround import ADAROUND_DEFAULTS, Layer, Rounding, _optimise, _single_layer_samples
+from hqbench.quant.recipe import ADAROUND_DEFAULTS
+from hqbench.quant.adaround import Layer, Rounding, _optimise, _single_layer_samples
 from hqbench.quant.model import default_input_fn
 from hqbench.quant.weights import quantize_weight
-from hqbench.runner import build_data
+from hqbench.data.resolve import build_data
+from hqbench.quant import Recipe
 
 VARIANTS = {"adaround": {}, "+bias": {"learn_bias": True}, "+scale": {"learn_scale": True},
             "+scale+bias": {"learn_scale": True, "learn_bias": True}}
@@ -91,8 +93,8 @@ def main() -> None:
     dm, _ = build_data(cfg, card)
     calib = list(dm.calibration_dataloader())
     held_out = [x for x, _ in dm.test_dataloader()]
-    qmodel = quantize(copy.deepcopy(model), calib, method="D", weight_bits=weight_bits, act_bits=act_bits,
-                      keep_8bit=args.keep_8bit or ())
+    recipe = Recipe(weight_bits=weight_bits, act_bits=act_bits, keep_8bit=args.keep_8bit or ())
+    qmodel = quantize(copy.deepcopy(model), calib, method="D", recipe=recipe)
     rows = measure(qmodel, calib, held_out, [int(i) for i in args.layers.split(",")])
     table = Table(title=f"{args.model} {args.bits}: layer output MSE, calibration / held-out images")
     for col in ["#", "layer", "groups", "float", "nearest", *VARIANTS]:

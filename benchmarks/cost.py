@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from hqbench.quant.integer import IntegerExecutor
 
 METHODS = ("A", "B", "C", "D")
 TFLITE_WEIGHTS = "weights/tf2_mobilenet_v2_1.0_224_ptq.tflite"
@@ -132,7 +133,7 @@ def measure_calibration(fp, model, batches, method: str, repeats: int, ranges=No
 
 @torch.no_grad()
 def measure_integer(fp, qm, x, repeats: int) -> dict:
-    executor = qm.integer_executor()
+    executor = IntegerExecutor(qm)
     executor(x)
     return _median_ratio([(_time(lambda: fp(x)), _time(lambda: executor(x))) for _ in range(repeats)])
 

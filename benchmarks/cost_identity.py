@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 
 import torch
+from hqbench.quant.integer import IntegerExecutor
+from hqbench.quant import Recipe
 
 CASES = [("A", 8), ("B", 8), ("C", 8), ("D", 8), ("D", 4)]
 
@@ -40,10 +42,10 @@ def dump(path: str, models: list[str], calib: int) -> None:
         batches = [x for x, _ in dm.calibration_dataloader()]
         x_eval = next(iter(dm.test_dataloader()))[0]
         for method, bits in CASES:
-            qm = quantize(model, batches, method=method, act_bits=bits)
+            qm = quantize(model, batches, method=method, recipe=Recipe(act_bits=bits))
             with torch.no_grad():
                 logits = qm(x_eval)
-            integer = qm.integer_executor()(x_eval[:4])
+            integer = IntegerExecutor(qm)(x_eval[:4])
             out[f"{name}/{method}/a{bits}"] = {"state": qm.quant_state_dict(), "logits": logits, "integer": integer}
             print(f"{name} {method} a{bits}: top logit {float(logits.max()):.6f}", flush=True)
     torch.save(out, path)

@@ -20,6 +20,7 @@ import torch
 from hqbench.data.imagenet import ImageNetDataModule
 from hqbench.models import create_model
 from hqbench.quant import quantize
+from hqbench.quant.integer import IntegerExecutor
 
 
 def main() -> None:
@@ -44,7 +45,7 @@ def main() -> None:
         qmodel.model.double()
         qmodel.set_mode("quant")  # re-derive the fake-quant weights and biases in float64
     logits = qmodel.quantizer(qmodel.plan.chains[qmodel.plan.compute[-1]][0])  # the classifier output point
-    executor = qmodel.integer_executor()
+    executor = IntegerExecutor(qmodel)
     same_argmax = within_1 = equal = elements = correct_fake = correct_int = images = 0
     start = time.perf_counter()
     for x, y in dm.test_dataloader():

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.quant.conftest import make_dataset, train_residual_net  # noqa: E402
 
 from hqbench.quant import quantize  # noqa: E402
+from hqbench.quant.integer import IntegerExecutor
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
         q = quantize(net, calib, method=method)
         with torch.no_grad():
             fake = q(xt)
-        integer = q.integer_executor()(xt)
+        integer = IntegerExecutor(q)(xt)
         scale = q.quantizer("head").scale
         within = ((torch.round(fake / scale) - torch.round(integer / scale)).abs() <= 1).float().mean()
         print(f"| {method} | {100 * (fake.argmax(1) == yt).float().mean():.2f} | "

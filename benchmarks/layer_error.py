@@ -41,8 +41,9 @@ from hydra.utils import instantiate
 from hqbench.config import compose
 from hqbench.models import create_model
 from hqbench.quant import parse_bit_widths, quantize
-from hqbench.runner import build_data
+from hqbench.data.resolve import build_data
 from hqbench.quant.grid import fake_quantize
+from hqbench.quant import Recipe
 
 
 def _sqnr(signal: float, noise: float) -> float:
@@ -62,8 +63,8 @@ def _capture(qmodel, store: dict):
 
 def measure(model, dm, methods, weight_bits, act_bits, float_scopes=(), classifier=True) -> dict:
     calib = list(dm.calibration_dataloader())
-    qmodels = {m: quantize(copy.deepcopy(model), calib, method=m.removesuffix("+bc"), act_bits=act_bits,
-                           weight_bits=weight_bits, float_scopes=float_scopes, bias_correction=m.endswith("+bc"))
+    qmodels = {m: quantize(copy.deepcopy(model), calib, method=m.removesuffix("+bc"), float_scopes=float_scopes,
+                           recipe=Recipe(act_bits=act_bits, weight_bits=weight_bits, bias_correction=m.endswith("+bc")))
                for m in methods}
     stats = {m: {} for m in methods}
     logits = {m: [0.0, 0.0, 0] for m in methods}  # signal, noise, correct

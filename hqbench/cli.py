@@ -23,19 +23,20 @@ USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg jo
 A model picks its data unless data= is given. No data.root, HQBENCH_DATA, model= or data=:
 `test` runs the embedded demo. -m sweeps comma lists of other keys (model=a,b seed=0,1: one run
 each; method= and bits= lists run inside one). --cfg job prints the composed config;
-task=NAME --help prints the task's keys. Configs live in hqbench/configs/ (HQBENCH_TASKS=DIR for
-another folder). hqbench --version prints the version."""
+task=NAME --help prints the task's keys. Configs live in tasks/ (a wheel: hqbench/configs/;
+HQBENCH_TASKS=DIR for another folder). hqbench --version prints the version."""
 
 
 def usage() -> str:
     """The usage text, with tasks, models, methods, engines and data read from their registries."""
     from .config import TASKS_DIR, list_tasks
-    from .methods import ENGINES, list_methods
+    from .methods import list_methods
     from .models import list_models, list_sources
+    from .quant.engines import list_engines
 
     return USAGE.format(tasks="|".join(list_tasks()), models="|".join(list_models()),
                         sources=" ".join(s + "PATH" for s in list_sources()), methods=",".join(list_methods()),
-                        engines="|".join(ENGINES), data="|".join(sorted(p.stem for p in (TASKS_DIR / "data").glob("*.yaml"))))
+                        engines="|".join(e.name for e in list_engines()), data="|".join(sorted(p.stem for p in (TASKS_DIR / "data").glob("*.yaml"))))
 
 
 # Optional dependencies by top-level module: which pyproject extra installs each.
@@ -158,16 +159,18 @@ def _run_job(command: str, task: str, overrides: list[str], console: Console, li
 
 
 def _help(task: str, console: Console) -> int:
-    """``--help``: the usage, then the task's config file with its comments (every key can be overridden)."""
+    """``--help``: the usage, then the task's config file and the shared groups it composes, with their
+    comments (every key can be overridden)."""
     console.print(usage(), markup=False, soft_wrap=True)
-    from .config import TASKS_DIR, list_tasks
+    from .config import SHARED_GROUPS, TASKS_DIR, list_tasks
 
     if task not in list_tasks():
         console.print(f"[red]error:[/] unknown task {escape(task)!r}; valid: {', '.join(list_tasks())}", highlight=False)
         return 1
-    path = TASKS_DIR / f"{task}.yaml"
-    console.print(f"\ntask={task}: {path}\n", markup=False, soft_wrap=True)
-    console.print(path.read_text(), markup=False, highlight=False, end="", soft_wrap=True)
+    for label, path in [(f"task={task}", TASKS_DIR / f"{task}.yaml"),
+                        *((g, TASKS_DIR / g / "default.yaml") for g in SHARED_GROUPS)]:
+        console.print(f"\n{label}: {path}\n", markup=False, soft_wrap=True)
+        console.print(path.read_text(), markup=False, highlight=False, end="", soft_wrap=True)
     return 0
 
 if __name__ == "__main__":

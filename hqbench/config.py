@@ -1,24 +1,24 @@
-"""Compose ``hqbench/configs/<task>.yaml`` with key=value overrides through Hydra's compose API.
+"""Compose ``tasks/<task>.yaml`` with key=value overrides through Hydra's compose API.
 
-hqbench owns argv, cwd and outputs: no ``@hydra.main``. The YAML configs are package data in
-``hqbench/configs/`` (classification.yaml, detection.yaml, paper.yaml and the ``model/`` and
-``data/`` groups); ``HQBENCH_TASKS`` points at another folder of the same layout.
+hqbench owns argv, cwd and outputs: no ``@hydra.main``. The YAML configs are the top-level
+``tasks/`` folder (classification.yaml, detection.yaml, paper.yaml and the ``model/``, ``data/``,
+``quant/``, ``run/`` and ``trainer/`` groups), which a wheel ships as ``hqbench.configs``
+(:func:`hqbench.paths.configs_dir`); ``HQBENCH_TASKS`` points at another folder of the same layout.
 """
 
 from __future__ import annotations
 
-import os
 import re
-from pathlib import Path
 
 from omegaconf import DictConfig
 
-# The configs used to sit in a top-level ``tasks/`` folder beside the package (as the design card
-# still says). Issue 14: YAML ``tasks/`` next to the ``hqbench/tasks/`` modules confused newcomers,
-# and a wheel shipped no configs at all, so ``hqbench`` only worked from a checkout. They are now
-# package data (pyproject's [tool.setuptools.package-data]): the same files in a checkout and a wheel.
-CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-TASKS_DIR = Path(os.environ.get("HQBENCH_TASKS") or CONFIGS_DIR).expanduser().absolute()
+from .paths import configs_dir
+
+# The design card's top-level ``tasks/`` (YAML only) in a checkout; a wheel carries the same files
+# as the package ``hqbench.configs`` (pyproject maps the folder), so ``hqbench`` runs from both.
+TASKS_DIR = configs_dir()
+# The groups every task file composes; ``--help`` prints them after the task's own file.
+SHARED_GROUPS = ("quant", "run", "trainer")
 
 
 def _model_sources(overrides: list[str]) -> list[str]:

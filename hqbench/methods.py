@@ -1,4 +1,4 @@
-"""What a result row can name: methods and engines, read by the CLI, the runner, rows and tables.
+"""What a result row can name as its method, read by the CLI, the runner, rows and tables.
 
 Methods are the float reference ``fp32``, ``pytorch`` (torch.ao's own default post-training
 quantization) and every calibrator in :mod:`hqbench.quant.calibrators`' registry, so a calibrator
@@ -6,7 +6,7 @@ registered there is a method here with no other file to touch. A row records a c
 paper letter when it has one (``"D"``), otherwise by name, with its option value when given
 (``"percentile:99.999"``). Peers (other tools' own PTQ recipes, :mod:`hqbench.peers`) are methods
 too, recorded by their registered name (``"ort-minmax"``); that registry is imported lazily and
-imports no peer tool itself.
+imports no peer tool itself. Engines have their own registry, :mod:`hqbench.quant.engines`.
 """
 
 from __future__ import annotations
@@ -17,20 +17,6 @@ from .quant.calibrators import calibrator_entry, canonical_name, list_calibrator
 
 FP32, PYTORCH = "fp32", "pytorch"
 _REFERENCE_TITLES = {FP32: "FP32", PYTORCH: "PyTorch"}
-
-#: Engines a quantized method runs on; ``float`` is what FP32 rows record.
-ENGINES: dict[str, str] = {
-    "fake": "fake-quant in torch (float arithmetic on the integer grid)",
-    "int": "hqbench's integer-only reference executor",
-    "onnxruntime": "ONNX QDQ export run by ONNX Runtime's CPU int8 kernels",
-}
-#: Engines only peers' rows record (a peer runs on its tool's own engine, not on hqbench's).
-PEER_ENGINES: dict[str, str] = {
-    "openvino": "OpenVINO's CPU plugin (int8 kernels)",
-    "torch-reference": "torch's reference quantize/dequantize model (simulation in float kernels)",
-}
-ROW_ENGINES: tuple[str, ...] = ("float", *ENGINES, *PEER_ENGINES)
-
 
 def _peers():
     from . import peers
@@ -85,9 +71,3 @@ def column_order(methods: Iterable[str]) -> list[str]:
 def list_methods() -> list[str]:
     """Every accepted method spelling, for help and error messages."""
     return [FP32, PYTORCH, *valid_methods(), *(p.name for p in _peers().list_peers())]
-
-
-def check_engine(engine: str) -> str:
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; valid: {', '.join(ENGINES)}")
-    return engine

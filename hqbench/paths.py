@@ -82,3 +82,16 @@ def checkpoint_dirs() -> list[Path]:
     dirs.append(root / "checkpoints" if root is not None else None)
     dirs.append(cache_dir("checkpoints"))
     return list(dict.fromkeys(d for d in dirs if d is not None))
+
+
+def configs_dir() -> Path:
+    """The task configs: ``$HQBENCH_TASKS``, else the checkout's top-level ``tasks/`` (when running
+    from one, editable installs included), else the copy a wheel ships beside this module as package
+    data (``hqbench/configs/``, mapped from ``tasks/`` by pyproject's ``package-dir``)."""
+    env = _env_path("HQBENCH_TASKS")
+    if env is not None:
+        return env
+    root = repo_root()
+    if root is not None and (root / "tasks").is_dir():
+        return root / "tasks"
+    return PACKAGE_DIR / "configs"

@@ -18,6 +18,13 @@ def real_data() -> Path:
 
 
 @pytest.fixture
+def no_data(monkeypatch, tmp_path):
+    """As a newcomer runs: no ``$HQBENCH_DATA`` (the embedded demo), a cache of the test's own."""
+    monkeypatch.delenv("HQBENCH_DATA", raising=False)
+    monkeypatch.setenv("HQBENCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
 def no_network(monkeypatch) -> list:
     """Refuse and record every connection attempt (and DNS lookup); the test asserts the list is empty.
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 from torchmetrics.detection import MeanAveragePrecision
 
-from hqbench.reporting.average_precision import MatchSet, match_image, resample_weights
-from hqbench.reporting.stats import Replicates, paired_replicates_pvalue, rank_cells
+from hqbench.evidence.average_precision import MatchSet, match_image, resample_weights
+from hqbench.evidence import Replicates
+from hqbench.reporting.stats import paired_replicates_pvalue, rank_cells
 
 
 def scenes(seed: int, n: int = 40, crowd_rate: float = 0.0, noise: float = 4.0, decimals: int = 6):

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from hqbench.callbacks import QuantizationCallback
+from hqbench.quant import Recipe
 
 
 class UserModule(L.LightningModule):
@@ -194,17 +195,18 @@ def test_validation_during_fit_recalibrates_unless_frozen(recalibrate):
 def test_callback_runs_at_low_bit_widths_and_records_them():
     torch.manual_seed(0)
     module = PositionalModule().eval()
-    callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=4, act_bits=4)
+    callback = QuantizationCallback("D", calib_dataloader=_data(1), recipe=Recipe(weight_bits=4, act_bits=4))
     _trainer([callback]).test(module, _data(2), verbose=False)
     assert callback.summary["act_range"] == "-8..7 & 0..15"
     assert callback.summary["weights"].startswith("int4")
     # This net has two compute layers, the first and the last: keeping both leaves nothing below 8 bits.
-    kept = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=4, act_bits=4, keep_8bit="first,last")
+    kept = QuantizationCallback("D", Recipe(weight_bits=4, act_bits=4, keep_8bit="first,last"),
+                                calib_dataloader=_data(1))
     _trainer([kept]).test(module, _data(2), verbose=False)
     assert kept.summary["act_range"] == "-128..127 & 0..255"
     for bad in (dict(act_bits=0), dict(weight_bits=17), dict(act_bits=2.5), dict(keep_8bit="middle")):
         with pytest.raises(ValueError):
-            QuantizationCallback("D", **bad)
+            QuantizationCallback("D", Recipe(**bad))
 
 
 def test_failure_after_quant_mode_restores_inside_lightning(monkeypatch):
@@ -252,21 +254,21 @@ def test_adaround_runs_inside_lightnings_test_loop(monkeypatch, granularity, lea
     """AdaRound needs autograd; Lightning tests in inference mode. The callback path must still work,
     with the callback's AdaRound settings, at both granularities, for a bias-free conv whose folded
     BN gives it a bias made in inference mode."""
-    import hqbench.quant.adaround as adaround
+    import hqbench.quant
 
-    seen, original = [], adaround.adaround_weights
+    seen, original = [], hqbench.quant.adaround_weights
 
-    def spy(*args, **kwargs):
-        seen.append(kwargs)
-        return original(*args, **kwargs)
+    def spy(qmodel, batches, input_fn, settings):
+        seen.append(settings.changed())
+        return original(qmodel, batches, input_fn, settings)
 
-    monkeypatch.setattr(adaround, "adaround_weights", spy)
+    monkeypatch.setattr(hqbench.quant, "adaround_weights", spy)  # where fit_weights looks it up
     torch.manual_seed(0)
     module = PositionalModule().eval()
     module.backbone[0] = nn.Conv2d(1, 8, 3, padding=1, bias=False)
     settings = {"iters": 50, "lr": 0.01, "granularity": granularity, **learn}
-    callback = QuantizationCallback("D", calib_dataloader=_data(1), weight_bits=3, weight_rounding="adaround",
-                                    adaround=settings)
+    recipe = Recipe(weight_bits=3, weight_rounding="adaround", adaround=settings)
+    callback = QuantizationCallback("D", recipe, calib_dataloader=_data(1))
     acc = _trainer([callback]).test(module, _data(2), verbose=False)[0]["acc"]
     assert 0.0 <= acc <= 1.0 and callback._saved_state["rounded_weights"]
     assert bool(callback._saved_state["learned_scales"]) == bool(learn)

@@ -38,7 +38,9 @@ from torch import nn
 
 from hqbench.callbacks import QuantizationCallback
 from hqbench.quant import prepare
-from hqbench.quant.distributed import RULES, recording, rule_for, shard_batches, sync_pass
+from hqbench.quant.calibrators import Calibrator
+from hqbench.quant.calibrators.base import MAX, MergeRule
+from hqbench.quant.distributed import recording, rule_for, shard_batches, sync_pass
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*isinstance.treespec, LeafSpec.*")
 
@@ -128,6 +130,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
                 pass
         except NotImplementedError as err:
             results["no_rule"] = str(err)
+        results["plugin"] = _calibrate_with_abs_max(batches, True, rank, world)
         # C sharded by hand (not through shard_batches): the ranks' histograms differ, and the merge refuses.
         qmodel = prepare(make_net(), (batches[0][0],), "histogram")
         try:
@@ -146,6 +149,35 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 class _NoRule(torch.nn.Module):
     """Stands in for a user's calibrator that declares no merge rule."""
+
+
+class _AbsMax(Calibrator):
+    """A user's calibrator written outside hqbench, in one class: its merge rule sits beside its one
+    buffer, and nothing in hqbench.quant.distributed names it."""
+
+    merge_rule = MergeRule(reduce={0: {"amax": MAX}})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("amax", torch.tensor(0.0))
+
+    def observe(self, x: torch.Tensor) -> None:
+        self.amax.copy_(torch.maximum(self.amax, x.detach().abs().max()))
+
+    def has_data(self) -> bool:
+        return bool(self.amax > 0)
+
+    def compute_range(self, grid):
+        return (-self.amax if grid.signed else torch.zeros(())), self.amax.clone()
+
+
+def _calibrate_with_abs_max(batches: list, sharded: bool, rank: int = 0, world: int = 1) -> dict:
+    qmodel = prepare(make_net(), (batches[0][0],), "minmax")
+    for q in qmodel.quantizers.values():
+        q.calibrator = _AbsMax()
+    with recording(qmodel) as on_pass_end:
+        qmodel.calibrate(shard_batches(qmodel, batches, rank, world) if sharded else batches, on_pass_end=on_pass_end)
+    return qparams(qmodel)
 
 
 @pytest.fixture(scope="module")
@@ -214,25 +246,30 @@ def test_a_sharded_histogram_is_refused(ranks):
         assert "Histogram cannot merge shards exactly" in results["sharded_c"], results.get("sharded_c")
 
 
+def test_a_calibrator_from_outside_merges_by_its_own_declaration(ranks):
+    want = _calibrate_with_abs_max(make_batches(), sharded=False)
+    for rank in ranks:
+        _assert_equal(rank["plugin"], want, "plugin calibrator")
+
+
 def test_no_rule_is_refused_by_name(ranks):
     msg = ranks[0]["no_rule"]
     assert msg.startswith("calibrator _NoRule ")
-    assert "has no cross-process merge rule; run calibration on one process" in msg
+    assert "declares no merge_rule" in msg and "run calibration on one process" in msg
 
 
 def test_every_registered_calibrator_has_a_rule_covering_its_state():
-    """The rule table is complete: every registered calibrator has a rule, and a reduce-only rule
-    names exactly the calibrator's buffers (a buffer added later must be given a reduction)."""
+    """Every registered calibrator class declares its own rule, and a reduce-only rule names exactly
+    the calibrator's buffers (a buffer added later must be given a reduction)."""
     from hqbench.quant.calibrators import create_calibrator, list_calibrators
 
     for entry in list_calibrators():
         cal = create_calibrator(entry.name)
         rule = rule_for(cal)
-        if rule.merge is None:
-            reduced = {name for ops in rule.reduce.values() for name in ops}
-            assert reduced == {name for name, _ in cal.named_buffers()}, entry.name
+        assert "merge_rule" in type(cal).__dict__, entry.name
+        if not (rule.replay or rule.replicate):
+            assert rule.buffers() == {name for name, _ in cal.named_buffers()}, entry.name
     assert {"moving_minmax", "minmax", "histogram", "redistribution"} <= {e.name for e in list_calibrators()}
-    assert len(RULES) >= 4
 
 
 def test_single_process_sync_is_a_no_op():

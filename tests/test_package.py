@@ -1,6 +1,6 @@
-"""hqbench as an installed package (issue 14): configs are package data, caches go to the user's
-cache folder, checkpoints are found without a checkout, and a wheel installed into a fresh venv
-runs the classification demo from any folder."""
+"""hqbench as an installed package: the top-level tasks/ configs ship in the wheel as hqbench.configs,
+caches go to the user's cache folder, checkpoints are found without a checkout, and a wheel
+installed into a fresh venv runs the classification demo from any folder."""
 
 import json
 import os
@@ -12,9 +12,10 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from hqbench import paths
-from hqbench.config import CONFIGS_DIR
+from hqbench.config import TASKS_DIR
 from hqbench.models._weights import project_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,12 +54,21 @@ def test_nothing_in_the_package_writes_into_the_source_tree():
     assert not offenders, offenders
 
 
-def test_repo_root_is_this_checkout_and_configs_are_in_the_package():
+def test_repo_root_is_this_checkout_and_configs_are_the_top_level_tasks_folder():
     assert paths.repo_root() == ROOT
-    assert CONFIGS_DIR == ROOT / "hqbench" / "configs"
-    assert not (ROOT / "tasks").exists(), "the YAML configs moved into hqbench/configs/"
-    for name in ("classification.yaml", "detection.yaml", "paper.yaml", "model", "data"):
-        assert (CONFIGS_DIR / name).exists(), name
+    assert TASKS_DIR == ROOT / "tasks"  # the design card's layout; not a copy inside the package
+    assert not (ROOT / "hqbench" / "configs").exists()
+    for name in ("classification.yaml", "detection.yaml", "paper.yaml", "model", "data", "quant", "trainer"):
+        assert (TASKS_DIR / name).exists(), name
+    assert not list(TASKS_DIR.rglob("*.py")), "tasks/ holds YAML only"
+
+
+def test_the_wheel_package_list_names_every_package_folder():
+    """pyproject lists packages explicitly (for the tasks/ -> hqbench.configs mapping): a new
+    subpackage missing from the list would be missing from every wheel."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hqbench").rglob("__init__.py")}
+    assert listed == folders | {"hqbench.configs"}
 
 
 def test_checkpoints_are_looked_up_in_order_and_a_miss_names_every_place(clean_env, tmp_path):
@@ -103,7 +113,8 @@ def wheel_venv(tmp_path_factory) -> dict:
     do not run, so only the wheel provides ``hqbench``."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"  # a copy: building in place would write build/ and *.egg-info into the checkout
-    shutil.copytree(ROOT / "hqbench", src / "hqbench", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for folder in ("hqbench", "tasks"):
+        shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).is_file():
             shutil.copy(ROOT / name, src / name)
@@ -135,7 +146,7 @@ def _run(venv: dict, args: list, timeout: int = 600, **env) -> subprocess.Comple
 def test_wheel_ships_configs_and_data(wheel_venv):
     names = set(zipfile.ZipFile(wheel_venv["wheel"]).namelist())
     expected = {"hqbench/paths.py", "hqbench/data/embedded/fashion_mnist_subset.npz"}
-    expected |= {f"hqbench/configs/{p.relative_to(CONFIGS_DIR).as_posix()}" for p in CONFIGS_DIR.rglob("*.yaml")}
+    expected |= {f"hqbench/configs/{p.relative_to(TASKS_DIR).as_posix()}" for p in TASKS_DIR.rglob("*.yaml")}
     assert len(expected) > 15 and expected <= names, sorted(expected - names)
     assert not any(n.startswith(("tasks/", "checkpoints/", "tests/")) for n in names)
 

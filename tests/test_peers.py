@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hqbench.callbacks import PeerCallback
 from hqbench.data.base import seeded_draw
-from hqbench.methods import ROW_ENGINES, column_order, is_peer, list_methods, method_title, row_method
+from hqbench.quant.engines import row_engines
+from hqbench.methods import column_order, is_peer, list_methods, method_title, row_method
 from hqbench.peers import PeerMissing, PeerUnsupported, check_installed, create_peer, list_peers, peer_entry
 
 PEERS = [p.name for p in list_peers()]
@@ -86,7 +87,7 @@ def test_peer_sees_exactly_hqbenchs_calibration_batches_and_stays_close_to_float
         assert rec["calib_checksum"] == pytest.approx(_checksum(batches), rel=1e-9, abs=1e-6)
         assert rec.get("calib_images", 48) == 48 == sum(len(b) for b in batches)
         assert rec["version"] and rec["measured_on"] and rec["settings"]
-        assert peer_entry(name).engine in ROW_ENGINES
+        assert peer_entry(name).engine in row_engines()
         with torch.no_grad():
             logits = result.forward(x_test)
         assert logits.shape == (len(x_test), 4)
@@ -193,7 +194,7 @@ def test_peers_are_methods():
     assert column_order(["ort-minmax", "D", "fp32", "pt2e-x86", "pytorch"]) == [
         "fp32", "pytorch", "D", "ort-minmax", "pt2e-x86"]
     assert list_methods()[:6] == ["fp32", "pytorch", "A", "B", "C", "D"] and "ort-percentile" in list_methods()
-    assert {"onnxruntime", "openvino", "torch-reference"} <= set(ROW_ENGINES)
+    assert {"onnxruntime", "openvino", "torch-reference"} <= set(row_engines())
 
 
 def test_a_missing_tool_is_one_line_naming_the_extra(monkeypatch):

@@ -14,6 +14,8 @@ import pytest
 
 from hqbench.cli import main
 from hqbench.config import TASKS_DIR
+from hqbench.quant import Recipe
+from hqbench.quant.engines import list_engines
 from hqbench.reporting import ResultRow, append_row, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +35,7 @@ def test_aliases_bits_and_one_line_errors(tmp_path, capsys):
     capsys.readouterr()
     for bad, words in [("bits=w0a8", "2..16"), ("bits=8", "w8a8"), ("keep_8bit=middle", "first, last"),
                        ("weight_range=max", "minmax, mse"), ("method=E", "valid: fp32, pytorch, A, B, C, D"),
-                       ("engine=tpu", "fake, int, onnxruntime"), ("bias_correction=maybe", "true or false"),
+                       ("engine=tpu", ", ".join(e.name for e in list_engines())), ("bias_correction=maybe", "true or false"),
                        ("adaround.lr=0", "adaround.lr must be a positive number"),
                        ("adaround.iters=5", "apply to weight_rounding=adaround, not nearest")]:
         assert main(["test", *SMALL, bad, f"out={tmp_path / 'bad.json'}"]) == 1, bad
@@ -112,10 +114,10 @@ def test_adaround_settings_key_the_row():
     cells = {n: plan_cells(compose("classification", [*ada, f"adaround.iters={n}"])) for n in (1000, 3)}
     assert cells[1000][1].options == {"weight_rounding": "adaround", "adaround": "window=null"}
     assert cells[3][1].options == {"weight_rounding": "adaround", "adaround": "iters=3,window=null"}
-    assert cells[3][1].adaround == {"iters": 3, "window": None}  # what the callback is given
-    assert cells[3][0].options == {} and cells[3][0].adaround == {}  # FP32 is the same row whatever the settings
+    assert cells[3][1].recipe.adaround.changed() == {"iters": 3, "window": None}  # what the callback is given
+    assert cells[3][0].options == {} and cells[3][0].recipe == Recipe()  # FP32 is the same row whatever the settings
     block = plan_cells(compose("classification", [*ada, "adaround.granularity=block"]))[1]
-    assert block.options["adaround"] == "granularity=block,window=null" and block.adaround["granularity"] == "block"
+    assert block.options["adaround"] == "granularity=block,window=null" and block.recipe.adaround.granularity == "block"
 
 
 def _append_many(path: str, writer: int, count: int) -> None:

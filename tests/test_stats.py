@@ -8,16 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hqbench.reporting.stats import (
-    bootstrap_ci,
-    decode_outcomes,
-    draw_summary,
-    encode_outcomes,
-    mcnemar_exact,
-    paired_difference_ci,
-    rank_cells,
-    Replicates,
-)
+from hqbench.evidence import Replicates, decode_outcomes, encode_outcomes
+from hqbench.reporting.stats import bootstrap_ci, draw_summary, mcnemar_exact, paired_difference_ci, rank_cells
 
 
 def _outcomes(n: int, n_right: int, seed: int = 0) -> np.ndarray:

@@ -12,7 +12,7 @@ from rich.console import Console
 from hqbench.quant import calibrators
 from hqbench.reporting import ResultRow
 from hqbench.reporting.plots import plot_sweep
-from hqbench.reporting.stats import encode_outcomes
+from hqbench.evidence import encode_outcomes
 from hqbench.reporting.tables import (
     cost_markdown,
     gap_markdown,

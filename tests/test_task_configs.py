@@ -8,7 +8,8 @@ import pytest
 from hqbench import cli, config
 from hqbench.cli import main, sweep
 from hqbench.config import compose
-from hqbench.runner import resolve_data_root, task_class
+from hqbench.data.resolve import resolve_data_root
+from hqbench.runner import task_class
 from hqbench.tasks.classification import ClassificationTask
 from hqbench.tasks.detection import DetectionTask
 
@@ -25,6 +26,22 @@ class Top5Task(ClassificationTask):
 '''
 
 
+# ... and its config: what is its own, the shared groups composed (12 lines).
+TOP5_YAML = """defaults:
+  - data: imagenet
+  - model: mobilenet_v2_tflite
+  - quant: default
+  - run: default
+  - trainer: default
+  - _self_
+task: top5
+module:
+  _target_: mytasks.top5.Top5Task
+demo_model: mobilenet_v2_fmnist
+method: [fp32, B]
+"""
+
+
 def test_the_task_yaml_names_its_lightning_module():
     assert task_class(compose("classification")) is ClassificationTask
     assert task_class(compose("detection")) is DetectionTask
@@ -32,7 +49,7 @@ def test_the_task_yaml_names_its_lightning_module():
     with pytest.raises(ValueError, match=r"module._target_=hqbench.tasks.nope.Task cannot be imported"):
         task_class(cfg)
     cfg = compose("classification", ["module._target_=torch.nn.Linear"])
-    with pytest.raises(ValueError, match="torch.nn.Linear does not declare METRIC, EXTRA_METRICS"):
+    with pytest.raises(ValueError, match="torch.nn.Linear is not a hqbench.tasks.BenchmarkTask"):
         task_class(cfg)
 
 
@@ -69,12 +86,6 @@ def test_multirun_sweeps_other_keys_and_keeps_list_values():
     assert sweep(["method=A"]) == [["method=A"]]
 
 
-@pytest.fixture
-def no_data(monkeypatch, tmp_path):
-    monkeypatch.delenv("HQBENCH_DATA", raising=False)
-    monkeypatch.setenv("HQBENCH_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.mark.slow
 def test_multirun_runs_one_job_per_combination(no_data, tmp_path, capsys):
     out = tmp_path / "m.json"
@@ -94,16 +105,16 @@ def test_a_new_task_is_one_yaml_and_one_class(no_data, monkeypatch, tmp_path):
     (package / "top5.py").write_text(TOP5_TASK)
     monkeypatch.syspath_prepend(str(tmp_path))
     configs = tmp_path / "configs"
-    shutil.copytree(config.CONFIGS_DIR, configs)
-    text = (configs / "classification.yaml").read_text()
-    (configs / "top5.yaml").write_text(text.replace("task: classification", "task: top5").replace(
-        "hqbench.tasks.classification.ClassificationTask", "mytasks.top5.Top5Task"))
+    shutil.copytree(config.TASKS_DIR, configs)
+    (configs / "top5.yaml").write_text(TOP5_YAML)
     monkeypatch.setattr(config, "TASKS_DIR", configs)
     out = tmp_path / "t.json"
     assert main(["test", "task=top5", "method=fp32,B", *SMALL, f"out={out}"]) == 0
     rows = json.loads(out.read_text())
     assert {(r["task"], r["metric"]) for r in rows} == {("top5", "top5")}
     assert all(r["value"] >= r["top1"] for r in rows)  # top-5 is at least top-1 on the same images
+    # Top-1 outcomes are evidence for top1, not top5: the subclass inherits none (so no Top-1 intervals)
+    assert not any("outcomes" in r for r in rows)
     assert cli.demo_overrides("top5", []) == ["model=mobilenet_v2_fmnist"]
 
 
@@ -150,18 +161,41 @@ def test_typed_keys_accept_what_their_type_allows():
 @pytest.mark.parametrize("override, kept", [(None, ()), ("keep_8bit=first,last", ("first", "last")),
                                             ("keep_8bit=last", ("last",)), ("keep_8bit=none", ())])
 def test_keep_8bit_takes_one_layer_or_a_comma_list(task, override, kept):
-    from hqbench.quant.model import check_keep_8bit
+    from hqbench.quant import Recipe
 
     cfg = compose(task, [override] if override else [])
-    assert check_keep_8bit(cfg.keep_8bit) == kept
+    assert Recipe(4, 4, keep_8bit=cfg.keep_8bit).keep_8bit == kept
 
 
 @pytest.mark.parametrize("task", ["classification", "detection"])
 def test_the_adaround_keys_are_the_library_defaults(task):
-    """The task file lists AdaRound's settings for the command line; the library's signature is the source."""
+    """The task file lists AdaRound's settings for the command line; the library's AdaRoundSettings is the source."""
     from omegaconf import OmegaConf
 
-    from hqbench.quant.adaround import ADAROUND_DEFAULTS, check_adaround_options
+    from hqbench.quant import ADAROUND_DEFAULTS, AdaRoundSettings
 
     listed = OmegaConf.to_container(compose(task).adaround)
-    assert set(listed) == set(ADAROUND_DEFAULTS) and check_adaround_options(listed) == {}
+    assert set(listed) == set(ADAROUND_DEFAULTS) and AdaRoundSettings.from_mapping(listed) == AdaRoundSettings()
+
+
+def test_the_task_contract_binds_evidence_to_its_metric_and_names_a_missing_metric():
+    from hqbench.tasks import BenchmarkTask
+
+    class Renamed(ClassificationTask):  # another metric, no evidence of its own: none, not Top-1's
+        METRIC = "top5"
+
+    class Same(ClassificationTask):  # the same metric: Top-1 outcomes stay its evidence
+        EXTRA_METRICS = ()
+
+    assert Renamed.paired_evidence is BenchmarkTask.paired_evidence
+    assert Same.paired_evidence is ClassificationTask.paired_evidence
+
+    class Silent(BenchmarkTask):
+        METRIC = "mAP75"
+
+    with pytest.raises(KeyError) as err:
+        Silent().metric_values({"test/top1": 0.5})
+    assert str(err.value) == ("task Silent declares the metric 'mAP75' but its test run logged no 'test/mAP75' "
+                              "(logged: test/top1)")
+    with pytest.raises(TypeError, match="must declare METRIC"):
+        type("NoMetric", (BenchmarkTask,), {})

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import lightning as L
 import torch
@@ -24,13 +24,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils._pytree import tree_map
 
 from ._stages import EvaluationStageCallback
-from ..methods import PYTORCH, check_engine, row_method
-from ..quant import canonical_name, check_bits, prepare
-from ..quant.adaround import check_adaround_options
+from ..methods import PYTORCH, row_method
+from ..quant import Recipe, canonical_name, fit_weights, prepare
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
 from ..quant.distributed import is_distributed, recording, shard_batches
-from ..quant.model import QuantizedModel, check_keep_8bit, check_weight_rounding, default_input_fn
-from ..quant.weights import check_weight_range
+from ..quant.engines import create_engine, engine_entry
+from ..quant.model import QuantizedModel, default_input_fn
 
 
 @contextlib.contextmanager
@@ -52,10 +51,15 @@ class QuantizationCallback(EvaluationStageCallback):
         method: ``"A"``-``"D"``, a calibrator name, or ``"pytorch"``: PyTorch's default x86 PTQ
             (per-channel symmetric weights, HistogramObserver with reduce_range: 0..127 affine
             activations). See ``pytorch_via``.
+        recipe: widths, ``keep_8bit``, weight range and rounding, bias correction, AdaRound's
+            settings (:class:`hqbench.quant.Recipe`; None: W8A8 defaults). The ``"pytorch"``
+            baseline takes only the widths, with torch's observers at them
+            (:mod:`hqbench.quant.baseline`).
         calib_dataloader: calibration batches; defaults to ``trainer.datamodule.calibration_dataloader()``.
         num_batches: calibration batches per pass (all when None).
-        engine: ``"fake"`` (fake-quant), ``"int"`` (the integer-only reference executor) or
-            ``"onnxruntime"`` (the calibrated model exported as ONNX QDQ and run by ONNX Runtime).
+        engine: a registered engine (:func:`hqbench.quant.engines.list_engines`): ``"fake"``
+            (fake-quant), ``"int"`` (the integer-only reference executor) or ``"onnxruntime"`` (the
+            calibrated model exported as ONNX QDQ and run by ONNX Runtime).
         input_fn: maps a batch to the module's positional inputs (default: ``batch[0]``).
         float_scopes: module names whose functional ops stay float (detector decoding).
         submodule: attribute holding the network, used by the ``"pytorch"`` baseline.
@@ -63,9 +67,6 @@ class QuantizationCallback(EvaluationStageCallback):
             model), replacing ``pl_module.<submodule>`` while active. ``"hooks"``: torch's default
             observers and ranges applied through hqbench's hooks, for networks torch.fx cannot
             trace (ultralytics' detectors); BN is folded as for A-D.
-        act_bits, weight_bits, keep_8bit, weight_range, bias_correction, weight_rounding, adaround: as in
-            :func:`hqbench.quant.quantize`; the ``"pytorch"`` baseline uses torch's observers at the
-            matching widths (:mod:`hqbench.quant.baseline`).
         recalibrate: calibrate again at every test/validation/predict start (the default: during
             ``fit`` the weights change between validations), except right after a checkpoint
             restored calibrated ranges. ``False`` calibrates once and reuses the ranges.
@@ -81,27 +82,23 @@ class QuantizationCallback(EvaluationStageCallback):
     :meth:`hqbench.quant.QuantizedModel.calibration_statistics`).
     """
 
-    def __init__(self, method: str = "D", calib_dataloader: Iterable | None = None, num_batches: int | None = None,
-                 engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
+    def __init__(self, method: str = "D", recipe: Recipe | None = None, *, calib_dataloader: Iterable | None = None,
+                 num_batches: int | None = None, engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
-                 act_bits: int = 8, weight_bits: int = 8, keep_8bit: tuple[str, ...] | str = (),
-                 weight_range: str = "minmax", bias_correction: bool = False, weight_rounding: str = "nearest",
-                 adaround: Mapping[str, Any] | None = None, recalibrate: bool = True, statistics: dict | None = None,
-                 ranges: dict | None = None):
-        check_engine(engine)
+                 recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None):
+        engine_entry(engine)  # an unknown engine fails here, naming the valid ones
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
         self.method = PYTORCH if method == PYTORCH else canonical_name(method)
-        if self.method == PYTORCH and engine != "fake":
-            raise ValueError("the pytorch baseline runs as torch's reference model; use engine='fake'")
-        self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
-        self.keep_8bit, self.weight_range = check_keep_8bit(keep_8bit), check_weight_range(weight_range)
-        self.bias_correction, self.recalibrate = bool(bias_correction), bool(recalibrate)
-        self.weight_rounding = check_weight_rounding(weight_rounding)
-        self.adaround = check_adaround_options(adaround, self.weight_rounding)
+        self.recipe = Recipe() if recipe is None else recipe
+        if not isinstance(self.recipe, Recipe):
+            raise TypeError(f"recipe must be a hqbench.quant.Recipe, got {type(recipe).__name__}")
+        self.recalibrate = bool(recalibrate)
         if self.method == PYTORCH:
-            torch_act_grid(self.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
-            if self.keep_8bit or weight_range != "minmax" or self.bias_correction or weight_rounding != "nearest":
+            if engine != "fake":
+                raise ValueError("the pytorch baseline runs as torch's reference model; use engine='fake'")
+            torch_act_grid(self.recipe.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
+            if not self.recipe.runs_torch_defaults():
                 raise ValueError("the pytorch baseline is torch's own recipe: keep_8bit, weight_range, "
                                  "bias_correction and weight_rounding apply to hqbench's methods only")
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
@@ -119,7 +116,7 @@ class QuantizationCallback(EvaluationStageCallback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(method=self.method, engine=self.engine, bits=f"w{self.weight_bits}a{self.act_bits}")
+        return self._generate_state_key(method=self.method, engine=self.engine, bits=self.recipe.bits)
 
     @property
     def letter(self) -> str:
@@ -168,17 +165,16 @@ class QuantizationCallback(EvaluationStageCallback):
             self._activate_baseline(trainer, pl_module)
         else:
             hooks_baseline = self.method == PYTORCH  # torch's HistogramObserver = calibrator C, on its grid
-            method, act_grid = ("histogram", torch_act_grid(self.act_bits)) if hooks_baseline else (self.method, None)
+            method, act_grid = ("histogram", torch_act_grid(self.recipe.act_bits)) if hooks_baseline else (self.method, None)
             needs_data = self._saved_state is None or (self.recalibrate and not self._from_checkpoint)
             shared = needs_data and self._given_statistics is not None
-            fits_weights = self.bias_correction or self.weight_rounding != "nearest"
+            fits_weights = self.recipe.bias_correction or self.recipe.weight_rounding != "nearest"
             # A restored state, or shared statistics with nothing to fit, needs one batch: to record the graph.
             full = needs_data and (not shared or fits_weights)
             batches = self._batches_on(trainer, pl_module.device, limit=None if full else 1)
             example = self.input_fn(batches[0])
-            qmodel = prepare(pl_module, example, method, inplace=True, float_scopes=self.float_scopes,
-                             act_grid=act_grid, act_bits=self.act_bits, weight_bits=self.weight_bits,
-                             keep_8bit=self.keep_8bit, weight_range=self.weight_range)
+            qmodel = prepare(pl_module, example, method, self.recipe, inplace=True, float_scopes=self.float_scopes,
+                             act_grid=act_grid)
             self._undo.append(qmodel.remove)
             if shared:
                 qmodel.calibrate_from(self._given_statistics)
@@ -197,31 +193,24 @@ class QuantizationCallback(EvaluationStageCallback):
                 self.statistics = qmodel.calibration_statistics()
             if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
-                qmodel.fit_weights(batches, weight_rounding=self.weight_rounding, adaround=self.adaround,
-                                   bias_correction=self.bias_correction, input_fn=self.input_fn)
+                fit_weights(qmodel, batches, input_fn=self.input_fn)
                 self._saved_state = qmodel.quant_state_dict()
             else:
                 qmodel.load_quant_state_dict(self._saved_state)
             self._from_checkpoint = False
-            if self.engine != "fake":
+            if engine_entry(self.engine).factory is not None:  # fake-quant is the torch model itself
                 self._attach_engine(pl_module, qmodel, example)
             self.qmodel = qmodel
             self.summary = qmodel.summary()
         self.calib_seconds = time.perf_counter() - start
 
     def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
-        """Route the module's forward through the integer executor or ONNX Runtime *instead of* torch.
+        """Route the module's forward through the engine *instead of* torch.
 
         The engine replaces ``forward`` on the instance (a forward hook would run the torch network
         first and then discard its output, paying for both); the undo list puts it back.
         """
-        if self.engine == "int":
-            engine, close = qmodel.integer_executor(), None
-        else:
-            from ..quant.onnx_engine import OnnxRuntimeEngine
-
-            engine = OnnxRuntimeEngine(qmodel, example)
-            close = engine.close
+        engine = create_engine(self.engine, qmodel, example)
 
         def forward(*args, **kwargs):
             if kwargs:  # the replayed graph was recorded without them: refuse rather than ignore them
@@ -237,8 +226,7 @@ class QuantizationCallback(EvaluationStageCallback):
                 del pl_module.forward
             else:
                 pl_module.forward = own
-            if close is not None:
-                close()
+            getattr(engine, "close", lambda: None)()
 
         pl_module.forward = forward
         self._undo.append(restore)
@@ -249,7 +237,7 @@ class QuantizationCallback(EvaluationStageCallback):
             raise ValueError(f"the pytorch baseline needs the network at pl_module.{self.submodule}; pass submodule=")
         batches = self._batches_on(trainer, pl_module.device)
         quantized = torch_ao_ptq(network, batches, self.input_fn(batches[0]), self.input_fn,
-                                 weight_bits=self.weight_bits, act_bits=self.act_bits)
+                                 weight_bits=self.recipe.weight_bits, act_bits=self.recipe.act_bits)
         setattr(pl_module, self.submodule, quantized)
         self._undo.append(lambda: setattr(pl_module, self.submodule, network))
 

@@ -22,83 +22,7 @@ from torch import nn
 
 import tflite
 
-_DTYPES = {tflite.TensorType.FLOAT32: np.float32, tflite.TensorType.FLOAT16: np.float16,
-           tflite.TensorType.INT8: np.int8, tflite.TensorType.UINT8: np.uint8,
-           tflite.TensorType.INT16: np.int16, tflite.TensorType.INT32: np.int32,
-           tflite.TensorType.INT64: np.int64}
-_SKIPPED = {"QUANTIZE", "DEQUANTIZE"}  # int8 <-> float boundaries; the rebuilt model is float
-
-
-class _Graph:
-    """Thin accessor over subgraph 0 of a TFLite flatbuffer."""
-
-    def __init__(self, buf: bytes):
-        self.model = tflite.Model.GetRootAsModel(buf, 0)
-        if self.model.SubgraphsLength() != 1:
-            raise ValueError(f"expected 1 subgraph, found {self.model.SubgraphsLength()}")
-        self.g = self.model.Subgraphs(0)
-
-    def op_name(self, op) -> str:
-        code = self.model.OperatorCodes(op.OpcodeIndex())
-        # Newer files keep small codes in the deprecated int8 field; take whichever is set.
-        return tflite.opcode2name(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()))
-
-    def name(self, t: int) -> str:
-        return self.g.Tensors(t).Name().decode()
-
-    def is_const(self, t: int) -> bool:
-        data = self.model.Buffers(self.g.Tensors(t).Buffer()).DataAsNumpy()
-        return isinstance(data, np.ndarray) and data.size > 0
-
-    def shape(self, t: int) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.g.Tensors(t).ShapeAsNumpy())
-
-    def scales(self, t: int) -> tuple[np.ndarray, np.ndarray]:
-        q = self.g.Tensors(t).Quantization()
-        if q is None or q.ScaleLength() == 0:
-            return np.ones(1, np.float64), np.zeros(1, np.int64)
-        zp = q.ZeroPointAsNumpy() if q.ZeroPointLength() else np.zeros(1)
-        return q.ScaleAsNumpy().astype(np.float64), np.asarray(zp, np.int64)
-
-    def const(self, t: int, scale: np.ndarray | None = None, axis: int | None = 0) -> np.ndarray:
-        """Dequantize constant ``t`` as ``scale * (q - zero_point)``, per channel along ``axis``
-        (``None``: the tensor's own ``quantized_dimension``)."""
-        tensor = self.g.Tensors(t)
-        data = self.model.Buffers(tensor.Buffer()).DataAsNumpy()
-        if tensor.Type() not in _DTYPES or not isinstance(data, np.ndarray):
-            raise ValueError(f"tensor {self.name(t)!r}: not a constant of a supported type")
-        q = data.view(_DTYPES[tensor.Type()]).reshape(self.shape(t))
-        if tensor.Type() in (tflite.TensorType.FLOAT32, tflite.TensorType.FLOAT16):
-            return q.astype(np.float32)
-        own_scale, zp = self.scales(t)
-        scale = own_scale if scale is None else scale
-        if axis is None:  # the file says which axis per-channel parameters run along
-            quant = tensor.Quantization()
-            axis = quant.QuantizedDimension() if quant is not None else 0
-        bshape = [1] * q.ndim
-        bshape[axis] = -1  # per-channel params broadcast along the quantized axis
-        if scale.size > 1:
-            scale = scale.reshape(bshape)
-            zp = zp if zp.size == 1 else zp.reshape(bshape)
-        return (scale * (q.astype(np.float64) - zp)).astype(np.float32)
-
-
-def _read_graph(path: Path) -> _Graph:
-    """The flatbuffer of a ``.tflite`` file (data only: nothing in it can run)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"TFLite model not found: {path}")
-    buf = path.read_bytes()
-    if buf[4:8] != b"TFL3":
-        raise ValueError(f"{path} is not a TFLite flatbuffer (missing 'TFL3' identifier)")
-    return _Graph(buf)
-
-
-def _options(op, cls):
-    opts = cls()
-    table = op.BuiltinOptions()
-    opts.Init(table.Bytes, table.Pos)
-    return opts
-
+from .tflite_reader import TFLiteGraph, options, read_graph
 
 def _same_pad(size: int, k: int, stride: int) -> tuple[int, int]:
     """TF "SAME": output = ceil(size / stride); any odd leftover goes after, not before."""
@@ -185,7 +109,7 @@ class TFLiteClassifier(nn.Module):
 class _Importer:
     """Walks a TFLite subgraph op by op and records modules and steps for :class:`TFLiteClassifier`."""
 
-    def __init__(self, graph: _Graph, path: Path):
+    def __init__(self, graph: TFLiteGraph, path: Path):
         self.graph, self.path = graph, path
         self.alias: dict[int, int] = {}  # QUANTIZE/DEQUANTIZE/SOFTMAX/no-op reshape outputs -> inputs
         self.layers: OrderedDict[str, nn.Module] = OrderedDict()
@@ -242,7 +166,7 @@ class _Importer:
         x, w = self.real(op.Inputs(0)), op.Inputs(1)
         b = op.Inputs(2) if op.InputsLength() > 2 and op.Inputs(2) >= 0 else None
         depthwise = name == "DEPTHWISE_CONV_2D"
-        opts = _options(op, tflite.DepthwiseConv2DOptions if depthwise else tflite.Conv2DOptions)
+        opts = options(op, tflite.DepthwiseConv2DOptions if depthwise else tflite.Conv2DOptions)
         if self.rank.get(x) != 4:
             raise self.fail(i, name, "input is not a 4-D NHWC feature map")
         weight = graph.const(w, axis=None)
@@ -299,7 +223,7 @@ class _Importer:
     def fully_connected(self, i: int, op, name: str) -> None:
         x, w = self.real(op.Inputs(0)), op.Inputs(1)
         b = op.Inputs(2) if op.InputsLength() > 2 and op.Inputs(2) >= 0 else None
-        opts = _options(op, tflite.FullyConnectedOptions)
+        opts = options(op, tflite.FullyConnectedOptions)
         weight = self.graph.const(w, axis=None)
         if weight.ndim != 2:
             raise self.fail(i, name, f"weight of shape {weight.shape} is not 2-D")
@@ -318,7 +242,7 @@ class _Importer:
             axes = sorted(int(a) % 4 for a in np.atleast_1d(self.graph.const(op.Inputs(1))))
             if axes != [1, 2] or self.rank.get(x) != 4:
                 raise self.fail(i, name, f"averages over axes {axes}, not over H and W of a 4-D map")
-            keep = _options(op, tflite.ReducerOptions).KeepDims()
+            keep = options(op, tflite.ReducerOptions).KeepDims()
             module = self.add_module(i, "pool", nn.AdaptiveAvgPool2d(1))
             if keep:
                 self.emit("module", [x], op.Outputs(0), 4, module)
@@ -327,7 +251,7 @@ class _Importer:
                 self.emit("module", [x], pooled, 4, module)
                 self.emit("flatten", [pooled], op.Outputs(0), 2, arg=False)
             return
-        opts = _options(op, tflite.Pool2DOptions)
+        opts = options(op, tflite.Pool2DOptions)
         k, s = (opts.FilterHeight(), opts.FilterWidth()), (opts.StrideH(), opts.StrideW())
         act = self.activation(i, name, opts.FusedActivationFunction())
         if self.hw(op.Outputs(0)) == (1, 1) and k == (h, w):
@@ -349,12 +273,12 @@ class _Importer:
         if any(graph.is_const(t) for t in ins):
             raise self.fail(i, name, "adds or concatenates a constant tensor")
         if name == "ADD":
-            opts = _options(op, tflite.AddOptions)
+            opts = options(op, tflite.AddOptions)
             if len(ins) != 2 or graph.shape(op.Inputs(0)) != graph.shape(op.Inputs(1)):
                 raise self.fail(i, name, "only an ADD of two tensors of one shape is supported")
             kind, arg = "add", None
         else:
-            opts = _options(op, tflite.ConcatenationOptions)
+            opts = options(op, tflite.ConcatenationOptions)
             rank = self.rank.get(ins[0], 4)
             axis = opts.Axis() % len(graph.shape(op.Inputs(0)))
             kind, arg = "cat", _NHWC_TO_NCHW_AXIS[axis] if rank == 4 else axis
@@ -468,7 +392,7 @@ class _Importer:
         return model
 
 
-def _input_normalisation(graph: _Graph, inp: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _input_normalisation(graph: TFLiteGraph, inp: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std on [0, 1] pixels equal to the file's input dequantization on 0..255 pixels.
 
     uint8 input, scale ``s``, zero point ``z``: ``(p - z) * s`` = ``(p/255 - z/255) / (1/(255 s))``.
@@ -508,4 +432,4 @@ def build_tflite_classifier(path: str | Path) -> TFLiteClassifier:
             naming the file and the op.
     """
     path = Path(path)
-    return _Importer(_read_graph(path), path).run().eval()
+    return _Importer(read_graph(path), path).run().eval()

@@ -28,6 +28,8 @@ from typing import Any, Callable, Union
 
 import torch
 
+from ..quant.engines import FLOAT, row_engines
+
 EXTRA_HINT = "pip install -e '.[peers]'"
 
 
@@ -64,7 +66,7 @@ class PeerEntry:
     name: str
     factory: Union[str, Callable[..., PeerResult]]  # "module:function" (imported lazily) or a callable
     title: str
-    engine: str  # the row's engine field: one of hqbench.methods.ROW_ENGINES
+    engine: str  # the row's engine field: a name in hqbench.quant.engines' registry
     settings: dict
     requires: tuple[str, ...] = ()  # top-level modules the peer imports (checked before any work)
     float_scopes: bool = False  # the factory takes float_scopes= and keeps those ops float
@@ -78,6 +80,9 @@ def register_peer(name: str, factory, *, title: str, engine: str, settings: dict
     """Register a peer under ``name`` (a method name in rows and on the command line)."""
     if not name or ":" in name or "," in name:
         raise ValueError(f"bad peer name {name!r}")
+    if engine not in row_engines() or engine == FLOAT:
+        raise ValueError(f"peer {name!r}: engine {engine!r} is not registered; register it with "
+                         "hqbench.quant.engines.register_engine(..., peers_only=True)")
     entry = PeerEntry(name, factory, title, engine, dict(settings), tuple(requires), bool(float_scopes))
     _REGISTRY[name] = entry
     return entry

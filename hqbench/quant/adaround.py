@@ -12,14 +12,9 @@ away does not reach the next layer. Defaults follow Qualcomm AIMET's ``AdaroundP
 reg 0.01, beta 20 -> 2, warm start 0.2) except the iterations and the learning rate: AIMET's 10 000
 steps at lr 1e-3 suit a GPU; the CPU default here is 1000 steps at lr 1e-2. Adam moves ``V`` about
 ``lr`` a step and a rounding flips only when ``V`` crosses 0, so the tenfold rate lets 1000 steps
-reach the flips 10 000 reach. Measured on MobileNetV2-TFLite W4A8 + D (1300 images,
-docs/RESULTS.md): lr 1e-3 gave 72.77 % Top-1, lr 1e-2 75.54 %, and with the error after the
-activation (these defaults) 75.38 %, the same (McNemar p = 0.93).
-
-Two deliberate differences from AIMET's ``AdaroundLoss``, both measured: the reconstruction term is
-the plain mean squared error (AIMET sums over output channels, a ``C_out`` times heavier term against
-``reg``) and ``beta`` anneals linearly (AIMET: cosine). With AIMET's two at 1000 steps (lr 1e-3),
-the same model fell from 72.77 % to 65.08 %.
+reach the flips 10 000 reach. Two deliberate differences from AIMET's ``AdaroundLoss``: the
+reconstruction term is the plain mean squared error (AIMET sums over output channels) and ``beta``
+anneals linearly (AIMET: cosine). What these choices measured is in docs/RESULTS.md ("AdaRound").
 
 What keeps it affordable on a CPU: each capture pass stops at the layer it captures (a forward
 runs only the layers before it), and a convolution's loss is taken on a random 16x16 window of its
@@ -47,21 +42,20 @@ per-channel gain that rounding a few weights (a depthwise kernel's nine) leaves 
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
-from .blocks import Block, BlockReplay, Params, Reach, block_reach, find_blocks, run_layer
+from .blocks import Block, BlockReplay, Params, block_reach, find_blocks
 from .fake import QUANT
 from .model import QuantizedModel, default_input_fn, forward_until
+from .recipe import AdaRoundSettings
+from .samples import _BlockSamples, _crops_match, _layer_samples, _replays
 from .scheme import SIGNED_ACTIVATIONS, UNSIGNED_ACTIVATIONS
 
-GRANULARITIES = ("layer", "block")
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
 
 
@@ -106,125 +100,6 @@ def _capture(qmodel: QuantizedModel, data: list, input_fn: Callable, name: str, 
     if len(seen) != len(data):
         raise RuntimeError(f"AdaRound: layer {name!r} did not run once on every calibration batch")
     return torch.cat(seen)
-
-
-class _Windows:
-    """Random ``size x size`` windows of a Conv2d's output, with the input patches that produce them.
-
-    A step's loss needs a sample of the layer's output, not all of it: on a 112x112 map a 16x16
-    window costs 1/49 of the full convolution. The input is stored padded once, so a window runs
-    as an unpadded convolution and matches the full one exactly, border windows included.
-    """
-
-    def __init__(self, name: str, module: nn.Conv2d, x: torch.Tensor, y: torch.Tensor, size: int,
-                 act: Callable | None = None):
-        self.name, self.module, self.act = name, module, act
-        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode  # the module's own padding
-        self.x = F.pad(x, module._reversed_padding_repeated_twice, mode=mode)  # a new tensor: no clone needed
-        self.y = _target(y, act)
-        self.size = (min(size, y.shape[2]), min(size, y.shape[3]))
-        self.reach = [(n - 1) * s + d * (k - 1) + 1 for n, s, d, k in
-                      zip(self.size, module.stride, module.dilation, module.kernel_size)]
-
-    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
-        (sy, sx), (ry, rx) = self.module.stride, self.reach
-        x = self.x[idx, :, oy * sy: oy * sy + ry, ox * sx: ox * sx + rx]
-        return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
-
-    def forward(self, x: torch.Tensor, params: Mapping[str, Params]) -> torch.Tensor:
-        m, (weight, bias) = self.module, params[self.name]
-        out = F.conv2d(x, weight, bias, m.stride, 0, m.dilation, m.groups)
-        return out if self.act is None else self.act(out)
-
-
-class _Whole:
-    """Any other layer: whole samples (images, or rows of a Linear)."""
-
-    def __init__(self, name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, act: Callable | None = None):
-        self.name, self.module, self.act = name, module, act
-        self.x, self.y = x.clone(), _target(y, act)
-
-    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.x[idx], self.y[idx]
-
-    def forward(self, x: torch.Tensor, params: Mapping[str, Params]) -> torch.Tensor:
-        out = run_layer(self.module, x, *params[self.name])
-        return out if self.act is None else self.act(out)
-
-
-class _BlockSamples:
-    """A block's samples: its start point's tensor in, its end point's tensor out.
-
-    With ``window`` and a block of local ops (its :class:`~hqbench.quant.blocks.Reach` known), a
-    step runs the block on the input crop that one random ``window x window`` patch of its output
-    needs, cut at multiples of the block's stride, and compares that patch: the same values as the
-    whole map's (checked on setup by :func:`_crops_match`), a fraction of the work on large maps.
-    """
-
-    def __init__(self, replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, window: int | None,
-                 reach: Reach | None):
-        self.replay, self.x, self.y = replay, x.clone(), y.clone()
-        self.reach = reach if window and reach is not None and x.dim() == y.dim() == 4 else None
-        self.size = None if self.reach is None else (min(window, y.shape[2]), min(window, y.shape[3]))
-        if self.size == tuple(y.shape[2:]):
-            self.reach = None  # the window is the whole map
-
-    def crop(self, x: torch.Tensor, offset: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """The input crop that output patch ``offset`` needs, and the patch's place in its replay."""
-        r, (hin, win) = self.reach, x.shape[2:]
-        cuts, keep = [], []
-        for o, w, n, s, a, k in zip(offset, self.size, (hin, win), r.stride, r.start, r.size):
-            lo = max(0, a + o * s) // s * s  # a multiple of the stride: the crop's pixels line up
-            cuts.append(slice(lo, min(n, a + (o + w - 1) * s + k)))
-            keep.append(o - lo // s)
-        return x[:, :, cuts[0], cuts[1]], tuple(keep)
-
-    def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[tuple, torch.Tensor]:
-        """``((input, where the patch lies in its replay, or None), target)``."""
-        if self.reach is None:
-            return (self.x[idx], None), self.y[idx]
-        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
-        return self.crop(self.x[idx], (oy, ox)), self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
-
-    def forward(self, x: tuple, params: Mapping[str, Params]) -> torch.Tensor:
-        x, keep = x
-        out = self.replay(x, params)
-        if keep is None:
-            return out
-        (ky, kx), (h, w) = keep, self.size
-        return out[:, :, ky: ky + h, kx: kx + w]
-
-
-@torch.no_grad()
-def _crops_match(samples: _BlockSamples, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Params]) -> bool:
-    """Whether the crops of ``samples`` replay (float weights, float ``x``) to the patches of the
-    model's own output ``y``, at the four corners and the middle."""
-    (h, w), (ph, pw) = y.shape[2:], samples.size
-    for oy, ox in {(0, 0), (0, w - pw), (h - ph, 0), (h - ph, w - pw), ((h - ph) // 2, (w - pw) // 2)}:
-        crop, (ky, kx) = samples.crop(x, (oy, ox))
-        out = samples.replay(crop, params)[:, :, ky: ky + ph, kx: kx + pw]
-        if not _close(out, y[:, :, oy: oy + ph, ox: ox + pw], float(y.abs().max())):
-            return False
-    return True
-
-
-def _close(out: torch.Tensor, want: torch.Tensor, magnitude: float) -> bool:
-    """A replay's output equals the model's, up to float32 summation order at ``magnitude``."""
-    return out.shape == want.shape and bool(torch.allclose(out, want, rtol=1e-4, atol=1e-5 * magnitude + 1e-6))
-
-
-@torch.no_grad()
-def _target(y: torch.Tensor, act: Callable | None) -> torch.Tensor:
-    """The target after the activation, once: it is elementwise, so it commutes with windows."""
-    return y.clone() if act is None else act(y.clone())
-
-
-def _layer_samples(name: str, module: nn.Module, x: torch.Tensor, y: torch.Tensor, window: int | None,
-                   act: Callable | None):
-    if window and isinstance(module, nn.Conv2d) and y.dim() == 4:
-        return _Windows(name, module, x, y, window, act)
-    return _Whole(name, module, x, y, act)
 
 
 def _activation(qmodel: QuantizedModel, name: str, modules: dict[str, nn.Module]) -> Callable | None:
@@ -384,10 +259,7 @@ def _block_samples(qmodel: QuantizedModel, block: Block, batches: list, input_fn
 
 
 def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
-                     iters: int = 1000, reg: float = 0.01, beta: tuple[float, float] = (20.0, 2.0),
-                     batch_size: int = 32, lr: float = 1e-2, warm_start: float = 0.2, window: int | None = 16,
-                     seed: int = 0, activation_loss: bool = True, granularity: str = "layer",
-                     learn_scale: bool = False, learn_bias: bool = False) -> Rounding:
+                     settings: AdaRoundSettings | None = None) -> Rounding:
     """AdaRound every compute layer of a calibrated ``qmodel``, in execution order.
 
     Args:
@@ -395,22 +267,11 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
         batches: a re-iterable of calibration batches; every layer's inputs over all of them are
             cached (one layer at a time), so keep it to a calibration-sized set.
         input_fn: turns a batch into the model's positional inputs.
-        iters, reg, beta, lr, warm_start: the optimisation (Adam steps, rounding regulariser weight,
-            its annealed exponent (start, end), learning rate, fraction of steps without it).
-        batch_size: samples (images, or rows for a Linear) per step.
-        window: a Conv2d's (or block's) loss is taken on one random ``window x window`` patch of its
-            output per step (the same patch for the step's images) instead of the whole map; None
-            for whole maps.
-        activation_loss: take the error after the activation module that follows the layer in its
-            chain (ReLU, ReLU6, LeakyReLU ...), as the AdaRound paper does; False: on the raw output.
-        granularity: ``"layer"`` (AdaRound), or ``"block"`` (BRECQ's block reconstruction, see
-            :mod:`hqbench.quant.blocks`): the layers of a block are rounded together against the
-            block's output, ``iters`` steps a block; ``window`` applies to a block's output where
-            its ops are local (whole maps otherwise), ``activation_loss`` to the layers no block holds.
-        learn_scale: learn each layer's per-channel weight scale with its rounding (a factor on the
-            scale the weight range gave; the integer grid stays symmetric), at :data:`SIDE_LR`.
-        learn_bias: learn each layer's float bias with it too (layers without a bias keep none);
-            it stays a 32-bit integer at ``s_in * s_w`` as before.
+        settings: the optimisation (:class:`~hqbench.quant.recipe.AdaRoundSettings`; None: its
+            defaults). ``window`` applies to a block's output where its ops are local (whole maps
+            otherwise), ``activation_loss`` to the layers no block holds; ``learn_scale`` learns a
+            factor on each layer's per-channel weight scale at :data:`SIDE_LR` (the integer grid
+            stays symmetric), ``learn_bias`` its float bias (still a 32-bit integer at ``s_in * s_w``).
 
     Returns:
         A :class:`Rounding`: per layer, the fake-quantized weight (on the symmetric grid of its scale,
@@ -421,19 +282,20 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
     """
     if iter(batches) is batches:
         raise ValueError("AdaRound sweeps the batches once per layer; pass a list or DataLoader, not an iterator")
+    s = AdaRoundSettings() if settings is None else settings
     modules = dict(qmodel.model.named_modules())
     was_quant = any(q.mode == QUANT for q in qmodel.quantizers.values())
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(s.seed)
     qmodel.set_mode("float")
     float_params = {n: (modules[n].weight.detach().clone(), None if modules[n].bias is None else
                         modules[n].bias.detach().clone()) for n in qmodel.plan.compute}
     fitted = Rounding()
-    units = _units(qmodel, granularity)
+    units = _units(qmodel, s.granularity)
     try:
         while units:
             unit = units.pop(0)
             if isinstance(unit, Block):
-                samples = _block_samples(qmodel, unit, batches, input_fn, fitted, float_params, window)
+                samples = _block_samples(qmodel, unit, batches, input_fn, fitted, float_params, s.window)
                 if samples is None:
                     warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
                                   f"runs it; its layers are rounded one at a time")
@@ -441,105 +303,20 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
                     continue
                 layers = unit.layers
             else:
-                samples = _single_layer_samples(qmodel, unit, batches, input_fn, fitted, window, activation_loss)
+                samples = _single_layer_samples(qmodel, unit, batches, input_fn, fitted, s.window, s.activation_loss)
                 layers = [unit]
             grids = {n: Layer(*float_params[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1)
                      for n in layers}
-            for n, layer in _optimise(samples, grids, iters, reg, beta, batch_size, lr, warm_start, g,
-                                      learn_scale, learn_bias).items():
+            for n, layer in _optimise(samples, grids, s.iters, s.reg, s.beta, s.batch_size, s.lr, s.warm_start, g,
+                                      s.learn_scale, s.learn_bias).items():
                 fitted.weights[n] = layer.weight
-                if learn_scale:
+                if s.learn_scale:
                     fitted.scales[n] = layer.scale
-                if learn_bias and layer.bias is not None:
+                if s.learn_bias and layer.bias is not None:
                     fitted.bias_shift[n] = float_params[n][1] - layer.bias
     finally:
         qmodel.set_mode(QUANT if was_quant else "float")
     return fitted
 
 
-@torch.no_grad()
-def _replays(replay: BlockReplay, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Params]) -> bool:
-    """Whether the replay of a block with float weights on a batch's float input ``x`` (whole, and
-    its first sample alone) gives the model's own output ``y``: a block whose ops depend on more
-    than their recorded arguments (a reshape to the recording's batch size, say) is not replayed."""
-    for n in sorted({1, len(x)}):
-        try:
-            out = replay(x[:n], params)
-        except (RuntimeError, TypeError, ValueError, IndexError):
-            return False
-        if not _close(out, y[:n], float(y[:n].abs().max())):
-            return False
-    return True
-
-
-#: The optimisation settings :func:`adaround_weights` takes, with their defaults (the CLI's
-#: ``adaround.KEY=VALUE`` keys); its signature is the one place they are written.
-ADAROUND_DEFAULTS: dict[str, Any] = {
-    p.name: p.default for p in inspect.signature(adaround_weights).parameters.values()
-    if p.default is not inspect.Parameter.empty and p.name != "input_fn"}
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _is_pair(v: Any) -> bool:
-    return isinstance(v, Sequence) and not isinstance(v, str) and len(v) == 2 and all(_is_number(b) and b > 0 for b in v)
-
-
-# Each setting: what a valid value is, how it reads in an error, and its normal form.
-_SETTINGS: dict[str, tuple[Callable[[Any], bool], str, Callable[[Any], Any]]] = {
-    "iters": (lambda v: _is_int(v) and v >= 1, "a positive integer", int),
-    "batch_size": (lambda v: _is_int(v) and v >= 1, "a positive integer", int),
-    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer", int),
-    "window": (lambda v: v is None or _is_int(v) and v >= 1, "a positive integer or null", lambda v: v),
-    "lr": (lambda v: _is_number(v) and v > 0, "a positive number", float),
-    "reg": (lambda v: _is_number(v) and v >= 0, "a number >= 0", float),
-    "warm_start": (lambda v: _is_number(v) and 0 <= v < 1, "a fraction in [0, 1)", float),
-    "activation_loss": (lambda v: isinstance(v, bool), "true or false", bool),
-    "beta": (_is_pair, "two positive numbers [start, end]", lambda v: (float(v[0]), float(v[1]))),
-    "granularity": (lambda v: v in GRANULARITIES, " or ".join(GRANULARITIES), str),
-    "learn_scale": (lambda v: isinstance(v, bool), "true or false", bool),
-    "learn_bias": (lambda v: isinstance(v, bool), "true or false", bool),
-}
-
-
-def _setting(key: str, value: Any) -> Any:
-    valid, what, normal = _SETTINGS[key]
-    if not valid(value):
-        raise ValueError(f"adaround.{key} must be {what}, got {value!r}")
-    return normal(value)
-
-
-def check_adaround_options(options: Mapping[str, Any] | None, weight_rounding: str = "adaround") -> dict[str, Any]:
-    """The settings in ``options`` that differ from :func:`adaround_weights`' defaults, checked.
-
-    Raises:
-        ValueError: one line naming an unknown key (the valid ones listed) or a bad value, or
-            settings that differ from the defaults with a ``weight_rounding`` other than adaround.
-    """
-    unknown = sorted(set(options or {}) - set(ADAROUND_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown AdaRound setting {unknown[0]!r}; valid: {', '.join(ADAROUND_DEFAULTS)}")
-    checked = {k: _setting(k, v) for k, v in (options or {}).items()}
-    changed = {k: v for k, v in checked.items() if v != _setting(k, ADAROUND_DEFAULTS[k])}
-    if changed and weight_rounding != "adaround":
-        raise ValueError(f"AdaRound settings ({format_adaround_options(changed)}) apply to weight_rounding=adaround, "
-                         f"not {weight_rounding}")
-    return changed
-
-
-def format_adaround_options(options: Mapping[str, Any]) -> str:
-    """``{"lr": 0.001, "iters": 2000}`` -> ``"iters=2000,lr=0.001"``: the form a result row records."""
-    def text(v: Any) -> str:
-        if v is None or isinstance(v, bool):
-            return "null" if v is None else str(v).lower()
-        return "/".join(map(str, v)) if isinstance(v, tuple) else str(v)
-    return ",".join(f"{k}={text(v)}" for k, v in sorted(options.items()))
-
-
-__all__ = ["ADAROUND_DEFAULTS", "Rounding", "adaround_weights", "check_adaround_options", "format_adaround_options"]
+__all__ = ["Rounding", "adaround_weights"]

@@ -23,8 +23,6 @@ from torch import nn
 
 from .grid import TORCH_X86_ACT_GRID, QuantGrid
 
-ACT_RANGE = TORCH_X86_ACT_GRID.describe()  # quint8 with reduce_range=True
-
 
 def torch_act_grid(act_bits: int = 8) -> QuantGrid:
     """torch's default activation grid at ``act_bits``: unsigned, one bit below (reduce_range)."""

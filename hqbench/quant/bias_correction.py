@@ -137,4 +137,17 @@ def measure_bias_shift(qmodel: QuantizedModel, batches: Iterable, input_fn: Call
         qmodel.model.train(was_training)
 
 
-__all__ = ["measure_bias_shift"]
+def correct_bias(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
+                 ) -> QuantizedModel:
+    """Measure each layer's quantization mean shift on ``batches`` and subtract it from its bias.
+
+    A shift already held (AdaRound's learnt bias, an earlier correction) stays, and what is left
+    adds to it; the model is re-quantized with the corrected biases (rounded to int32).
+    """
+    qmodel.set_mode(QUANT)  # the shifts held are applied while the rest is measured
+    measured = measure_bias_shift(qmodel, batches, input_fn)
+    held = qmodel.bias_shift
+    return qmodel.use_weights(bias_shift={n: held[n] + s if n in held else s for n, s in measured.items()})
+
+
+__all__ = ["correct_bias", "measure_bias_shift"]

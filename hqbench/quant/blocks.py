@@ -25,7 +25,7 @@ from torch.nn import functional as F
 from torch.utils._pytree import tree_flatten, tree_map
 
 from .graph import Node
-from .scheme import (JOIN_FUNCTIONS, SIGNED_ACTIVATIONS, SIGNED_FUNCTIONS, UNSIGNED_ACTIVATIONS, UNSIGNED_FUNCTIONS,
+from .scheme import (JOIN_OPS, SIGNED_ACTIVATIONS, SIGNED_FUNCTIONS, UNSIGNED_ACTIVATIONS, UNSIGNED_FUNCTIONS,
                      Plan)
 
 Params = tuple[torch.Tensor, "torch.Tensor | None"]  # a layer's (weight, bias), as replays and samples take them
@@ -91,7 +91,7 @@ def find_blocks(graph, plan: Plan, max_layers: int = MAX_LAYERS) -> list[Block]:
             continue
         nodes = _stretch(start, cut)
         layers = [n.name for n in nodes if n.name in compute]
-        joined = cut.op in JOIN_FUNCTIONS or cut.op == "Concat"
+        joined = cut.op in JOIN_OPS
         if layers and (joined or cut.name in linear_ends or len(layers) >= max_layers):
             blocks.append(Block(start.name, cut.name, layers, nodes))
             start = cut

@@ -2,23 +2,25 @@
 
 Each rank observes its share of the calibration batches (rank ``r`` of ``W`` takes global batches
 ``r, r + W, ...``); after every pass, :func:`sync_pass` merges every quantizer's statistics across
-ranks so all ranks freeze the same qparams. The rules are declared in one table, :data:`RULES`
-(torchmetrics' ``add_state(dist_reduce_fx=...)`` idea), keyed by calibrator class and pass:
+ranks so all ranks freeze the same qparams. The rules are declared on the calibrator classes
+themselves (:class:`~hqbench.quant.calibrators.base.MergeRule`, beside the buffers they reduce:
+torchmetrics' ``add_state(dist_reduce_fx=...)`` idea); this module only carries them out:
 
-- A ``MovingMinMax``: **replay**. The EMA "across ranks" is the EMA over the global batch
+- ``reduce``: an all_reduce (MIN, MAX or SUM) per buffer and pass, all buffers of one op in one
+  collective. B's range (MIN/MAX), the two-pass histograms of D, percentile, entropy and mse (the
+  range on pass 0, so pass 1 bins over the common range; then SUM on fixed bins). Exact.
+- ``replay`` (A's moving average): the EMA "across ranks" is the EMA over the global batch
   sequence, global batch ``i`` observed by rank ``i % W``. Each rank records its per-batch
   ``(min, max)``; they are all_gathered, interleaved into the global order and the EMA is replayed
   with the class's own update on every rank. Equal, bit for bit, to one process over the same
   batches in the same order (also with uneven shares).
-- B ``MinMax``: ``min_val`` all_reduce MIN, ``max_val`` MAX. Exact.
-- C ``Histogram`` (torch's ``HistogramObserver``): **not sharded**. Every rank observes every
+- ``replicate`` (C, torch's ``HistogramObserver``): not sharded. Every rank observes every
   calibration batch (:func:`shard_batches`), so every rank holds one process's histogram and
   freezes its qparams exactly; a check after each pass refuses ranks whose statistics differ.
   C gains no speed from more processes.
-- D ``ActivationRedistribution``: pass 0 ``min_val`` MIN, ``max_val`` MAX (so pass 1 bins over the
-  common range); pass 1 ``histogram`` SUM, ``zeros`` SUM. Exact.
-- Percentile, Entropy and SymmetricMSE (D's two-pass layout) merge as D. A calibrator with no rule
-  is refused with an error naming it ("run calibration on one process").
+
+A calibrator class that declares no rule is refused with an error naming it ("run calibration on
+one process").
 
 Why C is not sharded: HistogramObserver re-scales its bins whenever a batch widens the range, so the
 histogram it ends with depends on the range *before* each batch, i.e. on other ranks' earlier
@@ -38,31 +40,15 @@ numbers batches with a forward pre-hook on the model; no calibrator file is chan
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
 
 from .calibrators import Calibrator
+from .calibrators.base import MAX, MIN, SUM, MergeRule
 
-MIN, MAX, SUM = "min", "max", "sum"
 _OPS = {MIN: "MIN", MAX: "MAX", SUM: "SUM"}
-
-
-@dataclass(frozen=True)
-class Rule:
-    """How one calibrator class merges across ranks after each pass.
-
-    ``reduce[pass_index]`` maps buffer names to ``"min"``/``"max"``/``"sum"`` (an all_reduce each);
-    ``merge`` (when set) is a custom merge ``merge(calibrators, pass_index, records)`` of every
-    quantizer of that class at once; ``record`` says it needs per-batch records (:func:`recording`).
-    """
-
-    reduce: dict[int, dict[str, str]] = field(default_factory=dict)
-    merge: Callable | None = None
-    record: bool = False
-    shard: bool = True  # False: every rank observes every batch (nothing to merge, nothing sped up)
 
 
 def _world() -> int:
@@ -157,45 +143,37 @@ def _check_replicated(calibrators: list[Calibrator], pass_index: int) -> None:
                                "hqbench.quant.distributed.shard_batches() keeps them all for it")
 
 
-_RANGE = {"min_val": MIN, "max_val": MAX}
-_TWO_PASS = Rule(reduce={0: _RANGE, 1: {"histogram": SUM}})
-
-#: The one table of merge rules, keyed by ``module.qualname`` of the calibrator class (exact type:
-#: a subclass may keep other state, so it must declare its own rule).
-RULES: dict[str, Rule] = {
-    "hqbench.quant.calibrators.minmax.MovingMinMax": Rule(merge=_replay_moving, record=True),
-    "hqbench.quant.calibrators.minmax.MinMax": Rule(reduce={0: _RANGE}),
-    "hqbench.quant.calibrators.histogram.Histogram": Rule(merge=_check_replicated, shard=False),
-    "hqbench.quant.calibrators.redistribution.ActivationRedistribution":
-        Rule(reduce={0: _RANGE, 1: {"histogram": SUM, "zeros": SUM}}),
-    "hqbench.quant.calibrators.mse.SymmetricMSE": Rule(reduce={0: _RANGE, 1: {"histogram": SUM, "zeros": SUM}}),
-    "hqbench.quant.calibrators.percentile.Percentile": _TWO_PASS,
-    "hqbench.quant.calibrators.entropy.Entropy": _TWO_PASS,
-}
-
-
 def _class_key(cal: Calibrator) -> str:
     cls = type(cal)
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def rule_for(cal: Calibrator) -> Rule:
-    """The merge rule of ``cal``'s class.
+def rule_for(cal: Calibrator) -> MergeRule:
+    """The merge rule ``cal``'s class declares itself (``merge_rule`` in the class body: a subclass
+    may keep other state, so an inherited rule does not count).
 
     Raises:
-        NotImplementedError: no rule is declared for it.
+        NotImplementedError: the class declares no rule, or names a buffer it does not have.
     """
-    rule = RULES.get(_class_key(cal))
+    rule = type(cal).__dict__.get("merge_rule")
     if rule is None:
-        raise NotImplementedError(f"calibrator {type(cal).__name__} ({_class_key(cal)}) has no cross-process merge "
-                                  "rule; run calibration on one process")
+        raise NotImplementedError(f"calibrator {type(cal).__name__} ({_class_key(cal)}) declares no merge_rule "
+                                  "(hqbench.quant.calibrators.base.MergeRule); run calibration on one process")
+    missing = sorted(rule.buffers() - dict(cal.named_buffers()).keys())
+    if missing:
+        raise NotImplementedError(f"calibrator {type(cal).__name__}: its merge_rule reduces {missing[0]!r}, "
+                                  "which is not one of its buffers")
     return rule
+
+
+def _custom_merge(rule: MergeRule) -> Callable | None:
+    return _replay_moving if rule.replay else _check_replicated if rule.replicate else None
 
 
 def shard_batches(qmodel, batches: list, rank: int, world: int) -> list:
     """Rank ``rank`` of ``world``'s calibration batches: ``rank, rank + world, ...`` when every
     calibrator's rule merges shards, otherwise all of them (C; and one process)."""
-    if world <= 1 or len(batches) < world or not all(rule_for(q.calibrator).shard for q in qmodel.quantizers.values()):
+    if world <= 1 or len(batches) < world or any(rule_for(q.calibrator).replicate for q in qmodel.quantizers.values()):
         return list(batches)
     return list(batches[rank::world])
 
@@ -247,8 +225,9 @@ def sync_pass(qmodel, pass_index: int) -> None:
             offset += n
     groups: dict[Callable, list[Calibrator]] = {}
     for cal, rule in zip(cals, rules):
-        if rule.merge is not None:
-            groups.setdefault(rule.merge, []).append(cal)
+        merge = _custom_merge(rule)
+        if merge is not None:
+            groups.setdefault(merge, []).append(cal)
     for merge in sorted(groups, key=lambda f: f.__name__):  # the same collective order on every rank
         merge(groups[merge], pass_index)
 
@@ -274,7 +253,7 @@ def recording(qmodel) -> Iterator[Callable[[int], None]]:
     wrapped = []
     for q in qmodel.quantizers.values():
         cal = q.calibrator
-        if not rule_for(cal).record:
+        if not rule_for(cal).replay:
             continue
         rec = _RECORDERS[id(cal)] = _Recorder(counter)
         cls = type(cal)

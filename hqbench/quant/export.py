@@ -66,7 +66,7 @@ def check_exportable(qmodel) -> None:
                                       "do not fit the int8 DequantizeLinear")
 
 
-def export_onnx(qmodel, path, example_inputs, *, opset: int = 17, overwrite: bool = False,
+def export_onnx(qmodel, path, example_inputs=None, *, opset: int = 17, overwrite: bool = False,
                 dynamic_batch: bool = True, container: str = "native") -> dict:
     """Write ``path`` (QDQ ONNX), ``*.qstate.pt`` and ``*.encodings.json``; returns their paths and counts.
 
@@ -77,8 +77,10 @@ def export_onnx(qmodel, path, example_inputs, *, opset: int = 17, overwrite: boo
 
     Raises:
         RuntimeError: a layer was never calibrated. FileExistsError: a target exists and
-        ``overwrite`` is False. ValueError: opset < 13.
+        ``overwrite`` is False. ValueError: no ``example_inputs``, or opset < 13.
     """
+    if example_inputs is None:
+        raise ValueError("export_onnx needs example_inputs= (one batch of model inputs) to trace the model")
     if opset < 13:
         raise ValueError(f"opset {opset} cannot hold per-channel DequantizeLinear; use 13 or later")
     if container not in CONTAINER_MODES:

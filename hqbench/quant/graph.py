@@ -161,9 +161,6 @@ class Graph:
         self.outputs = outputs  # output structure with Nodes in place of tensors
         self.by_name = {n.name: n for n in nodes}
 
-    def module_nodes(self, *types: type) -> list[Node]:
-        return [n for n in self.nodes if n.kind == "module" and isinstance(n.target, types)]
-
 
 def record(model: nn.Module, example_inputs: tuple) -> Graph:
     """Run ``model(*example_inputs)`` once under no_grad and return its dataflow ``Graph``."""

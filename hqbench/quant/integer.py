@@ -30,7 +30,8 @@ from torch import nn
 from torch.utils._pytree import tree_map
 
 from .graph import Node
-from .scheme import COMPUTE_MODULES, _is_passthrough, fused_activation
+from .scheme import (AVERAGING, CLIP_OPS, COMPUTE_MODULES, INTEGER_ACTIVATIONS, JOIN_OPS, LEAKY_OPS, RELU_OPS,
+                     _is_passthrough, fused_activation)
 
 _SHIFT = 31
 
@@ -90,6 +91,11 @@ def _call(node: Node, *args, **kwargs):
 class IntegerExecutor:
     """Runs a calibrated QuantizedModel with integer arithmetic; call it like the model."""
 
+    @classmethod
+    def from_model(cls, qmodel, example_inputs: tuple = ()) -> "IntegerExecutor":
+        """The engine registry's factory (:mod:`hqbench.quant.engines`): the graph is already recorded."""
+        return cls(qmodel)
+
     def __init__(self, qmodel):
         if not all(bool(q.calibrated) for q in qmodel.quantizers.values()):
             raise RuntimeError("the integer executor needs a calibrated model: run calibrate() first")
@@ -101,8 +107,6 @@ class IntegerExecutor:
             raise NotImplementedError(
                 f"the integer executor cannot replay {split.name!r} ({split.op} returns several tensors, "
                 f"in {split.scope or 'the top level'}); use engine='fake' for this model")
-        self.modules = dict(qmodel.model.named_modules())
-        self.chain_of = {end: compute for compute, (end, _) in self.plan.chains.items()}
         # BN and activation nodes fused into a compute layer run inside it.
         self.fused = {bn for _, bn in self.plan.folds} | {a for _, a in self.plan.chains.values() if a}
 
@@ -160,9 +164,9 @@ class IntegerExecutor:
         ints = [a for a in args if isinstance(a, IntTensor)]
         if node.kind == "module" and isinstance(node.target, COMPUTE_MODULES) and ints and len(args) == 1:
             return self._compute(node, args[0])
-        if node.name in self.plan.points and node.op in ("add", "cat", "Concat") and ints:
+        if node.name in self.plan.points and node.op in JOIN_OPS and ints:
             return self._join(node, args, kwargs)
-        if node.name in self.plan.points and ints and len(ints) == 1 and node.op in ("relu", "relu_", "ReLU", "ReLU6", "hardtanh"):
+        if node.name in self.plan.points and ints and len(ints) == 1 and node.op in RELU_OPS | CLIP_OPS:
             return self._relu_requant(node, ints[0])
         if _is_passthrough(node) and len(ints) == 1 and node.name not in self.plan.points:
             return self._passthrough(node, args, kwargs)
@@ -197,21 +201,22 @@ class IntegerExecutor:
         act_module = fused if fused is not None else (
             act_node.target if act_node is not None and act_node.kind == "module" else None)
         act_op = type(fused).__name__ if fused is not None else (act_node.op if act_node is not None else None)
-        if isinstance(act_module, nn.LeakyReLU) or act_op == "leaky_relu":
-            slope = act_module.negative_slope if act_module is not None else 0.01
+        if act_op in LEAKY_OPS:
+            slope = act_module.negative_slope if act_module is not None else (  # F.leaky_relu(x, slope)
+                act_node.args[1] if len(act_node.args) > 1 else act_node.kwargs.get("negative_slope", 0.01))
             m = torch.where(acc < 0, m * slope, m)
             d = requantize(acc, m, lo, hi)
         else:
             d = requantize(acc, m, lo, hi)
             d = self._clamp_activation(d, act_module, act_op, act, s_out, lo)
-        if act and act_op not in ("ReLU", "ReLU6", "relu", "relu_", "hardtanh", "LeakyReLU", "leaky_relu"):
+        if act and act_op not in INTEGER_ACTIVATIONS:
             raise NotImplementedError(f"{act}: activation {act_op} has no integer kernel")
         return IntTensor(d, s_out, z, lo + z, hi + z)
 
     def _clamp_activation(self, d, act_module, act_op, act_name, s_out, lo):
-        if act_op in ("ReLU", "relu", "relu_"):
+        if act_op in RELU_OPS:
             return torch.clamp(d, min=0)
-        if act_op == "ReLU6" or act_op == "hardtanh":
+        if act_op in CLIP_OPS:
             upper = 6.0 if act_module is not None else float(self.graph.by_name[act_name].args[2])
             return torch.clamp(d, 0, torch.round(torch.tensor(upper) / s_out.double()))
         return d
@@ -244,6 +249,6 @@ class IntegerExecutor:
         x = next(a for a in args if isinstance(a, IntTensor))
         swap = lambda a: a.d if isinstance(a, IntTensor) else a  # noqa: E731
         d = _call(node, *tree_map(swap, args), **tree_map(swap, kwargs))
-        if node.op in ("AvgPool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool2d", "avg_pool2d", "mean", "interpolate", "Upsample"):
+        if node.op in AVERAGING:
             d = torch.round(d)  # averages round to nearest (ties to even, as the fake-quant path) on the same scale
         return IntTensor(d, x.scale, x.zero_point, x.qmin, x.qmax)

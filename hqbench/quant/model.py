@@ -13,7 +13,6 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from .bits import check_bits
 from .calibrators import canonical_name, create_calibrator
 from .calibrators.base import RangeThenHistogram
 from .fake import OBSERVE, OFF, QUANT, ActQuantizer
@@ -21,16 +20,16 @@ from .fold import fold_batchnorm, unfold_batchnorm
 from .points import attach_points
 from .graph import Graph, record
 from .grid import QuantGrid
+from .recipe import Recipe
 from .scheme import Plan, analyse
-from .weights import check_weight_range, fit_bias, quantize_weight, weight_scale
+from .weights import fit_bias, quantize_weight, weight_scale
 
 # v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
 # v2: adds "weight_bits", "keep_8bit", "weight_range", "bias_shift" and "rounded_weights" ({layer: tensor});
 #     v1 loads as w8, nothing kept at 8 bits, round-to-nearest.
 # v3: adds "learned_scales" ({layer: weight scale} that AdaRound's learn_scale chose); v2 loads with none.
+#     A v3 state may hold "point_bits" ([[point, bits], ...], mixed precision); one without it has none.
 STATE_VERSION = 3
-WEIGHT_ROUNDINGS = ("nearest", "adaround")
-KEEP_8BIT = ("first", "last")  # layers the low-bit literature keeps at 8 bits: first conv, classifier
 
 
 def _key(name: str) -> str:
@@ -84,15 +83,16 @@ class QuantizedModel(nn.Module):
     Build with :func:`hqbench.quant.prepare` or :func:`hqbench.quant.quantize`.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: tuple, method: str, act_bits: int = 8,
-                 weight_bits: int = 8, weight_per_channel: bool = True, float_scopes: tuple[str, ...] = (),
-                 act_grid: QuantGrid | None = None, keep_8bit: tuple[str, ...] = (), weight_range: str = "minmax"):
+    def __init__(self, model: nn.Module, example_inputs: tuple, method: str, recipe: Recipe | None = None,
+                 float_scopes: tuple[str, ...] = (), act_grid: QuantGrid | None = None):
         super().__init__()
         self.method = canonical_name(method)
-        self.act_bits, self.weight_bits = check_bits(act_bits, "act_bits"), check_bits(weight_bits, "weight_bits")
-        self.weight_per_channel = weight_per_channel
-        self.keep_8bit = check_keep_8bit(keep_8bit)
-        self.weight_range = check_weight_range(weight_range)
+        self.recipe = recipe = Recipe() if recipe is None else recipe
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"recipe must be a hqbench.quant.Recipe, got {type(recipe).__name__}")
+        self.act_bits, self.weight_bits = recipe.act_bits, recipe.weight_bits
+        self.weight_per_channel, self.weight_range, self.keep_8bit = (recipe.weight_per_channel, recipe.weight_range,
+                                                                      recipe.keep_8bit)
         self.model = model
         self.graph: Graph = record(model, example_inputs)
         self.plan: Plan = analyse(self.graph, self.act_bits, float_scopes)
@@ -100,7 +100,13 @@ class QuantizedModel(nn.Module):
         kept_layers, kept_points = self._kept(self.keep_8bit)
         self._layer_bits = {n: max(8, self.weight_bits) if n in kept_layers else self.weight_bits
                             for n in self.plan.compute}
-        grids = {p.name: QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in kept_points else p.grid
+        point_bits = dict(recipe.point_bits)
+        unknown = sorted(set(point_bits) - set(self.plan.points))
+        if unknown:
+            raise ValueError(f"point_bits: {unknown[0]!r} is not a quantization point of this model "
+                             f"(points: {', '.join(list(self.plan.points)[:5])}, ...)")
+        grids = {p.name: QuantGrid(point_bits[p.name], p.grid.signed) if p.name in point_bits
+                 else QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in kept_points else p.grid
                  for p in self.plan.points.values()}
         self.quantizers = nn.ModuleDict(
             {_key(name): ActQuantizer(name, create_calibrator(self.method), act_grid or grid)
@@ -327,62 +333,22 @@ class QuantizedModel(nn.Module):
         self.set_mode(QUANT)
         return self
 
-    def fit_weights(self, data: Iterable, *, weight_rounding: str = "nearest", bias_correction: bool = False,
-                    num_batches: int | None = None, input_fn: Callable[[Any], tuple] = default_input_fn,
-                    adaround: Mapping[str, Any] | None = None) -> "QuantizedModel":
-        """The weight-side steps after calibration, in their order: AdaRound first (it chooses the
-        integers; ``adaround``: its settings, see :func:`hqbench.quant.adaround.adaround_weights`),
-        then bias correction (it measures the shift those integers leave)."""
-        if check_weight_rounding(weight_rounding) == "adaround":
-            self.adaround(data, num_batches, input_fn, **(adaround or {}))
-        if bias_correction:
-            self.correct_bias(data, num_batches, input_fn)
-        return self
+    def use_weights(self, weights: Mapping[str, torch.Tensor] | None = None,
+                    scales: Mapping[str, torch.Tensor] | None = None,
+                    bias_shift: Mapping[str, torch.Tensor] | None = None) -> "QuantizedModel":
+        """Install weight-side choices (AdaRound's rounded weights and learnt scales, a bias shift)
+        in place of the ones held, and re-quantize from the kept float weights with them.
 
-    def correct_bias(self, data: Iterable, num_batches: int | None = None,
-                     input_fn: Callable[[Any], tuple] = default_input_fn) -> "QuantizedModel":
-        """Measure each layer's quantization mean shift on ``data`` and subtract it from its bias; a
-        shift already held (AdaRound's learnt bias, an earlier correction) stays, and what is left adds to it."""
-        from .bias_correction import measure_bias_shift
-
-        batches = _weight_batches(data, num_batches, "bias_correction")
-        self.set_mode(QUANT)  # the shifts held are applied while the rest is measured
-        measured = measure_bias_shift(self, batches, input_fn)
-        self.bias_shift = {n: self.bias_shift[n] + s if n in self.bias_shift else s for n, s in measured.items()}
-        self.set_mode(QUANT)  # re-quantize from the kept float weights: the corrected biases get rounded
-        return self
-
-    def adaround(self, data: Iterable, num_batches: int | None = None,
-                 input_fn: Callable[[Any], tuple] = default_input_fn, **options) -> "QuantizedModel":
-        """Choose each weight's rounding by AdaRound (Nagel et al. 2020) on ``data``, layer by layer
-        (or block by block, BRECQ's reconstruction, with ``granularity="block"``).
-
-        ``options`` go to :func:`hqbench.quant.adaround.adaround_weights` (``iters``, ``reg``, ...).
+        Each argument left None keeps what is held; ``{}`` clears it.
         """
-        from .adaround import adaround_weights, check_adaround_options
-
-        options = check_adaround_options(options)  # a bad setting fails here, not after the first layers
-        batches = _weight_batches(data, num_batches, "weight_rounding=adaround")
-        self.rounded_weights, self.learned_scales, self.bias_shift = {}, {}, {}
+        if weights is not None:
+            self.rounded_weights = dict(weights)
+        if scales is not None:
+            self.learned_scales = dict(scales)
+        if bias_shift is not None:
+            self.bias_shift = dict(bias_shift)
         self.set_mode(QUANT)
-        fitted = adaround_weights(self, batches, input_fn, **options)
-        self.rounded_weights, self.learned_scales, self.bias_shift = fitted.weights, fitted.scales, fitted.bias_shift
-        self.set_mode(QUANT)  # re-quantize from the kept float weights with the chosen roundings
         return self
-
-    def integer_executor(self):
-        """An :class:`~hqbench.quant.integer.IntegerExecutor` over this calibrated model."""
-        from .integer import IntegerExecutor
-
-        return IntegerExecutor(self)
-
-    def export_onnx(self, path, example_inputs=None, **kw) -> dict:
-        """Write a QDQ ONNX model, its qstate and encodings; see :func:`hqbench.quant.export.export_onnx`."""
-        from .export import export_onnx
-
-        if example_inputs is None:
-            raise ValueError("export_onnx needs example_inputs= (one batch of model inputs) to trace the model")
-        return export_onnx(self, path, example_inputs, **kw)
 
     # ------------------------------------------------------------------ state
     def quant_state_dict(self) -> dict:
@@ -391,6 +357,7 @@ class QuantizedModel(nn.Module):
             "version": STATE_VERSION, "method": self.method, "act_bits": self.act_bits,
             "weight_bits": self.weight_bits, "weight_per_channel": self.weight_per_channel,
             "keep_8bit": list(self.keep_8bit), "weight_range": self.weight_range,
+            "point_bits": [list(p) for p in self.recipe.point_bits],
             "points": {q.name: {k: v.detach().cpu().clone() for k, v in q.state_dict().items()}
                        for q in self.quantizers.values()},
             "bias_shift": {k: v.detach().cpu().clone() for k, v in self.bias_shift.items()},
@@ -410,7 +377,9 @@ class QuantizedModel(nn.Module):
                      "bias_shift": {}, "rounded_weights": {}}
         if state.get("version") == 2:  # v2 states had no learnt scales
             state = {**state, "version": STATE_VERSION, "learned_scales": {}}
-        keys = ("version", "method", "act_bits", "weight_bits", "weight_per_channel", "keep_8bit", "weight_range")
+        state = {"point_bits": [], **state}
+        keys = ("version", "method", "act_bits", "weight_bits", "weight_per_channel", "keep_8bit", "weight_range",
+                "point_bits")
         problems = [f"{k}: saved {state.get(k)!r}, model {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
         saved, have = set(state.get("points", {})), set(mine["points"])
         if saved - have:
@@ -439,27 +408,3 @@ class QuantizedModel(nn.Module):
                        + (f", {self.weight_range} range" if self.weight_range != "minmax" else "")
                        + (f", {'+'.join(self.keep_8bit)} kept at 8 bits" if self.keep_8bit else ""),
         }
-
-
-def _weight_batches(data: Iterable, num_batches: int | None, what: str) -> list:
-    """Weight-side methods measure layer by layer over batches: a forward_loop callable cannot serve."""
-    if callable(data) and not hasattr(data, "__iter__"):
-        raise ValueError(f"{what} needs calibration batches (a DataLoader or list), not a forward_loop")
-    return list(itertools.islice(data, num_batches))
-
-
-def check_weight_rounding(value: object) -> str:
-    if value not in WEIGHT_ROUNDINGS:
-        raise ValueError(f"unknown weight_rounding {value!r}; valid: {', '.join(WEIGHT_ROUNDINGS)}")
-    return value
-
-
-def check_keep_8bit(keep: object) -> tuple[str, ...]:
-    """``"first,last"`` / ``["first"]`` / ``()`` -> a tuple of KEEP_8BIT names, or a one-line error."""
-    if keep is None or keep == "" or keep == "none":
-        return ()
-    items = keep.split(",") if isinstance(keep, str) else list(keep)
-    bad = [k for k in items if k not in KEEP_8BIT]
-    if bad:
-        raise ValueError(f"keep_8bit: unknown {bad}; valid: {', '.join(KEEP_8BIT)} (comma-separated), or none")
-    return tuple(k for k in KEEP_8BIT if k in items)

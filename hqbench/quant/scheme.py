@@ -39,6 +39,13 @@ PASSTHROUGH_FUNCTIONS = {
     "interpolate", "chunk", "split", "clone", "detach", "to", "float",
 }
 JOIN_FUNCTIONS = {"add", "cat"}
+JOIN_OPS = JOIN_FUNCTIONS | {"Concat"}  # ultralytics' Concat module joins as torch.cat does
+# Activations the integer executor runs as integer kernels, by the graph's normalised op names
+# (a module node's class name; :func:`~hqbench.quant.graph.op_name` for functions, so ``relu_`` is ``relu``).
+RELU_OPS = {"ReLU", "relu"}  # clamp at 0
+CLIP_OPS = {"ReLU6", "hardtanh"}  # clamp at 0 and an upper bound (6, or hardtanh's max_val; F.relu6 is hardtanh)
+LEAKY_OPS = {"LeakyReLU", "leaky_relu"}  # a second multiplier for the negative side
+INTEGER_ACTIVATIONS = RELU_OPS | CLIP_OPS | LEAKY_OPS
 AVERAGING = {"AvgPool2d", "AdaptiveAvgPool2d", "adaptive_avg_pool2d", "avg_pool2d", "mean", "interpolate", "Upsample"}
 
 

@@ -1,24 +1,14 @@
 """Benchmark results: the row contract, atomic JSON/CSV/Markdown files, paper-layout tables,
 their significance tests (:mod:`~hqbench.reporting.stats`) and sweep figures."""
 
-from hqbench.reporting.results import (
-    ENGINES,
-    ResultRow,
-    append_row,
-    find_row,
-    locked,
-    read_results,
-    write_all,
-    write_results,
-)
+from hqbench.reporting.results import ResultRow
+from hqbench.reporting.files import append_row, find_row, locked, read_results, write_all, write_results
 from hqbench.reporting.plots import plot_sweep
+from hqbench.evidence import Replicates, decode_outcomes, encode_outcomes
 from hqbench.reporting.stats import (
     bootstrap_ci,
-    decode_outcomes,
     draw_summary,
-    encode_outcomes,
     mcnemar_exact,
-    Replicates,
     paired_difference_ci,
     paired_pvalue,
     paired_replicates_pvalue,
@@ -38,7 +28,6 @@ from hqbench.reporting.tables import (
 )
 
 __all__ = [
-    "ENGINES",
     "INT8_METHODS",
     "METHOD_COLUMNS",
     "ResultRow",

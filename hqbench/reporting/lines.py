@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hqbench.methods import column_order, is_peer
-from hqbench.reporting.stats import (Replicates, bootstrap_ci, decode_outcomes, draw_summary, evidence_value,
-                                     paired_difference_ci, pairing_key, paired_pvalue, rank_cells)
+from hqbench.evidence import Replicates, decode_outcomes
+from hqbench.reporting.stats import (bootstrap_ci, draw_summary, evidence_value, paired_difference_ci, pairing_key,
+                                     paired_pvalue, rank_cells)
 
 if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
@@ -212,7 +213,7 @@ def _decode_replicates(observed: float, n: int, seed: int, values: str) -> Repli
 
 def evidence_of(row: ResultRow) -> np.ndarray | Replicates | None:
     """What paired tests and intervals use: per-image outcomes (Top-1) or bootstrap replicates
-    (mAP, see :mod:`hqbench.reporting.average_precision`); None for rows written without either."""
+    (mAP, see :mod:`hqbench.evidence.average_precision`); None for rows written without either."""
     enc = outcomes_of(row)
     if enc:
         return decode_outcomes(enc)

@@ -1,30 +1,16 @@
-"""Benchmark result rows and their files: JSON (the source of truth), CSV and Markdown.
+"""The result row contract: :class:`ResultRow`, one run's number and everything that keys it.
 
-Every write goes to a temporary file in the target folder and is moved into place with
-``os.replace``, so a crash or a serialisation error mid-write leaves the previous file intact.
-:func:`append_row` merges one finished run into the file under an exclusive lock (``<file>.lock``),
-so a long benchmark never loses finished rows, several processes can write one file, and a rerun
-can skip what the file already holds (:func:`find_row`).
+Its files (JSON, CSV, Markdown) are :mod:`hqbench.reporting.files`; this module imports no renderer.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import json
-import os
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from hqbench.methods import FP32, ROW_ENGINES, row_method
-from hqbench.paths import atomic_write
-from hqbench.reporting.tables import markdown_table, notes_line
-
-ENGINES: tuple[str, ...] = ROW_ENGINES
-_SUFFIXES = (".json", ".csv", ".md")
+from hqbench.methods import FP32, row_method
+from hqbench.quant.engines import row_engines
 FLOAT_BITS = 32  # what an fp32 row records as its weight and activation bits
 
 
@@ -45,7 +31,7 @@ class ResultRow:
             ``extra`` key that clashes with a field name.
 
     >>> row = ResultRow("classification", "vgg16", "imagenet", "D", "top1", 71.2, 50000, 1000,
-    ...                 0, 3.5, 120.0, "mixed: 0..255 & -128..127", "fake", {"top5": 90.1})
+    ...                 0, 3.5, 120.0, "mixed: 0..255 & -128..127", "fake", extra={"top5": 90.1})
     >>> row.key[:5], row.bits, row.to_dict()["top5"]
     (('classification', 'vgg16', 'imagenet', 'D', 'fake'), 'w8a8', 90.1)
     """
@@ -73,11 +59,11 @@ class ResultRow:
             raise ValueError(f"task must be a task config's name, got {self.task!r}")
         if row_method(self.method) != self.method:
             raise ValueError(f"method {self.method!r} is spelled {row_method(self.method)!r} in result rows")
-        _check_choice("engine", self.engine, ENGINES)
+        _check_choice("engine", self.engine, row_engines())
         if not isinstance(self.options, dict):
             raise ValueError(f"options must be a mapping of option name to value, got {self.options!r}")
         self.options = {str(k): str(v) for k, v in sorted(self.options.items())}
-        clash = sorted(set(self.extra) & {*_FIELD_TYPES, "options", "extra"})
+        clash = sorted(set(self.extra) & {*FIELD_TYPES, "options", "extra"})
         if clash:
             raise ValueError(f"extra keys {clash} clash with ResultRow field names; rename them")
 
@@ -95,7 +81,7 @@ class ResultRow:
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict: the fields in declaration order, then the ``extra`` entries."""
-        out: dict[str, Any] = {name: getattr(self, name) for name in _FIELD_TYPES}
+        out: dict[str, Any] = {name: getattr(self, name) for name in FIELD_TYPES}
         out["options"] = dict(self.options)
         out.update(self.extra)
         return out
@@ -114,11 +100,11 @@ class ResultRow:
         if "weight_bits" not in data or "act_bits" not in data:  # files written before bit widths were recorded
             bits = FLOAT_BITS if data.get("method") == FP32 else 8
             data = {"weight_bits": bits, "act_bits": bits, **data}
-        missing = [k for k in _FIELD_TYPES if k not in data]
+        missing = [k for k in FIELD_TYPES if k not in data]
         if missing:
             raise ValueError(f"{source}: missing key {', '.join(map(repr, missing))}")
         kwargs: dict[str, Any] = {}
-        for name, typ in _FIELD_TYPES.items():
+        for name, typ in FIELD_TYPES.items():
             raw = data[name]
             number = isinstance(raw, (int, float)) and not isinstance(raw, bool)
             if not (isinstance(raw, str) if typ is str else number and (typ is float or float(raw).is_integer())):
@@ -127,14 +113,14 @@ class ResultRow:
         options = data.get("options") or {}
         if not isinstance(options, dict):
             raise ValueError(f"{source}: key 'options' must be an object, got {options!r}")
-        extra = {k: v for k, v in data.items() if k not in _FIELD_TYPES and k != "options"}
+        extra = {k: v for k, v in data.items() if k not in FIELD_TYPES and k != "options"}
         try:
             return cls(**kwargs, options=options, extra=extra)
         except ValueError as e:
             raise ValueError(f"{source}: {e}") from None
 
 
-_FIELD_TYPES: dict[str, type] = {
+FIELD_TYPES: dict[str, type] = {
     f.name: {"str": str, "int": int, "float": float}[f.type] for f in fields(ResultRow) if f.name not in ("extra", "options")
 }
 
@@ -142,176 +128,3 @@ _FIELD_TYPES: dict[str, type] = {
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; valid: {', '.join(choices)}")
-
-
-def _json_default(obj: object) -> object:
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
-
-
-def _write_json(f: TextIO, rows: list[ResultRow], path: Path) -> None:
-    # One row per line keeps diffs of a growing results file readable.
-    f.write("[")
-    for i, row in enumerate(rows):
-        f.write(",\n  " if i else "\n  ")
-        try:
-            json.dump(row.to_dict(), f, ensure_ascii=False, default=_json_default)
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"{path}: row {i} {row.key} cannot be written as JSON: {e}") from e
-    f.write("\n]\n" if rows else "]\n")
-
-
-def _csv_cell(value: object) -> object:
-    if isinstance(value, (list, tuple)):
-        return ";".join(map(str, value))
-    return json.dumps(value, default=_json_default) if isinstance(value, Mapping) else value
-
-
-def _write_csv(f: TextIO, rows: list[ResultRow]) -> None:
-    dicts = [r.to_dict() for r in rows]
-    header = list(dict.fromkeys([*_FIELD_TYPES, *(k for d in dicts for k in d)]))
-    writer = csv.DictWriter(f, fieldnames=header, restval="", lineterminator="\n")
-    writer.writeheader()
-    for d in dicts:
-        writer.writerow({k: _csv_cell(v) for k, v in d.items()})
-
-
-def _markdown(rows: list[ResultRow], title: str | None) -> str:
-    head = f"# {title}\n\n" if title else ""
-    return f"{head}{markdown_table(rows)}\n\n{notes_line(rows)}\n"
-
-
-def write_results(rows: Iterable[ResultRow], out_path: str | os.PathLike[str]) -> Path:
-    """Write rows as a JSON list of flat row dicts (one per line), atomically.
-
-    Args:
-        rows: Result rows.
-        out_path: Target file; parent folders are created.
-
-    Returns:
-        The path written.
-
-    Raises:
-        TypeError: If a row holds a value JSON cannot encode; the previous file is untouched.
-    """
-    path = Path(out_path)
-    rows = list(rows)
-    return atomic_write(path, lambda f: _write_json(f, rows, path))
-
-
-def write_all(
-    rows: Iterable[ResultRow], stem_or_path: str | os.PathLike[str], title: str | None = None
-) -> dict[str, Path]:
-    """Write ``<stem>.json``, ``<stem>.csv`` and ``<stem>.md``, each atomically.
-
-    Args:
-        rows: Result rows.
-        stem_or_path: ``out/paper`` or ``out/paper.json`` (``.csv``/``.md`` also accepted).
-        title: Optional Markdown heading.
-
-    Returns:
-        ``{"json": path, "csv": path, "md": path}``.
-    """
-    rows = list(rows)
-    base = Path(stem_or_path)
-    if base.suffix in _SUFFIXES:
-        base = base.with_suffix("")
-    paths = {ext: base.with_name(f"{base.name}.{ext}") for ext in ("json", "csv", "md")}
-    write_results(rows, paths["json"])
-    atomic_write(paths["csv"], lambda f: _write_csv(f, rows), newline="")
-    atomic_write(paths["md"], lambda f: f.write(_markdown(rows, title)))
-    return paths
-
-
-def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
-    """Read a JSON results file written by :func:`write_results`, rows in file order.
-
-    Args:
-        path: The ``.json`` file.
-
-    Raises:
-        FileNotFoundError: If the file does not exist.
-        ValueError: Naming the file (and row and key) when the content is malformed.
-    """
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a JSON list of result rows, got {type(data).__name__}")
-    rows = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ValueError(f"{path}: row {i} is {type(item).__name__}, expected an object")
-        rows.append(ResultRow.from_dict(item, source=f"{path} row {i}"))
-    return rows
-
-
-@contextlib.contextmanager
-def locked(path: str | os.PathLike[str], timeout: float = 600.0):
-    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``; waits up to ``timeout`` seconds).
-
-    Every read-modify-write of a results file happens under it, so concurrent writers never drop
-    each other's rows. The lock file is left in place (removing it would race with a waiter).
-    """
-    import fcntl
-
-    lock = Path(f"{path}.lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock}: another process has held this results file for {timeout:.0f} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bool = False,
-               title: str | None = None) -> list[ResultRow]:
-    """Merge one finished run into a JSON results file, replacing an earlier run with the same key.
-
-    Safe for concurrent writers (processes or threads): the read-modify-write holds :func:`locked`.
-
-    Args:
-        row: The new row; it replaces the row with equal :attr:`ResultRow.key`, in place.
-        out_path: The ``.json`` file; created if missing.
-        siblings: Also rewrite the ``.csv`` and ``.md`` next to it.
-        title: Markdown heading when ``siblings``.
-
-    Returns:
-        All rows now in the file.
-    """
-    path = Path(out_path)
-    if siblings and path.suffix != ".json":
-        raise ValueError(f"{path}: siblings=True needs a .json results path")
-    with locked(path):
-        rows = read_results(path) if path.exists() else []
-        idx = next((i for i, r in enumerate(rows) if r.key == row.key), None)
-        if idx is None:
-            rows.append(row)
-        else:
-            rows[idx] = row
-        if siblings:
-            write_all(rows, path, title=title)
-        else:
-            write_results(rows, path)
-    return rows
-
-
-def find_row(out_path: str | os.PathLike[str] | None, key: tuple) -> ResultRow | None:
-    """The row with ``key`` in a results file, if the file exists and holds one (for resuming)."""
-    if not out_path or not Path(out_path).exists():
-        return None
-    with locked(out_path):
-        rows = read_results(out_path)
-    return next((r for r in rows if r.key == key), None)

@@ -1,7 +1,10 @@
-"""LightningModules, one per task config (hqbench/configs/<task>.yaml names its class by ``module._target_``).
+"""LightningModules, one per task config (``tasks/<task>.yaml`` names its class by ``module._target_``).
 
-A task class declares what the runner needs as class attributes: ``METRIC`` (logged as
-``test/<METRIC>``, a fraction), ``EXTRA_METRICS``, ``PYTORCH_VIA`` ("fx" or "hooks": how the PyTorch
-column quantizes it) and ``FIT_WITH`` ("lightning": ``hqbench train`` runs ``Trainer.fit``;
-"ultralytics": ultralytics' trainer). Its constructor takes ``(model, card)``.
+Every task derives from :class:`~hqbench.tasks.base.BenchmarkTask`, which declares what the runner
+reads: ``METRIC``, ``EXTRA_METRICS``, ``PYTORCH_VIA``, ``UNSUPPORTED``, ``float_scopes``,
+``paired_evidence`` and ``fit``. Its constructor takes ``(model, card)``.
 """
+
+from hqbench.tasks.base import BenchmarkTask
+
+__all__ = ["BenchmarkTask"]

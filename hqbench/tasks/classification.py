@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics import MetricCollection
@@ -11,13 +16,17 @@ from torchmetrics.aggregation import CatMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from hqbench.data.base import EvaluationShare, evaluation_order
+from hqbench.data.resolve import build_data
+from hqbench.evidence import encode_outcomes
+from hqbench.models import create_model
+from hqbench.models._weights import write_half_state_dict
 from hqbench.models.card import ModelCard
-from hqbench.reporting.stats import encode_outcomes
+from hqbench.tasks.base import BenchmarkTask, quiet_lightning, training_output
 
 _OPTIMIZERS = ("sgd", "adamw")
 
 
-class ClassificationTask(L.LightningModule):
+class ClassificationTask(BenchmarkTask):
     """Wraps a classifier returning logits; logs ``{stage}/top1`` and ``{stage}/top5``.
 
     Accuracies are logged as **fractions** in [0, 1] (torchmetrics' convention); reports multiply
@@ -36,12 +45,10 @@ class ClassificationTask(L.LightningModule):
         ValueError: on an unknown ``optimizer``.
     """
 
-    # What the runner reads from a task class (the task YAML names the class by ``module._target_``):
+    # What the runner reads (hqbench.tasks.base.BenchmarkTask; the task YAML names the class by ``module._target_``):
     METRIC = "top1"  # the row's metric; logged as test/top1
     EXTRA_METRICS = ("top5",)  # also recorded in the row's extra, from test/<name>
     PYTORCH_VIA = "fx"  # how the "pytorch" column quantizes: torch.ao's FX recipe
-    FIT_WITH = "lightning"  # hqbench train: Trainer.fit on this module
-    UNSUPPORTED: dict[str, str] = {}  # engine name (or "peers") -> why this task cannot use it
 
     def __init__(
         self,
@@ -129,6 +136,39 @@ class ClassificationTask(L.LightningModule):
         """Logits for a batch of ``(images, labels)`` or of images alone."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(images)
+
+    @classmethod
+    def fit(cls, cfg, console, command: str = "") -> Path:
+        """Train ``cfg.model`` (from random init unless model.weights is set) with ``Trainer.fit`` on the
+        data's training split; write half-precision weights and a Markdown card beside them."""
+        out = training_output(cfg)
+        quiet_lightning()
+        L.seed_everything(cfg.seed, verbose=False)
+        model, card = create_model(cfg.model.name, weights=cfg.model.weights or "random")
+        dm, source = build_data(cfg, card)
+        task = instantiate(cfg.module, _partial_=True)(model, card, lr=cfg.train.lr, optimizer=cfg.train.optimizer,
+                                                        weight_decay=cfg.train.weight_decay)
+        trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=cfg.trainer.devices, max_epochs=cfg.train.epochs,
+                            logger=False, enable_checkpointing=False, enable_model_summary=False,
+                            enable_progress_bar=sys.stdout.isatty())
+        task.train()  # create_model returns eval mode, and Lightning keeps module modes as it finds them
+        start = time.perf_counter()
+        trainer.fit(task, train_dataloaders=dm.train_dataloader())
+        seconds = time.perf_counter() - start
+        value = 100.0 * float(trainer.test(task, datamodule=dm, verbose=False)[0][f"test/{task.METRIC}"])
+        write_half_state_dict(task.model.state_dict(), out)
+        n_train = len(dm.train_dataloader().dataset)
+        out.with_suffix(".md").write_text(
+            f"# {cfg.model.name}\n\n"
+            f"- data: {source}, {n_train} training images (seed {cfg.seed}); evaluated on {len(dm.eval_files)} test images\n"
+            f"- input: {card.input_size}x{card.input_size}, mean {card.mean[0]}, std {card.std[0]}\n"
+            f"- start: {cfg.model.weights or 'random initialisation'}\n"
+            f"- training: {cfg.train.epochs} epochs, {cfg.train.optimizer} with a one-cycle schedule, max lr {cfg.train.lr}, "
+            f"weight decay {cfg.train.weight_decay}, batch {cfg.data.batch_size}, {seconds / 60:.1f} min on this machine\n"
+            f"- FP32 {task.METRIC}: {value:.2f} %\n- weights: float16 state dict\n"
+            f"- command: `{command or f'hqbench train task={cfg.task} model={cfg.model.name}'}`\n")
+        console.print(f"{cfg.model.name}: trained {seconds / 60:.1f} min, FP32 {task.METRIC} {value:.2f} -> {out}")
+        return out
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import lightning as L
+from pathlib import Path
+
 import torch
 from torch import nn
 from torchmetrics.detection import MeanAveragePrecision
 from torchvision.ops import batched_nms, box_convert
 
 from hqbench.data.base import EvaluationShare, evaluation_order
+from hqbench.tasks.base import BenchmarkTask
 from hqbench.models.card import ModelCard
-from hqbench.reporting.average_precision import ImageMatches, MatchSet, match_image
-from hqbench.reporting.stats import Replicates
+from hqbench.evidence.average_precision import ImageMatches, MatchSet, match_image
+from hqbench.evidence import Replicates
 
 BOOTSTRAP_RESAMPLES = 1000  # mAP50 replicates stored per row (4 kB); the paired tests' resolution is 1/1001
 
@@ -58,7 +60,7 @@ def head_scope(model: nn.Module) -> str:
                      "DetectionModel (model.model[-1] is Detect) or a module with a .head")
 
 
-class DetectionTask(L.LightningModule):
+class DetectionTask(BenchmarkTask):
     """Wraps a YOLO detector; logs ``{stage}/mAP50`` and ``{stage}/mAP50_95`` (fractions in [0, 1]).
 
     ``forward`` returns the raw ``(N, 4 + nc, boxes)`` predictions (no NMS), so quantization hooks
@@ -78,7 +80,6 @@ class DetectionTask(L.LightningModule):
     METRIC = "mAP50"
     EXTRA_METRICS = ("mAP50_95",)
     PYTORCH_VIA = "hooks"  # torch.fx cannot trace ultralytics' DetectionModel: torch's observers go through hooks
-    FIT_WITH = "ultralytics"  # hqbench train: ultralytics' trainer (loss, augmentation, EMA)
     # Every engine runs the detector, its float scope (box decoding) included; engine=int refuses
     # the one op it cannot replay (meshgrid) itself, naming it.
     UNSUPPORTED: dict[str, str] = {}
@@ -92,6 +93,13 @@ class DetectionTask(L.LightningModule):
         self.val_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
         self.test_map = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="faster_coco_eval")
         self._share = EvaluationShare()
+
+    @classmethod
+    def fit(cls, cfg, console, command: str = "") -> Path:
+        """``hqbench train``: fine-tune with ultralytics' trainer (its loss, augmentation, EMA)."""
+        from hqbench.tasks.yolo_training import fit_detector  # ultralytics, only when training
+
+        return fit_detector(cfg, console, command)
 
     @property
     def float_scopes(self) -> tuple[str, ...]:
@@ -149,7 +157,7 @@ class DetectionTask(L.LightningModule):
         """``{"bootstrap": ...}`` for the result row: mAP50 (%) of the last test run and of
         ``BOOTSTRAP_RESAMPLES`` resamples of its images, the same resamples for every model on
         these images, so two rows give a paired bootstrap test (see
-        :mod:`hqbench.reporting.average_precision`).
+        :mod:`hqbench.evidence.average_precision`).
 
         Under DDP every rank's matches are gathered and put back in evaluation order (rank r
         evaluated images r, r+W, ...; its sampler's repeats are left out, see

@@ -12,14 +12,19 @@ What leaves the run is a plain state dict, never a pickled model.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from hqbench.data.resolve import build_data
 from hqbench.data.sar import write_yolo_dataset
+from hqbench.models import create_model
 from hqbench.models._weights import write_half_state_dict
+from hqbench.paths import cache_dir
+from hqbench.tasks.base import training_output
 from hqbench.models.yolo import (build_yolov3_tiny, convert_darknet, load_yolov3_tiny, offline_ultralytics,
                                  read_detection_state, save_ultralytics_checkpoint)
 
@@ -81,3 +86,46 @@ def train_yolo(data_root: str | Path, work_dir: str | Path, *, init: str | Path 
 def save_half_state_dict(weights: str | Path, out: str | Path) -> Path:
     """Write the state dict ``weights`` (what :func:`train_yolo` returns) as float16, atomically."""
     return write_half_state_dict(read_detection_state(Path(weights)), Path(out))
+
+
+def _darknet_files() -> tuple[Path, Path]:
+    env = os.environ.get("HQBENCH_DATA")
+    folder = Path(env).expanduser() / "weights" if env else None
+    files = (folder / "yolov3-tiny.cfg", folder / "yolov3-tiny.weights") if folder else None
+    if files is None or not all(f.is_file() for f in files):
+        raise FileNotFoundError("train.init=darknet needs yolov3-tiny.cfg and yolov3-tiny.weights under "
+                                "$HQBENCH_DATA/weights; set HQBENCH_DATA, or pass train.init=random or a checkpoint")
+    return files
+
+
+def fit_detector(cfg, console, command: str = "") -> Path:
+    """Fine-tune YOLOv3-tiny with ultralytics' trainer; write fp16 weights and a card; return the weights path."""
+    out = training_output(cfg)
+    _, card = create_model(cfg.model.name, weights="random")  # the card fixes the input size
+    dm, source = build_data(cfg, card)
+    init = cfg.train.init
+    start = dict(darknet=_darknet_files()) if init == "darknet" else ({} if init == "random" else dict(init=init))
+    work_dir = Path(cfg.train.work_dir or cache_dir(f"train-{cfg.model.name}"))
+    console.print(f"[bold]{cfg.model.name}[/]: training on {source} at {card.input_size}px from {init} "
+                  f"({'%.2f h' % cfg.train.hours if cfg.train.hours else '%d epochs' % cfg.train.epochs})")
+    result = train_yolo(dm.root, work_dir, imgsz=card.input_size, epochs=cfg.train.epochs, hours=cfg.train.hours,
+                        batch=cfg.train.batch, seed=cfg.seed, workers=cfg.train.workers, **start)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_half_state_dict(result.weights, out)
+    n_train = len(dm.train_files)
+    out.with_suffix(".md").write_text(
+        f"# {cfg.model.name}\n\n"
+        f"- architecture: ultralytics yolov3-tiny.yaml with Darknet's LeakyReLU(0.1), one class (ship), "
+        f"anchor-free Detect head\n"
+        f"- data: {source}; trained on train2017 ({n_train} images), evaluated on test2017 "
+        f"({len(dm.eval_files)} images)\n"
+        f"- start: {init}\n"
+        f"- training: ultralytics trainer, {result.epochs} epochs at {card.input_size}px, batch {cfg.train.batch}, "
+        f"seed {cfg.seed}, {result.seconds / 60:.1f} min on this machine (CPU)\n"
+        f"- FP32 mAP50 {100 * result.map50:.2f}, mAP50-95 {100 * result.map50_95:.2f} (ultralytics val on test2017; "
+        f"`hqbench test task=detection model={cfg.model.name} method=fp32` gives the figure used in tables)\n"
+        f"- weights: float16 state dict (EMA weights of the best epoch)\n"
+        f"- command: `{command or 'hqbench train task=detection model=' + cfg.model.name}`\n")
+    console.print(f"{cfg.model.name}: trained {result.epochs} epochs in {result.seconds / 60:.1f} min, "
+                  f"mAP50 {100 * result.map50:.2f} -> {out}")
+    return out

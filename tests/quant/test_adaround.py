@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from hqbench.quant import quantize
-from hqbench.quant.adaround import _capture, _Windows, check_adaround_options, format_adaround_options
+from hqbench.quant.adaround import _capture
+from hqbench.quant.samples import _Windows
+from hqbench.quant.recipe import AdaRoundSettings
 from hqbench.quant.bias_correction import measure_bias_shift
 from hqbench.quant.fake import QUANT
+from hqbench.quant import Recipe
 
 
 @pytest.mark.parametrize("conv", [
@@ -61,7 +64,7 @@ def test_a_capture_that_stops_at_its_layer_leaves_the_model_as_it_was(trained_ne
 def test_bias_correction_stopped_at_each_layer_finds_the_shifts_of_full_forwards(trained_net, calib_batches,
                                                                                   monkeypatch):
     net, _ = trained_net
-    q = quantize(net, calib_batches, method="B", weight_bits=4)
+    q = quantize(net, calib_batches, method="B", recipe=Recipe(weight_bits=4))
     stopped = measure_bias_shift(q, calib_batches)
     import hqbench.quant.bias_correction as bc
     full_run = bc._run
@@ -94,11 +97,14 @@ def test_the_activation_loss_uses_each_layers_own_activation_without_its_quantiz
 
 
 def test_adaround_settings_keep_only_what_differs_from_the_defaults():
-    assert check_adaround_options(None) == {} == check_adaround_options({"iters": 1000, "lr": 0.01, "beta": [20, 2]})
-    changed = check_adaround_options({"iters": 10000, "lr": 1e-3, "beta": [10, 2], "window": None,
-                                      "granularity": "block"})
+    same = AdaRoundSettings.from_mapping({"iters": 1000, "lr": 0.01, "beta": [20, 2]})
+    assert AdaRoundSettings.from_mapping(None).changed() == {} == same.changed() and same == AdaRoundSettings()
+    settings = AdaRoundSettings.from_mapping({"iters": 10000, "lr": 1e-3, "beta": [10, 2], "window": None,
+                                              "granularity": "block"})
+    changed = settings.changed()
     assert changed == {"iters": 10000, "lr": 0.001, "beta": (10.0, 2.0), "window": None, "granularity": "block"}
-    assert format_adaround_options(changed) == "beta=10.0/2.0,granularity=block,iters=10000,lr=0.001,window=null"
+    assert settings.to_text() == "beta=10.0/2.0,granularity=block,iters=10000,lr=0.001,window=null"
+    assert AdaRoundSettings.from_text(settings.to_text()) == settings  # a row's options read back
 
 
 @pytest.mark.parametrize("options, words", [
@@ -113,10 +119,10 @@ def test_adaround_settings_keep_only_what_differs_from_the_defaults():
 ])
 def test_bad_adaround_settings_are_one_line_errors(options, words):
     with pytest.raises(ValueError) as err:
-        check_adaround_options(options)
+        AdaRoundSettings.from_mapping(options)
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
 def test_adaround_settings_without_adaround_are_refused_before_any_work(trained_net, calib_batches):
     with pytest.raises(ValueError, match="apply to weight_rounding=adaround, not nearest"):
-        quantize(trained_net[0], calib_batches, method="B", adaround={"iters": 5})
+        quantize(trained_net[0], calib_batches, method="B", recipe=Recipe(adaround={"iters": 5}))

@@ -9,8 +9,10 @@ from torch import nn
 from torchvision.models import mobilenet_v2, resnet18
 
 from hqbench.quant import prepare, quantize
-from hqbench.quant.adaround import _BlockSamples, _capture_points, adaround_weights
+from hqbench.quant.adaround import _capture_points, adaround_weights
+from hqbench.quant.samples import _BlockSamples
 from hqbench.quant.blocks import BlockReplay, block_reach, find_blocks
+from hqbench.quant import AdaRoundSettings, Recipe
 
 
 def _float_model(model: nn.Module, size: int = 64):
@@ -75,11 +77,11 @@ def _block_error(q, batches, block, rounded=None):
 def test_rounding_a_block_together_lowers_its_output_error(trained_net, calib_batches):
     """At 3-bit weights the first block (stem, expand, project) ends closer to float after block
     reconstruction than after round-to-nearest, on the calibration data it learned from."""
-    q = quantize(trained_net[0], calib_batches, "D", weight_bits=3)
+    q = quantize(trained_net[0], calib_batches, "D", recipe=Recipe(weight_bits=3))
     block = find_blocks(q.graph, q.plan)[0]
     nearest = _block_error(q, calib_batches, block)
     q.set_mode("quant")
-    rounded = adaround_weights(q, calib_batches, iters=300, granularity="block")
+    rounded = adaround_weights(q, calib_batches, settings=AdaRoundSettings(iters=300, granularity="block"))
     assert _block_error(q, calib_batches, block, rounded) < 0.7 * nearest
 
 
@@ -100,17 +102,18 @@ class BatchBound(nn.Module):
 def test_a_block_that_does_not_replay_is_rounded_layer_by_layer_with_a_warning():
     torch.manual_seed(0)
     model = BatchBound().eval()
-    q = quantize(model, [torch.randn(2, 1, 4, 4)], "B", weight_bits=4)  # records and calibrates at batch 2
+    q = quantize(model, [torch.randn(2, 1, 4, 4)], "B", recipe=Recipe(weight_bits=4))  # records and calibrates at batch 2
     with pytest.warns(UserWarning, match="does not replay as the model runs it; its layers are rounded one at a time"):
-        rounded = adaround_weights(q, [torch.randn(2, 1, 4, 4)], lambda b: (b,), iters=5, granularity="block")
+        rounded = adaround_weights(q, [torch.randn(2, 1, 4, 4)], lambda b: (b,),
+                                   AdaRoundSettings(iters=5, granularity="block"))
     assert set(rounded.weights) == set(q.plan.compute)
 
 
 def test_every_layer_gets_a_rounding_at_either_granularity(trained_net, calib_batches):
-    q = quantize(trained_net[0], calib_batches, "D", weight_bits=4)
+    q = quantize(trained_net[0], calib_batches, "D", recipe=Recipe(weight_bits=4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # every block of this net replays
-        rounded = adaround_weights(q, calib_batches, iters=3, granularity="block")
+        rounded = adaround_weights(q, calib_batches, settings=AdaRoundSettings(iters=3, granularity="block"))
     assert list(rounded.weights) == q.plan.compute
     for name, w in rounded.weights.items():
         scale = q.weight_scale(name)
@@ -160,7 +163,7 @@ def test_a_crop_of_a_blocks_input_replays_to_exactly_that_patch_of_its_output(bu
 @pytest.mark.parametrize("granularity", ["layer", "block"])
 def test_adaround_runs_under_inference_mode(trained_net, calib_batches, granularity):
     """Lightning tests in inference mode; AdaRound's autograd must not meet an inference tensor."""
-    q = quantize(trained_net[0], calib_batches, "D", weight_bits=4)
+    q = quantize(trained_net[0], calib_batches, "D", recipe=Recipe(weight_bits=4))
     with torch.inference_mode():
-        rounded = adaround_weights(q, calib_batches, iters=3, granularity=granularity)
+        rounded = adaround_weights(q, calib_batches, settings=AdaRoundSettings(iters=3, granularity=granularity))
     assert list(rounded.weights) == q.plan.compute

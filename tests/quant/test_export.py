@@ -14,6 +14,8 @@ from hqbench.quant.fake import QUANT, ActQuantizer
 from hqbench.quant.calibrators import create_calibrator
 from hqbench.quant.weights import weight_scale
 from hqbench.quant.grid import QuantGrid, fake_quantize, fake_quantize_op, fake_quantize_weight, weight_qparams
+from hqbench.quant.export import export_onnx
+from hqbench.quant import Recipe
 
 from .conftest import make_dataset
 
@@ -105,7 +107,8 @@ def test_quant_mode_refuses_an_uncalibrated_point_by_name():
 
 def calibrated(net, weight_bits: int, act_bits: int, **weight_options):
     x, _ = make_dataset(256, seed=3)
-    return quantize(net, list(x.split(64)), method="D", act_bits=act_bits, weight_bits=weight_bits, **weight_options)
+    return quantize(net, list(x.split(64)), method="D",
+                    recipe=Recipe(act_bits=act_bits, weight_bits=weight_bits, **weight_options))
 
 
 # AdaRound with each layer's weight scale and bias learnt: the export must carry the learnt scales.
@@ -120,7 +123,7 @@ def test_export_and_onnxruntime_agree_with_fake_quant(trained_net, tmp_path, bit
     qmodel = calibrated(net, *bits, **weight_options)
     assert bool(qmodel.learned_scales) == bool(weight_options)
     example = make_dataset(4, seed=5)[0]
-    info = qmodel.export_onnx(tmp_path / "net.onnx", example, container=container)
+    info = export_onnx(qmodel, tmp_path / "net.onnx", example, container=container)
     model = onnx.load(info["onnx"])
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QuantizeLinear") == info["activation_tensors"] >= len(qmodel.quantizers)
@@ -163,22 +166,22 @@ def test_export_and_onnxruntime_agree_with_fake_quant(trained_net, tmp_path, bit
 def test_export_refuses_an_uncalibrated_model(trained_net, tmp_path):
     qmodel = prepare(trained_net[0], make_dataset(2, seed=5)[0], "D")
     with pytest.raises(RuntimeError, match="never calibrated"):
-        qmodel.export_onnx(tmp_path / "net.onnx", make_dataset(2, seed=5)[0])
+        export_onnx(qmodel, tmp_path / "net.onnx", make_dataset(2, seed=5)[0])
     assert not any(tmp_path.iterdir())
     with pytest.raises(ValueError, match="example_inputs"):
-        qmodel.export_onnx(tmp_path / "net.onnx")
+        export_onnx(qmodel, tmp_path / "net.onnx")
 
 
 def test_export_refuses_to_overwrite(trained_net, tmp_path):
     qmodel = calibrated(trained_net[0], 8, 8)
     example = make_dataset(2, seed=5)[0]
-    qmodel.export_onnx(tmp_path / "net.onnx", example)
+    export_onnx(qmodel, tmp_path / "net.onnx", example)
     with pytest.raises(FileExistsError, match="net.onnx"):
-        qmodel.export_onnx(tmp_path / "net.onnx", example)
+        export_onnx(qmodel, tmp_path / "net.onnx", example)
     (tmp_path / "net.onnx").unlink()
     with pytest.raises(FileExistsError, match="net.encodings.json"):  # any of the three files
-        qmodel.export_onnx(tmp_path / "net.onnx", example)
-    qmodel.export_onnx(tmp_path / "net.onnx", example, overwrite=True)
+        export_onnx(qmodel, tmp_path / "net.onnx", example)
+    export_onnx(qmodel, tmp_path / "net.onnx", example, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.encodings.json", "net.onnx", "net.qstate.pt"]
 
 
@@ -220,7 +223,7 @@ def test_all_zero_weight_channel_with_a_large_bias_is_widened_exactly(tmp_path):
         net[0].bias[0] = 20.0  # 20 / (s_in * eps) > 2^31
     calib = [torch.randn(8, 3, 8, 8) for _ in range(2)]
     qmodel = quantize(net, calib, method="B")
-    info = qmodel.export_onnx(tmp_path / "net.onnx", calib[0][:2])
+    info = export_onnx(qmodel, tmp_path / "net.onnx", calib[0][:2])
     enc = json.loads((tmp_path / "net.encodings.json").read_text())
     assert enc["weights"]["0.weight"]["widened_channels"] == [0]
     out = torch.from_numpy(ort.InferenceSession(info["onnx"], providers=["CPUExecutionProvider"])
@@ -245,7 +248,7 @@ def test_bias_integers_beyond_float32_precision_export_exactly(tmp_path):
     qmodel.set_mode(QUANT)
     b_int = qmodel.bias_integers("0")
     assert b_int.abs().max() > 2**24 and not qmodel.widened_channels
-    info = qmodel.export_onnx(tmp_path / "net.onnx", calib[0][:2])
+    info = export_onnx(qmodel, tmp_path / "net.onnx", calib[0][:2])
     from onnx import load, numpy_helper
     inits = {i.name: numpy_helper.to_array(i) for i in load(info["onnx"]).graph.initializer}
     assert torch.equal(torch.from_numpy(inits["0.bias_quantized"]).double(), b_int)
@@ -268,7 +271,7 @@ def test_tiny_nonzero_weight_channel_with_a_large_bias_exports_and_runs_as_integ
     s_in = qmodel.quantizer(qmodel.plan.compute_inputs["0"]).scale
     b_int = net[0].bias.detach().double() / (s_in * qmodel.weight_scale("0").reshape(-1)).double()
     assert b_int.abs().max() <= 2**29 + 1
-    info = qmodel.export_onnx(tmp_path / "net.onnx", calib[0][:2])
+    info = export_onnx(qmodel, tmp_path / "net.onnx", calib[0][:2])
     out = torch.from_numpy(ort.InferenceSession(info["onnx"], providers=["CPUExecutionProvider"])
                            .run(None, {"input0": calib[1].numpy()})[0])
     with torch.no_grad():

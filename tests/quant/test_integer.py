@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from hqbench.quant import quantize
+from hqbench.quant.integer import IntegerExecutor
 
 from .conftest import make_dataset
 
@@ -19,7 +20,7 @@ def test_integer_path_agrees_with_fake_quant(trained_net, calib_batches, method)
     q = quantize(net, calib_batches, method=method)
     with torch.no_grad():
         fake = q(x)
-    integer = q.integer_executor()(x)
+    integer = IntegerExecutor(q)(x)
     logits = q.quantizer("head")
     fake_q, int_q = torch.round(fake / logits.scale), torch.round(integer / logits.scale)
     assert (fake.argmax(1) == integer.argmax(1)).float().mean() >= 0.99
@@ -38,7 +39,7 @@ def test_fake_quant_in_float64_rounds_exactly_as_the_integer_kernels(trained_net
     q.set_mode("quant")  # re-derive the fake-quant weights and biases in float64
     with torch.no_grad():
         fake = q(x.double())
-    integer = q.integer_executor()(x.double())
+    integer = IntegerExecutor(q)(x.double())
     scale = q.quantizer("head").scale.double()
     assert fake.dtype == torch.float64
     assert (torch.round(fake / scale) == torch.round(integer / scale)).float().mean() >= 0.999
@@ -75,4 +76,24 @@ def test_multi_output_ops_are_refused_by_name():
 
     qmodel = quantize(Split().eval(), [torch.randn(2, 2, 4, 4)], method="B")
     with pytest.raises(NotImplementedError, match="chunk"):
-        qmodel.integer_executor()
+        IntegerExecutor(qmodel)
+
+
+def test_functional_leaky_relu_keeps_its_own_slope():
+    """F.leaky_relu(x, 0.3) after a conv: the integer kernel's negative-side multiplier is 0.3, not
+    the module default 0.01 (the executor read the slope only from modules)."""
+    from torch.nn import functional as F
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = torch.nn.Conv2d(3, 8, 3), torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.fc(F.leaky_relu(self.conv(x), 0.3).mean((2, 3)))
+
+    torch.manual_seed(0)
+    q = quantize(Net().eval(), [torch.randn(4, 3, 8, 8) for _ in range(3)], "B")
+    x = torch.randn(8, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(IntegerExecutor(q)(x), q(x), atol=1e-4, rtol=0)

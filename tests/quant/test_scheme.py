@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hqbench.quant import prepare, quantize
+from hqbench.quant.integer import IntegerExecutor
 
 from .conftest import ResidualNet
 
@@ -117,6 +118,6 @@ def test_bn_modules_that_carry_their_activation_are_folded():
     assert q.plan.points["1"].grid.describe() == "0..255" and q.plan.points["1"].producer == "Conv2d+ReLU6"
     assert torch.allclose(q(x), ref, atol=1e-5)  # float mode: folded BN, same activation
     q.calibrate([x])
-    assert torch.equal(q.integer_executor()(x).argmax(1), q(x).argmax(1))
+    assert torch.equal(IntegerExecutor(q)(x).argmax(1), q(x).argmax(1))
     q.remove()
     assert isinstance(net[1], BatchNormAct2d) and torch.allclose(net(x), ref)

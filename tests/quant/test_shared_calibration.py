@@ -6,6 +6,7 @@ from torch import nn
 
 from hqbench.quant import prepare
 from hqbench.quant.calibrators import list_calibrators
+from hqbench.quant import Recipe
 
 
 def _net() -> nn.Module:
@@ -20,8 +21,9 @@ def test_statistics_from_w8a8_freeze_w4a4_as_a_w4a4_calibration_does(method):
     batches = [torch.randn(5, 3, 6, 6) * (i + 1) for i in range(3)]
     wide = prepare(model, batches[0], method).calibrate(batches)
     statistics = wide.calibration_statistics()
-    direct = prepare(model, batches[0], method, act_bits=4, weight_bits=4, keep_8bit="first").calibrate(batches)
-    shared = prepare(model, batches[0], method, act_bits=4, weight_bits=4, keep_8bit="first").calibrate_from(statistics)
+    recipe = Recipe(act_bits=4, weight_bits=4, keep_8bit="first")
+    direct = prepare(model, batches[0], method, recipe).calibrate(batches)
+    shared = prepare(model, batches[0], method, recipe).calibrate_from(statistics)
     for name, q in direct.quantizers.items():
         assert torch.equal(q.scale, shared.quantizers[name].scale), (method, name)
         assert torch.equal(q.zero_point, shared.quantizers[name].zero_point), (method, name)

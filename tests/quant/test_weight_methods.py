@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from torch import nn
 
 from hqbench.quant import prepare
 from hqbench.quant.bias_correction import measure_bias_shift
 from hqbench.quant.grid import weight_qparams
 from hqbench.quant.weights import quantize_weight, weight_error, weight_scale
+from hqbench.quant import AdaRoundSettings, Recipe
 
 from .conftest import make_dataset
 
@@ -79,7 +79,7 @@ def test_bad_method_and_bits_are_rejected_with_the_valid_values():
 def w4_model(trained_net):
     net, _ = trained_net
     calib = list(make_dataset(256, seed=3)[0].split(64))
-    qmodel = prepare(net, calib[0], "B", weight_bits=4)
+    qmodel = prepare(net, calib[0], "B", recipe=Recipe(weight_bits=4))
     qmodel.calibrate(calib)
     return qmodel, calib
 
@@ -148,7 +148,7 @@ def test_adaround_rounds_up_or_down_and_beats_nearest_at_3_bits(trained_net):
     net, _ = trained_net
     calib = list(make_dataset(256, seed=3)[0].split(64))
     held_out = make_dataset(512, seed=2)[0]
-    qmodel = prepare(net, calib[0], "B", weight_bits=3)
+    qmodel = prepare(net, calib[0], "B", recipe=Recipe(weight_bits=3))
     qmodel.calibrate(calib)
     modules = dict(qmodel.model.named_modules())
     qmodel.set_mode("float")
@@ -157,7 +157,7 @@ def test_adaround_rounds_up_or_down_and_beats_nearest_at_3_bits(trained_net):
         ref = qmodel(held_out)
     qmodel.set_mode("quant")
     nearest = {n: modules[n].weight.detach().clone() for n in qmodel.plan.compute}
-    rounded = adaround_weights(qmodel, calib, iters=200, batch_size=16).weights
+    rounded = adaround_weights(qmodel, calib, settings=AdaRoundSettings(iters=200, batch_size=16)).weights
     assert all(q.mode == "quant" for q in qmodel.quantizers.values())
     assert all(torch.equal(modules[n].weight, nearest[n]) for n in nearest)  # the model is left as it was
     for name, wq in rounded.items():

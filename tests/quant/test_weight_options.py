@@ -4,6 +4,9 @@ import pytest
 import torch
 
 from hqbench.quant import prepare, quantize
+from hqbench.quant.integer import IntegerExecutor
+from hqbench.quant.bias_correction import correct_bias
+from hqbench.quant import Recipe
 
 from .conftest import make_dataset
 
@@ -15,14 +18,14 @@ def _acc(model, x, y) -> float:
 
 def test_low_bit_grids_keep_their_level_counts(trained_net, calib_batches):
     net, _ = trained_net
-    q = quantize(net, calib_batches, method="B", weight_bits=4, act_bits=5)
+    q = quantize(net, calib_batches, method="B", recipe=Recipe(weight_bits=4, act_bits=5))
     grids = {v["grid"] for v in q.summary()["points"].values()}
     assert grids <= {"0..31", "-16..15"} and "0..31" in grids
     for name in q.plan.compute:
         w = dict(q.model.named_modules())[name].weight
         levels = torch.round(w / q.weight_scale(name)).unique()
         assert levels.abs().max() <= 7  # symmetric 4-bit weights
-    kept = quantize(net, calib_batches, method="B", weight_bits=4, act_bits=4, keep_8bit="first,last")
+    kept = quantize(net, calib_batches, method="B", recipe=Recipe(weight_bits=4, act_bits=4, keep_8bit="first,last"))
     first, last = kept.plan.compute[0], kept.plan.compute[-1]
     assert kept.layer_weight_bits(first) == kept.layer_weight_bits(last) == 8
     assert kept.quantizer(kept.plan.compute_inputs[first]).grid.bits == 8  # the network input
@@ -36,30 +39,30 @@ def test_low_bit_grids_keep_their_level_counts(trained_net, calib_batches):
 def test_bad_settings_are_one_line_errors(trained_net, calib_batches, bad):
     net, _ = trained_net
     with pytest.raises(ValueError) as err:
-        quantize(net, calib_batches, method="B", **bad)
+        quantize(net, calib_batches, method="B", recipe=Recipe(**bad))
     assert "\n" not in str(err.value)
 
 
 def test_bias_correction_and_adaround_recover_low_bit_accuracy_and_survive_reload(trained_net, calib_batches):
     net, float_acc = trained_net
     x, y = make_dataset(512, seed=3)
-    plain = _acc(quantize(net, calib_batches, method="D", weight_bits=3), x, y)
-    corrected = quantize(net, calib_batches, method="D", weight_bits=3, bias_correction=True)
+    plain = _acc(quantize(net, calib_batches, method="D", recipe=Recipe(weight_bits=3)), x, y)
+    corrected = quantize(net, calib_batches, method="D", recipe=Recipe(weight_bits=3, bias_correction=True))
     # AdaRound's default is 1000 iterations a layer; 200 keep the test short and already beat
     # round-to-nearest by far.
-    rounded = quantize(net, calib_batches, method="D", weight_bits=3, weight_rounding="adaround",
-                       adaround={"iters": 200})
+    rounded = quantize(net, calib_batches, method="D",
+                       recipe=Recipe(weight_bits=3, weight_rounding="adaround", adaround={"iters": 200}))
     assert corrected.bias_shift and rounded.rounded_weights
     assert _acc(corrected, x, y) > plain + 0.05
     assert _acc(rounded, x, y) > plain + 0.05
     # The corrections are part of the calibrated state: a reload gives the same outputs.
     for q in (corrected, rounded):
-        again = prepare(net, calib_batches[0], method="D", weight_bits=3)
+        again = prepare(net, calib_batches[0], method="D", recipe=Recipe(weight_bits=3))
         again.load_quant_state_dict(q.quant_state_dict())
         with torch.no_grad():
             assert torch.equal(again(x[:64]), q(x[:64]))
         # ... and the integer executor runs the same integers.
-        integer = q.integer_executor()(x[:64])
+        integer = IntegerExecutor(q)(x[:64])
         assert (integer.argmax(1) == q(x[:64]).argmax(1)).float().mean() >= 0.97
 
 
@@ -76,9 +79,10 @@ def test_adaround_learning_scale_and_bias_lowers_the_error_and_runs_as_integers(
     with torch.no_grad():
         ref = net(x)
     # At the default 1000 steps a layer: at 200 the learnt biases had not settled (measured worse).
-    plain = quantize(net, calib_batches, method="D", weight_bits=3, weight_rounding="adaround")
-    learnt = quantize(net, calib_batches, method="D", weight_bits=3, weight_rounding="adaround",
-                      adaround={"learn_scale": True, "learn_bias": True})
+    recipe = Recipe(weight_bits=3, weight_rounding="adaround")
+    plain = quantize(net, calib_batches, method="D", recipe=recipe)
+    learnt = quantize(net, calib_batches, method="D",
+                      recipe=recipe.replace(adaround={"learn_scale": True, "learn_bias": True}))
     with torch.no_grad():
         assert ((learnt(x) - ref) ** 2).mean() < ((plain(x) - ref) ** 2).mean()
     modules = dict(learnt.model.named_modules())
@@ -88,7 +92,7 @@ def test_adaround_learning_scale_and_bias_lowers_the_error_and_runs_as_integers(
     for name in learnt.plan.compute:
         k = modules[name].weight / learnt.weight_scale(name)
         assert torch.allclose(k, k.round(), atol=1e-3) and k.abs().max() <= 3 + 1e-3, name
-    again = prepare(net, calib_batches[0], method="D", weight_bits=3)
+    again = prepare(net, calib_batches[0], method="D", recipe=Recipe(weight_bits=3))
     again.load_quant_state_dict(learnt.quant_state_dict())
     with torch.no_grad():
         assert torch.equal(again(x[:64]), learnt(x[:64]))
@@ -103,11 +107,11 @@ def test_adaround_learning_scale_and_bias_lowers_the_error_and_runs_as_integers(
     with torch.no_grad():
         fake = exact(x.double())
     scale = exact.quantizer("head").scale.double()
-    integer = exact.integer_executor()(x.double())
+    integer = IntegerExecutor(exact)(x.double())
     assert (torch.round(fake / scale) == torch.round(integer / scale)).float().mean() >= 0.999
     # Bias correction measures what the learnt biases leave, and adds it to them.
     before = dict(learnt.bias_shift)
     left = measure_bias_shift(learnt, calib_batches)
-    learnt.correct_bias(calib_batches)
+    correct_bias(learnt, calib_batches)
     for name, shift in before.items():
         torch.testing.assert_close(learnt.bias_shift[name], shift + left[name])

@@ -1,25 +1,64 @@
 """The calibrator contract: observe float activations, then choose one clipping range.
 
 Calibrators only pick ``[lo, hi]``; :func:`hqbench.quant.grid.range_to_qparams` maps every range onto
-its grid, so methods differ in nothing else. Statistics are buffers, so ``state_dict`` carries them.
+its grid, so methods differ in nothing else. Statistics are buffers, so ``state_dict`` carries them,
+and each class declares beside them how they merge across processes (:class:`MergeRule`, read by
+:mod:`hqbench.quant.distributed`; torchmetrics' ``add_state(..., dist_reduce_fx=...)`` idea).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Mapping
 
 import torch
 from torch import nn
 
 from ..grid import QuantGrid
 
+MIN, MAX, SUM = "min", "max", "sum"
+
+
+@dataclass(frozen=True)
+class MergeRule:
+    """How one calibrator class's statistics merge across DDP ranks after each calibration pass.
+
+    Attributes:
+        reduce: ``{pass_index: {buffer: "min" | "max" | "sum"}}``, an all_reduce each; exact for
+            min/max ranges and for histograms on fixed bins.
+        replay: the statistics depend on batch order (a moving average): every rank's per-batch
+            ranges are gathered and replayed in the global batch order (exact).
+        replicate: the statistics cannot merge shards exactly: every rank observes every batch (no
+            speed-up) and the ranks are checked to hold the same statistics.
+    """
+
+    reduce: Mapping[int, Mapping[str, str]] = field(default_factory=dict)
+    replay: bool = False
+    replicate: bool = False
+
+    def __post_init__(self) -> None:
+        bad = sorted({op for ops in self.reduce.values() for op in ops.values()} - {MIN, MAX, SUM})
+        if bad:
+            raise ValueError(f"merge rule: unknown reduction {bad[0]!r}; valid: {MIN}, {MAX}, {SUM}")
+
+    def buffers(self) -> set[str]:
+        return {name for ops in self.reduce.values() for name in ops}
+
+
+RANGE = {"min_val": MIN, "max_val": MAX}
+
 
 class Calibrator(nn.Module):
     """Base class. Subclasses implement :meth:`observe` and :meth:`compute_range`.
 
     ``num_passes`` is how many sweeps over the calibration data the method needs; the driver calls
-    :meth:`begin_pass` before each one.
+    :meth:`begin_pass` before each one. ``merge_rule`` says how its buffers merge across processes;
+    each class declares its own (a subclass may keep other state), and a class without one
+    calibrates on one process only.
     """
 
     num_passes: int = 1
+    merge_rule: ClassVar[MergeRule | None] = None
 
     def __init__(self) -> None:
         super().__init__()
@@ -78,6 +117,7 @@ class RangeThenHistogram(_MinMaxState):
     """
 
     num_passes = 2
+    merge_rule = MergeRule(reduce={0: RANGE, 1: {"histogram": SUM}})
 
     def __init__(self, bins: int = 2048) -> None:
         super().__init__()

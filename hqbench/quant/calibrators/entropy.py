@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from ..grid import QuantGrid
-from . import register_calibrator
+from .registry import register_calibrator
 from .base import RangeThenHistogram
 
 
@@ -71,6 +71,8 @@ class Entropy(RangeThenHistogram):
     Args:
         bins: histogram bins over ``[0, max|x|]`` (fixed, so histograms merge by a sum).
     """
+
+    merge_rule = RangeThenHistogram.merge_rule  # range, then a histogram on fixed bins
 
     def observe_histogram(self, x: torch.Tensor) -> None:
         amax = self.amax()

@@ -10,12 +10,18 @@ import torch
 from torch.ao.quantization.observer import HistogramObserver
 
 from ..grid import QuantGrid
-from . import register_calibrator
-from .base import Calibrator
+from .registry import register_calibrator
+from .base import Calibrator, MergeRule
 
 
 class Histogram(Calibrator):
-    """C: the range chosen by ``HistogramObserver._non_linear_param_search``."""
+    """C: the range chosen by ``HistogramObserver._non_linear_param_search``.
+
+    It re-bins as batches widen its range, so its histogram depends on the order it saw them in
+    and shards cannot merge exactly: under DDP every rank observes every batch.
+    """
+
+    merge_rule = MergeRule(replicate=True)
 
     def __init__(self, bins: int = 2048) -> None:
         super().__init__()

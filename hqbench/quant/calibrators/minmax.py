@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from . import register_calibrator
-from .base import _MinMaxState
+from .registry import register_calibrator
+from .base import RANGE, MergeRule, _MinMaxState
 
 
 class MinMax(_MinMaxState):
     """B: the global minimum and maximum over all calibration batches."""
+
+    merge_rule = MergeRule(reduce={0: RANGE})
 
     def observe_range(self, x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         self.widen(lo, hi)
@@ -19,7 +21,11 @@ class MovingMinMax(_MinMaxState):
     """A: exponential moving average of per-batch min/max; the first batch sets the range.
 
     Same update as ``torch.ao.quantization.MovingAverageMinMaxObserver`` (averaging constant 0.01).
+    Across processes the average is the one over the global batch order, replayed from every
+    rank's per-batch ranges (equal, bit for bit, to one process).
     """
+
+    merge_rule = MergeRule(replay=True)
 
     def __init__(self, averaging_constant: float = 0.01) -> None:
         super().__init__()

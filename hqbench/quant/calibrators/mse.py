@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from ..grid import QuantGrid
-from . import register_calibrator
+from .registry import register_calibrator
 from ..search import expected_error
 from .redistribution import ActivationRedistribution
 
@@ -34,6 +34,8 @@ class SymmetricMSE(ActivationRedistribution):
         steps: candidate thresholds ``T``, evenly spaced in ``(0, max|x|]``.
         p: exponent of the error (2: the mean squared error).
     """
+
+    merge_rule = ActivationRedistribution.merge_rule  # the same buffers as D
 
     def __init__(self, bins: int = 2048, steps: int = 1024, p: float = 2.0) -> None:
         super().__init__(bins=bins, steps=steps, p=p)

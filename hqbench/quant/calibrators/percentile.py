@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..grid import QuantGrid
-from . import register_calibrator
+from .registry import register_calibrator
 from .base import RangeThenHistogram
 
 
@@ -28,6 +28,8 @@ class Percentile(RangeThenHistogram):
     Raises:
         ValueError: ``percentile`` outside (50, 100] or ``bins`` < 1.
     """
+
+    merge_rule = RangeThenHistogram.merge_rule  # range, then a histogram on fixed bins
 
     def __init__(self, percentile: float = 99.99, bins: int = 2048) -> None:
         if not 50.0 < float(percentile) <= 100.0:

@@ -15,8 +15,8 @@ import torch
 
 from ..grid import QuantGrid
 from ..search import search_range
-from . import register_calibrator
-from .base import RangeThenHistogram
+from .registry import register_calibrator
+from .base import RANGE, SUM, MergeRule, RangeThenHistogram
 
 _HISTC_EXACT = 2**24  # float32 counts are exact integers up to here
 
@@ -32,6 +32,8 @@ class ActivationRedistribution(RangeThenHistogram):
             (benchmarks/select_redistribution_norm.py, docs/RESULTS.md) p in 2..4 differed by no
             more than 5 of 500 images, so the default stays the MSE.
     """
+
+    merge_rule = MergeRule(reduce={0: RANGE, 1: {"histogram": SUM, "zeros": SUM}})
 
     def __init__(self, bins: int = 2048, steps: int = 256, p: float = 2.0) -> None:
         super().__init__(bins)
