@@ -35,7 +35,8 @@ def test_a_recipe_is_checked_once_and_frozen():
     assert r.keep_8bit == ("first", "last") and r.adaround == AdaRoundSettings(iters=2000, granularity="block")
     with pytest.raises(dataclasses.FrozenInstanceError):
         r.weight_bits = 8
-    assert r.replace(weight_bits=8, act_bits=8).keep_8bit == ()  # nothing below 8 bits to keep: the same run
+    at_8 = r.replace(weight_bits=8, act_bits=8)  # nothing below 8 bits to keep: the same row as without it
+    assert "keep_8bit" not in at_8.to_options() and at_8.replace(weight_bits=4).keep_8bit == ("first", "last")
     assert hash(r) == hash(Recipe.from_options(4, 8, r.to_options()))
 
 

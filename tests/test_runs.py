@@ -120,6 +120,17 @@ def test_adaround_settings_key_the_row():
     assert block.options["adaround"] == "granularity=block,window=null" and block.recipe.adaround.granularity == "block"
 
 
+def test_keep_8bit_reaches_every_low_bit_cell():
+    """The recipe is read from the config once, at W8A8, then set to each width: keep_8bit must
+    survive into the W4A8 cell (a recipe that dropped it at 8 bits lost it there)."""
+    from hqbench.config import compose
+    from hqbench.runner import plan_cells
+
+    cells = plan_cells(compose("classification", ["method=D", "bits=w8a8,w4a8", "keep_8bit=first,last"]))
+    assert [c.options for c in cells] == [{}, {"keep_8bit": "first+last"}]
+    assert cells[1].recipe.keep_8bit == ("first", "last")
+
+
 def _append_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
         row = ResultRow("classification", f"m{writer}", "d", "B", "top1", float(i), 10, 5, i, 0.0, 0.0, "0..255", "fake")

@@ -169,7 +169,8 @@ def _optimise(samples, layers: Mapping[str, Layer], iters: int, reg: float, beta
             return out
 
         for t in range(iters):
-            idx = torch.randint(0, len(samples.x), (min(batch_size, len(samples.x)),), generator=generator)
+            idx = torch.randint(0, len(samples.x), (min(batch_size, len(samples.x)),), generator=generator,
+                                device=generator.device)
             xb, yb = samples.sample(idx, generator)
             loss = ((samples.forward(xb, params()) - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)

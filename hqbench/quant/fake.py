@@ -110,12 +110,16 @@ class ActQuantizer(nn.Module):
         """Turn the calibrator's statistics into qparams."""
         if not self.calibrator.has_data():
             raise RuntimeError(f"layer {self.name!r} saw no data during calibration (is it ever executed?)")
-        lo, hi = self.calibrator.compute_range(self.grid)
-        scale, zp = range_to_qparams(lo, hi, self.grid)
+        # The range search runs once, where the statistics are: the tensors a search makes without
+        # naming a device (torch's HistogramObserver's among them) land there too, not on the CPU.
+        with torch.device(self.scale.device):
+            lo, hi = self.calibrator.compute_range(self.grid)
+            scale, zp = range_to_qparams(lo, hi, self.grid)
+            clip = torch.stack([torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)])
         self.scale.copy_(scale)
         self.zero_point.copy_(zp)
         self._forget_zero_point()
-        self.clip.copy_(torch.stack([torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)]))
+        self.clip.copy_(clip)
         self.calibrated.fill_(True)
 
     def extra_repr(self) -> str:

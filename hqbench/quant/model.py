@@ -45,6 +45,14 @@ def default_input_fn(batch: Any) -> tuple:
     raise TypeError(f"cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=")
 
 
+def model_device(model: nn.Module, example_inputs: tuple = ()) -> torch.device:
+    """Where ``model`` runs: its first parameter's (or buffer's) device, else its first input's, else the CPU."""
+    for t in itertools.chain(model.parameters(), model.buffers(), example_inputs):
+        if isinstance(t, torch.Tensor):
+            return t.device
+    return torch.device("cpu")
+
+
 class _Reached(Exception):
     """Raised by :func:`forward_until`'s hook: the forward has run the module it waits for."""
 
@@ -108,10 +116,13 @@ class QuantizedModel(nn.Module):
         grids = {p.name: QuantGrid(point_bits[p.name], p.grid.signed) if p.name in point_bits
                  else QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in kept_points else p.grid
                  for p in self.plan.points.values()}
-        self.quantizers = nn.ModuleDict(
-            {_key(name): ActQuantizer(name, create_calibrator(self.method), act_grid or grid)
-             for name, grid in grids.items()}
-        )
+        # Quantizers and their calibrators' buffers are made on the model's device (a CUDA model
+        # gets CUDA statistics), whatever torch's default device is.
+        with torch.device(model_device(model, example_inputs)):
+            self.quantizers = nn.ModuleDict(
+                {_key(name): ActQuantizer(name, create_calibrator(self.method), act_grid or grid)
+                 for name, grid in grids.items()}
+            )
         # Per-channel output-mean shift subtracted from each layer's bias in quant mode (bias correction).
         self.bias_shift: dict[str, torch.Tensor] = {}
         # Fake-quantized weights chosen by AdaRound, used instead of round-to-nearest in quant mode,
@@ -328,7 +339,8 @@ class QuantizedModel(nn.Module):
         self._check_points(statistics, "calibration statistics")
         with torch.no_grad():
             for q in self.quantizers.values():
-                q.calibrator.load_state_dict(statistics[q.name])
+                with torch.device(q.scale.device):  # torch.ao's observers make tensors while loading theirs
+                    q.calibrator.load_state_dict(statistics[q.name])
                 q.freeze()
         self.set_mode(QUANT)
         return self
@@ -389,7 +401,8 @@ class QuantizedModel(nn.Module):
         if problems:
             raise ValueError("calibrated state does not match this model: " + "; ".join(problems))
         for q in self.quantizers.values():
-            q.load_state_dict(state["points"][q.name])
+            with torch.device(q.scale.device):  # torch.ao's observers make tensors while loading theirs
+                q.load_state_dict(state["points"][q.name])
         self.bias_shift = {k: v.clone() for k, v in state.get("bias_shift", {}).items()}
         self.rounded_weights = {k: v.clone() for k, v in state.get("rounded_weights", {}).items()}
         self.learned_scales = {k: v.clone() for k, v in state.get("learned_scales", {}).items()}

@@ -161,7 +161,7 @@ class Recipe:
         weight_bits, act_bits: 2..16. Unsigned grids keep all ``2**act_bits`` levels.
         keep_8bit: ``("first", "last")`` (or ``"first,last"``) keeps the first and last compute
             layers' weights, and the activations they read and write, at 8 bits. At widths of 8 and
-            more there is nothing to keep, and it is dropped (the same run as without it).
+            more there is nothing to keep: such a recipe runs, and keys its row, as without it.
         weight_range: ``"minmax"`` (max |w| per channel) or ``"mse"`` (least-squared-error clip).
         weight_per_channel: per-output-channel weight scales (False: one per tensor).
         weight_rounding: ``"nearest"`` or ``"adaround"`` (:mod:`hqbench.quant.adaround`).
@@ -195,8 +195,7 @@ class Recipe:
         put = lambda key, value: object.__setattr__(self, key, value)  # noqa: E731  (frozen: normalise once)
         put("weight_bits", check_bits(self.weight_bits, "weight_bits"))
         put("act_bits", check_bits(self.act_bits, "act_bits"))
-        keep = _keep_8bit(self.keep_8bit)
-        put("keep_8bit", keep if self.weight_bits < 8 or self.act_bits < 8 else ())
+        put("keep_8bit", _keep_8bit(self.keep_8bit))
         put("weight_range", _choice("weight_range", self.weight_range, WEIGHT_RANGES))
         put("weight_rounding", _choice("weight_rounding", self.weight_rounding, WEIGHT_ROUNDINGS))
         for key in ("bias_correction", "weight_per_channel"):
@@ -237,7 +236,7 @@ class Recipe:
             "weight_rounding": self.weight_rounding if self.weight_rounding != "nearest" else None,
             "adaround": self.adaround.to_text() or None,
             "bias_correction": "true" if self.bias_correction else None,
-            "keep_8bit": "+".join(self.keep_8bit) or None,
+            "keep_8bit": "+".join(self.keep_8bit) if self.weight_bits < 8 or self.act_bits < 8 else None,
             "point_bits": ",".join(f"{n}={b}" for n, b in self.point_bits) or None,
             "profile": self.profile,
             "precision": self.precision if self.precision != DEFAULT_PRECISION else None,

@@ -35,7 +35,7 @@ class _Windows:
                       zip(self.size, module.stride, module.dilation, module.kernel_size)]
 
     def sample(self, idx: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
+        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g, device=g.device)) for n, w in zip(self.y.shape[2:], self.size))
         (sy, sx), (ry, rx) = self.module.stride, self.reach
         x = self.x[idx, :, oy * sy: oy * sy + ry, ox * sx: ox * sx + rx]
         return x, self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
@@ -92,7 +92,7 @@ class _BlockSamples:
         """``((input, where the patch lies in its replay, or None), target)``."""
         if self.reach is None:
             return (self.x[idx], None), self.y[idx]
-        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g)) for n, w in zip(self.y.shape[2:], self.size))
+        oy, ox = (int(torch.randint(0, n - w + 1, (1,), generator=g, device=g.device)) for n, w in zip(self.y.shape[2:], self.size))
         return self.crop(self.x[idx], (oy, ox)), self.y[idx, :, oy: oy + self.size[0], ox: ox + self.size[1]]
 
     def forward(self, x: tuple, params: Mapping[str, Params]) -> torch.Tensor:

@@ -54,7 +54,7 @@ def _mse_scale(weight: torch.Tensor, bits: int, per_channel: bool, candidates: i
     best = weight_qparams(w, bits, per_channel).reshape(-1, 1).clone()
     best_err = ((quantize_weight(flat, best, bits) - flat) ** 2).sum(dim=1)
     amax = flat.abs().amax(dim=1, keepdim=True)
-    for f in torch.linspace(start, 1.0, candidates, dtype=torch.float64).tolist():
+    for f in torch.linspace(start, 1.0, candidates, dtype=torch.float64, device="cpu").tolist():  # host floats
         scale = torch.clamp(amax * f / qmax, min=_EPS)
         err = ((quantize_weight(flat, scale, bits) - flat) ** 2).sum(dim=1)
         better = err < best_err  # strict: ties keep the minmax scale

@@ -46,6 +46,34 @@ class MergeRule:
 
 
 RANGE = {"min_val": MIN, "max_val": MAX}
+_HISTC_EXACT = 2**24  # torch.histc counts in float32: exact integers up to here per bin and call
+
+
+def histogram_counts(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
+    """float64 counts of ``x`` in ``bins`` equal bins over ``[lo, hi]`` (values outside are ignored;
+    ``hi`` falls in the last bin), on ``x``'s device: ``torch.histc``'s counts, exact at any size.
+
+    ``torch.histc`` has no deterministic CUDA kernel, so with ``torch.use_deterministic_algorithms``
+    on (``trainer.deterministic=true``) a CUDA tensor is binned by histc's own formula and counted
+    with ``torch.bincount``, which is deterministic without weights.
+    """
+    x = x.detach().reshape(-1)
+    if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return bincount_histogram(x, bins, lo, hi)
+    counts = torch.zeros(bins, dtype=torch.float64, device=x.device)
+    for start in range(0, x.numel(), _HISTC_EXACT):
+        counts += torch.histc(x[start:start + _HISTC_EXACT], bins, lo, hi).double()
+    return counts
+
+
+def bincount_histogram(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:
+    """``torch.histc``'s counts by its own formula, ``int((x - lo) * bins / (hi - lo))`` in ``x``'s
+    dtype, counted by ``torch.bincount`` (deterministic on CUDA); equal to histc on the CPU
+    (tests/quant/test_devices.py)."""
+    lo_t, hi_t = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in (lo, hi))
+    inside = x[(x >= lo_t) & (x <= hi_t)]
+    index = ((inside - lo_t) * bins / (hi_t - lo_t)).long().clamp_(max=bins - 1)
+    return torch.bincount(index, minlength=bins).double()
 
 
 class Calibrator(nn.Module):

@@ -21,7 +21,7 @@ import torch
 
 from ..grid import QuantGrid
 from .registry import register_calibrator
-from .base import RangeThenHistogram
+from .base import RangeThenHistogram, histogram_counts
 
 
 def kl_divergences(hist: torch.Tensor, levels: int, candidates: torch.Tensor) -> torch.Tensor:
@@ -79,7 +79,7 @@ class Entropy(RangeThenHistogram):
         mag = x.float().reshape(-1).abs()
         mag = mag[mag != 0]
         if mag.numel() and amax > 0:
-            self.histogram += torch.histc(mag, self.bins, 0.0, amax).double()
+            self.histogram += histogram_counts(mag, self.bins, 0.0, amax)
 
     def amax(self) -> float:
         return max(abs(float(self.min_val)), abs(float(self.max_val)))

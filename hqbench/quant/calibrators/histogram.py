@@ -28,6 +28,10 @@ class Histogram(Calibrator):
         self.observer = HistogramObserver(bins=bins)
 
     def observe(self, x: torch.Tensor) -> None:
+        if x.is_cuda and torch.are_deterministic_algorithms_enabled():
+            raise RuntimeError("method C (torch.ao's HistogramObserver) bins with torch.histc, which has no deterministic "
+                               "CUDA kernel: run C with trainer.deterministic=false or on the CPU (D, percentile, "
+                               "entropy and mse have a deterministic CUDA path)")
         self.observer(x.detach())
 
     def has_data(self) -> bool:

@@ -15,7 +15,7 @@ import torch
 
 from ..grid import QuantGrid
 from .registry import register_calibrator
-from .base import RangeThenHistogram
+from .base import RangeThenHistogram, histogram_counts
 
 
 class Percentile(RangeThenHistogram):
@@ -40,7 +40,7 @@ class Percentile(RangeThenHistogram):
     def observe_histogram(self, x: torch.Tensor) -> None:
         if self.max_val > self.min_val:
             x = x.float().reshape(-1)
-            self.histogram += torch.histc(x, self.bins, float(self.min_val), float(self.max_val)).double()
+            self.histogram += histogram_counts(x, self.bins, float(self.min_val), float(self.max_val))
 
     def _quantile(self, q: float) -> float:
         """The ``q`` quantile read off the histogram (linear inside the bin).

@@ -16,10 +16,7 @@ import torch
 from ..grid import QuantGrid
 from ..search import search_range
 from .registry import register_calibrator
-from .base import RANGE, SUM, MergeRule, RangeThenHistogram
-
-_HISTC_EXACT = 2**24  # float32 counts are exact integers up to here
-
+from .base import RANGE, SUM, MergeRule, RangeThenHistogram, histogram_counts
 
 class ActivationRedistribution(RangeThenHistogram):
     """D: two-pass histogram and error-minimising ``[beta, alpha]``.
@@ -50,22 +47,18 @@ class ActivationRedistribution(RangeThenHistogram):
 
         The same counts as histogramming ``x[x != 0]`` without building that copy: exact zeros are
         counted, the whole tensor is histogrammed, and the zeros are taken back out of the bin that
-        holds 0. ``torch.histc`` counts in float32, exact to 2**24 per bin, hence the chunks.
+        holds 0.
         """
         x = x.float().reshape(-1)
         if self._fixed is None:  # once per pass: no host sync per batch
             lo, hi = float(self.min_val), float(self.max_val)
-            zero_bin = torch.histc(torch.zeros(1, device=x.device), self.bins, lo, hi).double() if hi > lo else None
+            zero_bin = histogram_counts(torch.zeros(1, device=x.device), self.bins, lo, hi) if hi > lo else None
             self._fixed = (lo, hi, zero_bin)
         lo, hi, zero_bin = self._fixed
         zeros = x.numel() - torch.count_nonzero(x)
         self.zeros += zeros
         if zero_bin is not None:
-            counts = torch.histc(x[:_HISTC_EXACT], self.bins, lo, hi).double()
-            for start in range(_HISTC_EXACT, x.numel(), _HISTC_EXACT):
-                counts += torch.histc(x[start:start + _HISTC_EXACT], self.bins, lo, hi).double()
-            counts -= zeros * zero_bin
-            self.histogram += counts
+            self.histogram += histogram_counts(x, self.bins, lo, hi) - zeros * zero_bin
 
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = float(self.min_val), float(self.max_val)
