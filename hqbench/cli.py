@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import os
 import shlex
 import sys
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg job] [--help]
+       hqbench report RESULTS.json ... [--out MERGED.json] [--plot PNG] [--markdown]
 
   model={models}
         or a source: {sources}   model.weights=PATH
@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
         console.print(f"hqbench {__version__}", markup=False)
         return 0
+    if argv and argv[0] == "report":
+        return _report(argv[1:], console)
     if not argv or argv[0] not in ("test", "train"):
         console.print(usage(), markup=False, soft_wrap=True)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -95,22 +97,17 @@ def main(argv: list[str] | None = None) -> int:
     if show_config:
         at = overrides.index("--cfg")
         overrides = overrides[:at] + overrides[at + 2 if at + 1 < len(overrides) and overrides[at + 1] == "job" else at + 1:]
-    jobs = sweep(overrides) if multirun else [overrides]
     line = shlex.join(["hqbench", *argv])
-    rows = []
-    for number, job in enumerate(jobs, 1):
-        if len(jobs) > 1:
-            console.print(f"[bold]#{number}/{len(jobs)}[/] {' '.join(job)}", highlight=False, soft_wrap=True)
-        try:
-            rows += _run_job(command, task, job, console, line, show_config)
-        except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
-            console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-            return 1
-        except ModuleNotFoundError as err:
-            if missing_extra(err) is None:
-                raise
-            console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
-            return 1
+    try:
+        rows = _dispatch(command, task, overrides, console, line, show_config, multirun)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return 1
+    except ModuleNotFoundError as err:
+        if missing_extra(err) is None:
+            raise
+        console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
+        return 1
     if rows:
         from .reporting import print_tables
 
@@ -118,27 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# Keys whose comma lists are one value even under -m: method and bits sweep inside one run already,
-# and keep_8bit=first,last names two layers.
-LIST_KEYS = ("method", "bits", "keep_8bit")
-
-
-def sweep(overrides: list[str]) -> list[list[str]]:
-    """``-m`` (Hydra's multirun): every comma list on another key is a sweep axis; one job per
-    combination, in order (``model=a,b seed=0,1`` -> 4 jobs)."""
-    axes = []
-    for o in overrides:
-        key, eq, value = o.partition("=")
-        if eq and "," in value and key.lstrip("+~") not in LIST_KEYS and not value.lstrip().startswith("["):
-            axes.append([f"{key}={v.strip()}" for v in value.split(",")])
-        else:
-            axes.append([o])
-    return [list(job) for job in itertools.product(*axes)]
-
-
-def _run_job(command: str, task: str, overrides: list[str], console: Console, line: str, show_config: bool) -> list:
-    """One composed config run (test), trained (train) or printed (--cfg job); returns its rows."""
+def _dispatch(command: str, task: str, overrides: list[str], console: Console, line: str, show_config: bool,
+              multirun: bool) -> list:
+    """A sweep through Hydra's multirun (-m), a config printed (--cfg job), a training, or one run; its rows."""
     from .config import compose
+    from .multirun import run_multirun, sweep
     from .runner import run, train
 
     demo = demo_overrides(task, overrides) if command == "test" else []
@@ -146,16 +127,42 @@ def _run_job(command: str, task: str, overrides: list[str], console: Console, li
         console.print(f"No data configured (data.root=PATH or HQBENCH_DATA): running the embedded {task} demo, "
                       f"{' '.join(demo)} with its embedded data. See the README to run on your own data.",
                       markup=False, soft_wrap=True)
-    cfg = compose(task, demo + overrides)
+    overrides = demo + overrides
     if show_config:
         from omegaconf import OmegaConf
 
-        console.print(OmegaConf.to_yaml(cfg), markup=False, highlight=False, end="")
+        for job in sweep(overrides) if multirun else [overrides]:
+            console.print(OmegaConf.to_yaml(compose(task, job)), markup=False, highlight=False, end="")
         return []
+    if multirun:
+        if command == "train":
+            raise ValueError("hqbench train runs one training; -m sweeps are for hqbench test")
+        return run_multirun(task, overrides, console, line)
+    cfg = compose(task, overrides)
     if command == "train":
         train(cfg, console, command=line)
         return []
     return run(cfg, console, command=line)
+
+
+def _report(args: list[str], console: Console) -> int:
+    """``hqbench report FILES...``: merge the rows of many runs or jobs and print their tables."""
+    import argparse
+
+    from .reporting.report import report
+
+    parser = argparse.ArgumentParser(prog="hqbench report", description="Merge results files and print their tables.")
+    parser.add_argument("results", nargs="+", help="results JSON files (a sweep's jobs' files, say)")
+    parser.add_argument("--out", help="write the merged rows here (JSON, with CSV and Markdown beside it)")
+    parser.add_argument("--plot", help="also draw the metric against bit width here (PNG)")
+    parser.add_argument("--markdown", action="store_true", help="the Markdown report docs/RESULTS.md quotes")
+    parsed = parser.parse_args(args)
+    try:
+        report(parsed.results, out=parsed.out, plot=parsed.plot, markdown=parsed.markdown, console=console)
+    except (ValueError, FileNotFoundError, FileExistsError) as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return 1
+    return 0
 
 
 def _help(task: str, console: Console) -> int:

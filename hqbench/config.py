@@ -21,7 +21,7 @@ TASKS_DIR = configs_dir()
 SHARED_GROUPS = ("quant", "run", "trainer")
 
 
-def _model_sources(overrides: list[str]) -> list[str]:
+def model_sources(overrides: list[str]) -> list[str]:
     """``model=PREFIX:SPEC`` (``tflite:PATH``, ``torchvision:NAME``, ``timm:NAME``) -> the ``model/source``
     option with ``model.name=PREFIX:SPEC``: a source prefix is not a config group."""
     out = []
@@ -123,7 +123,7 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
         if key in ("model", "data") and "," in value:
             raise ValueError(f"{key}= takes one choice, got {value!r}; sweep with -m (hqbench test -m {key}={value}) "
                              f"or run one command per {key}")
-    overrides = [_quote_lists(o) for o in _model_sources(list(overrides))]
+    overrides = [_quote_lists(o) for o in model_sources(list(overrides))]
     try:
         cfg = _hydra_compose(task, overrides)
     except (HydraException, OmegaConfBaseException) as err:

@@ -16,7 +16,7 @@ LAYERS = [
     ("hqbench", "hqbench.paths", "hqbench.quant", "hqbench.evidence"),
     ("hqbench.models", "hqbench.data"),
     ("hqbench.methods", "hqbench.peers", "hqbench.tasks", "hqbench.callbacks"),
-    ("hqbench.reporting", "hqbench.config", "hqbench.runner", "hqbench.cli", "hqbench.__main__"),
+    ("hqbench.reporting", "hqbench.config", "hqbench.runner", "hqbench.multirun", "hqbench.cli", "hqbench.__main__"),
 ]
 MAX_FILE_LINES, MAX_FUNCTION_LINES = 450, 80
 

@@ -49,7 +49,7 @@ def test_documented_commands_are_valid_runs(where, line):
         key, _, value = override.partition("=")
         return f"{key}={value.split(',')[0]}" if swept and key not in ("method", "bits", "keep_8bit") else override
 
-    # a shell variable stands for what its loop gives; the task's default stands in for it here
-    overrides = [one_run(a) for a in args if "=" in a and not a.startswith("-") and "$" not in a]
+    # a shell variable stands for what its loop gives; hydra.* and hydra/* choose the launcher, not the run
+    overrides = [one_run(a) for a in args if "=" in a and not a.startswith(("-", "hydra")) and "$" not in a]
     task = next((o.split("=", 1)[1] for o in overrides if o.startswith("task=")), "classification")
     assert plan_cells(compose(task, [o for o in overrides if not o.startswith("task=")])), (where, line)

@@ -137,17 +137,18 @@ def _append_many(path: str, writer: int, count: int) -> None:
         append_row(row, path, siblings=True)
 
 
-def test_concurrent_writers_keep_every_row(tmp_path):
+def test_eight_concurrent_writers_keep_every_row(tmp_path):
+    """8 processes (a sweep's jobs, say) append to one results file at once: every row survives."""
     path = str(tmp_path / "shared.json")
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_append_many, args=(path, w, 25)) for w in range(3)]
+    procs = [ctx.Process(target=_append_many, args=(path, w, 12)) for w in range(8)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(120)
+        p.join(300)
     assert all(p.exitcode == 0 for p in procs)
     rows = read_results(path)
-    assert len(rows) == 75 and len({r.key for r in rows}) == 75
+    assert len(rows) == 96 and len({r.key for r in rows}) == 96
 
 
 PLUGIN = textwrap.dedent('''

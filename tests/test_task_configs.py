@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from hqbench import cli, config
-from hqbench.cli import main, sweep
+from hqbench.cli import main
+from hqbench.multirun import sweep
 from hqbench.config import compose
 from hqbench.data.resolve import resolve_data_root
 from hqbench.runner import task_class
@@ -87,11 +88,13 @@ def test_multirun_sweeps_other_keys_and_keeps_list_values():
 
 
 @pytest.mark.slow
-def test_multirun_runs_one_job_per_combination(no_data, tmp_path, capsys):
+def test_multirun_runs_one_job_per_combination(no_data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # Hydra's sweep folders go under the working folder
     out = tmp_path / "m.json"
-    assert main(["test", "-m", "model=mobilenet_v2_fmnist", "seed=0,1", "method=fp32,B", *SMALL, f"out={out}"]) == 0
-    text = capsys.readouterr().out
-    assert "#1/2" in text and "#2/2" in text, text
+    assert main(["test", "-m", "model=mobilenet_v2_fmnist", "seed=0,1", "method=fp32,B", *SMALL, f"out={out}",
+                 "hydra.sweep.dir=sweep"]) == 0
+    assert "2 jobs" in capsys.readouterr().out
+    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/config.yaml")) == ["0", "1"]
     rows = json.loads(out.read_text())
     # FP32 does not depend on the seed's calibration draw, but the row key holds the seed: one per job
     assert sorted((r["method"], r["seed"]) for r in rows) == [("B", 0), ("B", 1), ("fp32", 0), ("fp32", 1)]

@@ -13,7 +13,6 @@ import contextlib
 import csv
 import json
 import os
-import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TextIO
@@ -132,29 +131,23 @@ def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
 
 @contextlib.contextmanager
 def locked(path: str | os.PathLike[str], timeout: float = 600.0):
-    """Hold an exclusive lock on ``<path>.lock`` (POSIX ``flock``; waits up to ``timeout`` seconds).
+    """Hold an exclusive lock on ``<path>.lock`` (``filelock``; waits up to ``timeout`` seconds).
 
-    Every read-modify-write of a results file happens under it, so concurrent writers never drop
-    each other's rows. The lock file is left in place (removing it would race with a waiter).
+    Every read-modify-write of a results file happens under it, so concurrent writers (threads,
+    processes, Hydra's launcher jobs on one machine) never drop each other's rows. On a shared
+    filesystem without reliable locks, give each job its own file (``out=${hydra:runtime.output_dir}/rows.json``)
+    and merge them with ``hqbench report``. The lock file is left in place (removing it would race
+    with a waiter).
     """
-    import fcntl
+    from filelock import FileLock, Timeout
 
     lock = Path(f"{path}.lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock, "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock}: another process has held this results file for {timeout:.0f} s") from None
-                time.sleep(0.05)
-        try:
+    try:
+        with FileLock(lock, timeout=timeout):
             yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    except Timeout:
+        raise TimeoutError(f"{lock}: another process has held this results file for {timeout:.0f} s") from None
 
 
 def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bool = False,
