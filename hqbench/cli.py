@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
         return 1
-    if rows:
+    from .runner import rank
+
+    if rows and rank() == 0:  # under DDP every rank runs this command; rank 0 alone prints
         from .reporting import print_tables
 
         print_tables(rows, title=f"hqbench {task}", console=console)

@@ -178,7 +178,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         raise ValueError(f"trainer.strategy={strategy}: use trainer.strategy=ddp (processes started by Lightning's "
                          "launcher, or torchrun); spawn strategies lose the per-image results rows need")
     console = console or Console()
-    if _rank() != 0:  # under DDP every process runs this loop; only rank 0 prints and writes
+    if rank() != 0:  # under DDP every process runs this loop; only rank 0 prints and writes
         console = Console(quiet=True)
     cells = plan_cells(cfg)
     engine = engine_entry(cfg.engine).name
@@ -233,12 +233,12 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         console.print(f"  {label:>10}: {task.METRIC} {row.value:6.2f}  {shown}  "
                       f"calib {row.calib_seconds:6.1f}s  eval {row.eval_seconds:6.1f}s  act {row.act_range}", soft_wrap=True)
         rows.append(row)
-        if cfg.out and _rank() == 0:
+        if cfg.out and rank() == 0:
             append_row(row, cfg.out, siblings=True)
     return rows
 
 
-def _rank() -> int:
+def rank() -> int:
     """This process's global rank (Lightning sets it when a DDP trainer starts; 0 otherwise)."""
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

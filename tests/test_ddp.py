@@ -351,7 +351,7 @@ def test_lightning_ddp_spawn_equals_one_process(tmp_path):
     _check_against_one_process("moving_minmax", got, want)
 
 
-def _cli(tmp: Path, *extra: str) -> dict[str, float]:
+def _cli(tmp: Path, *extra: str, printed: list | None = None) -> dict[str, float]:
     """``hqbench test`` on 63 embedded Fashion-MNIST images (odd: the sampler repeats one on rank 1),
     4 calibration batches of 8; Top-1 per method."""
     tmp.mkdir(parents=True)
@@ -362,6 +362,8 @@ def _cli(tmp: Path, *extra: str) -> dict[str, float]:
            f"out={tmp / 'r.json'}", *extra]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if printed is not None:
+        printed.append(done.stdout)
     from hqbench.reporting import read_results
 
     # The value and the per-image outcomes, in evaluation order (paired tests need the same order).
@@ -378,8 +380,10 @@ def test_cli_ddp_top1_equals_one_process(tmp_path):
     ranks never hand back (see the issue-13 report).
     """
     one = _cli(tmp_path / "one", "trainer.devices=1")
-    two = _cli(tmp_path / "two", "trainer.strategy=ddp", "trainer.devices=2")
+    printed = []
+    two = _cli(tmp_path / "two", "trainer.strategy=ddp", "trainer.devices=2", printed=printed)
     assert one == two and set(one) == {"fp32", "B"}, (one, two)
+    assert printed[0].count("calibration / evaluation") == 1, printed[0]  # rank 0 alone prints the tables
 
 
 @pytest.mark.slow
