@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "quantize": ("hqbench.quant", "quantize"),
     "prepare": ("hqbench.quant", "prepare"),
+    "Recipe": ("hqbench.quant", "Recipe"),
     "QuantizationCallback": ("hqbench.callbacks.quantization", "QuantizationCallback"),
     "create_model": ("hqbench.models", "create_model"),
 }

@@ -86,10 +86,18 @@ def forward_until(model: nn.Module, batches: Iterable, input_fn: Callable[[Any],
 
 
 class QuantizedModel(nn.Module):
-    """A model under the hybrid asymmetric INT8 scheme (see :mod:`hqbench.quant.scheme`).
+    """A model under the hybrid asymmetric INT8 scheme (see :mod:`hqbench.quant.scheme`), quantized
+    as its :class:`~hqbench.quant.recipe.Recipe` says, with calibrator ``method`` on every point.
 
     Build with :func:`hqbench.quant.prepare` or :func:`hqbench.quant.quantize`.
     """
+
+    # The recipe's settings, read where the scheme needs them (the recipe is the one copy).
+    act_bits = property(lambda self: self.recipe.act_bits)
+    weight_bits = property(lambda self: self.recipe.weight_bits)
+    weight_per_channel = property(lambda self: self.recipe.weight_per_channel)
+    weight_range = property(lambda self: self.recipe.weight_range)
+    keep_8bit = property(lambda self: self.recipe.keep_8bit)
 
     def __init__(self, model: nn.Module, example_inputs: tuple, method: str, recipe: Recipe | None = None,
                  float_scopes: tuple[str, ...] = (), act_grid: QuantGrid | None = None):
@@ -98,9 +106,6 @@ class QuantizedModel(nn.Module):
         self.recipe = recipe = Recipe() if recipe is None else recipe
         if not isinstance(recipe, Recipe):
             raise TypeError(f"recipe must be a hqbench.quant.Recipe, got {type(recipe).__name__}")
-        self.act_bits, self.weight_bits = recipe.act_bits, recipe.weight_bits
-        self.weight_per_channel, self.weight_range, self.keep_8bit = (recipe.weight_per_channel, recipe.weight_range,
-                                                                      recipe.keep_8bit)
         self.model = model
         self.graph: Graph = record(model, example_inputs)
         self.plan: Plan = analyse(self.graph, self.act_bits, float_scopes)
