@@ -263,8 +263,9 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         cell.method, cell.recipe, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])))]
     start = time.perf_counter()
+    trainer = _trainer(cfg, callbacks)
     try:
-        metrics = _trainer(cfg, callbacks).test(task, datamodule=dm, verbose=False)[0]
+        metrics = trainer.test(task, datamodule=dm, verbose=False)[0]
     except Exception as err:  # Lightning may wrap a callback's error; a peer's refusal stays one line
         cause = err if isinstance(err, PeerUnsupported) else err.__cause__ or err.__context__
         if peer and isinstance(cause, PeerUnsupported):
@@ -291,6 +292,10 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     extra.update(task.paired_evidence(len(dm.eval_files)))  # per-image outcomes or bootstrap replicates
     eval_seconds = total - calib
     extra["images_per_s"] = round(len(dm.eval_files) / eval_seconds, 2) if eval_seconds > 0 else None
+    # Where the number was computed: the trainer's device, unless the engine (ONNX Runtime) or the
+    # peer's tool ran it elsewhere.
+    runs_on = "cpu" if peer else None if engine == FLOAT else engine_entry(engine).runs_on
+    extra["device"] = runs_on or trainer.strategy.root_device.type
     return ResultRow(**base, value=value, calib_seconds=round(calib, 2),
                      eval_seconds=round(eval_seconds, 2), act_range=act_range,
                      extra={**extra, "weights": portable_path(card.weights),

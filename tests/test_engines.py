@@ -91,3 +91,4 @@ def test_an_engine_from_outside_runs_through_the_cli(counting_engine, no_data, t
                  f"out={out}"]) == 0
     rows = json.loads(out.read_text())
     assert [(r["method"], r["engine"]) for r in rows] == [("fp32", "float"), ("B", "counting")]
+    assert [r["device"] for r in rows] == ["cpu", "cpu"]  # where each number was computed

@@ -28,13 +28,15 @@ class EngineEntry:
 
     ``factory`` is a callable or ``"module:attribute"`` (imported on first use, so an engine whose
     runtime is an optional extra costs nothing until it runs); ``extra`` names the pyproject extra
-    that installs its runtime; ``peers_only``: only peers' rows run on it (hqbench has no factory yet).
+    that installs its runtime; ``runs_on``: the device it computes on whatever the model's (None: the
+    model's own; rows record it); ``peers_only``: only peers' rows run on it (hqbench has no factory yet).
     """
 
     name: str
     factory: Factory | str | None
     description: str
     extra: str | None = None
+    runs_on: str | None = None
     peers_only: bool = False
 
 
@@ -43,7 +45,7 @@ FLOAT = "float"  # what FP32 rows record: no engine quantized them
 
 
 def register_engine(name: str, factory: Factory | str | None, *, description: str, extra: str | None = None,
-                    peers_only: bool = False) -> EngineEntry:
+                    runs_on: str | None = None, peers_only: bool = False) -> EngineEntry:
     """Register an engine under ``name``; returns the entry.
 
     Raises:
@@ -53,7 +55,7 @@ def register_engine(name: str, factory: Factory | str | None, *, description: st
         raise ValueError(f"engine {name!r} is already registered")
     if peers_only and factory is not None:
         raise ValueError(f"engine {name!r}: a peers-only engine has no factory")
-    entry = EngineEntry(name, factory, description, extra, peers_only)
+    entry = EngineEntry(name, factory, description, extra, runs_on, peers_only)
     _ENGINES[name] = entry
     return entry
 
@@ -98,7 +100,7 @@ def create_engine(name: str, qmodel, example_inputs: tuple) -> Callable:
 register_engine("fake", None, description="fake-quant in torch (float arithmetic on the integer grid)")
 register_engine("int", "hqbench.quant.integer:IntegerExecutor.from_model",
                 description="hqbench's integer-only reference executor")
-register_engine("onnxruntime", "hqbench.quant.onnx_engine:OnnxRuntimeEngine", extra="onnx",
+register_engine("onnxruntime", "hqbench.quant.onnx_engine:OnnxRuntimeEngine", extra="onnx", runs_on="cpu",
                 description="ONNX QDQ export run by ONNX Runtime's CPU int8 kernels")
 register_engine("openvino", None, peers_only=True, description="OpenVINO's CPU plugin (int8 kernels)")
 register_engine("torch-reference", None, peers_only=True,
