@@ -94,7 +94,7 @@ def test_multirun_runs_one_job_per_combination(no_data, tmp_path, monkeypatch, c
     assert main(["test", "-m", "model=mobilenet_v2_fmnist", "seed=0,1", "method=fp32,B", *SMALL, f"out={out}",
                  "hydra.sweep.dir=sweep"]) == 0
     assert "2 jobs" in capsys.readouterr().out
-    assert sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/config.yaml")) == ["0", "1"]
+    assert sorted(p.parent.parent.name for p in (tmp_path / "sweep").glob("*/.hydra/config.yaml")) == ["0", "1"]
     rows = json.loads(out.read_text())
     # FP32 does not depend on the seed's calibration draw, but the row key holds the seed: one per job
     assert sorted((r["method"], r["seed"]) for r in rows) == [("B", 0), ("B", 1), ("fp32", 0), ("fp32", 1)]
