@@ -403,6 +403,10 @@ class QuantizedModel(nn.Module):
             problems.append(f"layers only in the saved state: {sorted(saved - have)[:10]}")
         if have - saved:
             problems.append(f"layers missing from the saved state: {sorted(have - saved)[:10]}")
+        bad = [n for n, p in state.get("points", {}).items()  # a NaN or non-positive scale quantizes silently wrong
+               if "scale" in p and not bool(torch.isfinite(p["scale"]).all() and (p["scale"] > 0).all())]
+        if bad:
+            problems.append(f"point {bad[0]!r} has a scale that is not a finite positive number")
         if problems:
             raise ValueError("calibrated state does not match this model: " + "; ".join(problems))
         for q in self.quantizers.values():

@@ -115,3 +115,14 @@ def test_adaround_learning_scale_and_bias_lowers_the_error_and_runs_as_integers(
     correct_bias(learnt, calib_batches)
     for name, shift in before.items():
         torch.testing.assert_close(learnt.bias_shift[name], shift + left[name])
+
+
+@pytest.mark.parametrize("scale", [float("nan"), -0.1, 0.0, float("inf")])
+def test_a_state_with_a_broken_scale_is_refused_naming_the_point(trained_net, calib_batches, scale):
+    net, _ = trained_net
+    state = quantize(net, calib_batches, method="B").quant_state_dict()
+    name = next(iter(state["points"]))
+    state["points"][name]["scale"] = torch.tensor(scale)
+    fresh = prepare(net, calib_batches[0], method="B")
+    with pytest.raises(ValueError, match=rf"point '{name}' has a scale that is not a finite positive number"):
+        fresh.load_quant_state_dict(state)
