@@ -34,7 +34,7 @@ def model_sources(overrides: list[str]) -> list[str]:
     return out
 
 
-def _quote_lists(override: str) -> str:
+def quote_list(override: str) -> str:
     """``method=A,B`` -> ``method=[A,B]``: a comma list is a value here, not a Hydra sweep."""
     m = re.fullmatch(r"([\w.]+)=([^\[\]{}'\"]*,[^\[\]{}'\"]*)", override)
     return f"{m.group(1)}=[{m.group(2)}]" if m else override
@@ -123,7 +123,7 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
         if key in ("model", "data") and "," in value:
             raise ValueError(f"{key}= takes one choice, got {value!r}; sweep with -m (hqbench test -m {key}={value}) "
                              f"or run one command per {key}")
-    overrides = [_quote_lists(o) for o in model_sources(list(overrides))]
+    overrides = [quote_list(o) for o in model_sources(list(overrides))]
     try:
         cfg = _hydra_compose(task, overrides)
     except (HydraException, OmegaConfBaseException) as err:

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from rich.console import Console
 
-from .config import model_sources
+from .config import model_sources, quote_list
 
 # Keys whose comma lists are one value even under -m: method and bits sweep inside one job already,
 # and keep_8bit=first,last names two layers.
@@ -56,27 +56,21 @@ def sweep(overrides: list[str]) -> list[list[str]]:
 
 def hydra_overrides(overrides: list[str]) -> list[str]:
     """The overrides as Hydra's multirun reads them: list keys bracketed (one value, not an axis)."""
-    out = []
     for o in overrides:
-        key, _, value = o.partition("=")
-        if _key(o) in LIST_KEYS and "," in value and not value.lstrip().startswith("["):
-            o = f"{key}=[{value}]"
-        elif _key(o) == "model" and ":" in value and "," in value:
+        value = o.partition("=")[2]
+        if _key(o) == "model" and ":" in value and "," in value:
             raise ValueError(f"model={value}: a sweep over model sources (tflite:, torchvision:, timm:) takes one "
                              "command per source")
-        out.append(o)
-    return model_sources(out)
+    return model_sources([quote_list(o) if _key(o) in LIST_KEYS else o for o in overrides])
 
 
 def run_multirun(task: str, overrides: list[str], console: Console, line: str) -> list:
     """Check every job's config, run the sweep through Hydra, and return the rows of the shared ``out``."""
     import hydra
 
-    from .config import TASKS_DIR, compose, list_tasks
+    from .config import TASKS_DIR, compose
     from .reporting import read_results
 
-    if task not in list_tasks():
-        raise ValueError(f"unknown task {task!r}; valid: {', '.join(list_tasks())} (configs in {TASKS_DIR})")
     if not any(_key(o) == "hydra.sweep.dir" for o in overrides):
         overrides = [*overrides, f"hydra.sweep.dir=multirun/{datetime.now():%Y-%m-%d/%H-%M-%S}"]
     sweep_dir = next(o.partition("=")[2] for o in overrides if _key(o) == "hydra.sweep.dir")

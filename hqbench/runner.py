@@ -121,11 +121,13 @@ class Cell:
         return self.recipe.to_options()
 
 
-def config_recipe(cfg: DictConfig, weight_bits: int = 8, act_bits: int = 8) -> Recipe:
-    """The recipe a task config's quantization keys describe, at the given widths."""
-    # A trainer precision other than float32 (64-true: fake-quant sums exactly, as integer kernels do)
-    # changes every torch-run number, FP32's too; peers run in their own engines.
-    return Recipe(weight_bits, act_bits, keep_8bit=cfg.get("keep_8bit"),
+def config_recipe(cfg: DictConfig) -> Recipe:
+    """The recipe a task config's quantization keys describe, at W8A8 (cells set their widths).
+
+    The trainer's precision is part of it: other than float32 (64-true: fake-quant sums exactly, as
+    integer kernels do) it changes every torch-run number, FP32's too.
+    """
+    return Recipe(keep_8bit=cfg.get("keep_8bit"),
                   weight_range=str(cfg.get("weight_range", "minmax")),
                   weight_rounding=str(cfg.get("weight_rounding", "nearest")),
                   bias_correction=cfg.get("bias_correction", False),

@@ -168,9 +168,8 @@ class QuantizationCallback(EvaluationStageCallback):
             method, act_grid = ("histogram", torch_act_grid(self.recipe.act_bits)) if hooks_baseline else (self.method, None)
             needs_data = self._saved_state is None or (self.recalibrate and not self._from_checkpoint)
             shared = needs_data and self._given_statistics is not None
-            fits_weights = self.recipe.bias_correction or self.recipe.weight_rounding != "nearest"
             # A restored state, or shared statistics with nothing to fit, needs one batch: to record the graph.
-            full = needs_data and (not shared or fits_weights)
+            full = needs_data and (not shared or self.recipe.fits_weights)
             batches = self._batches_on(trainer, pl_module.device, limit=None if full else 1)
             example = self.input_fn(batches[0])
             qmodel = prepare(pl_module, example, method, self.recipe, inplace=True, float_scopes=self.float_scopes,

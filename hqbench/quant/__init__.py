@@ -110,7 +110,7 @@ def fit_weights(qmodel: QuantizedModel, data: Iterable, *, num_batches: int | No
         ValueError: a weight-side step is asked for and ``data`` is a ``forward_loop`` callable.
     """
     recipe = qmodel.recipe
-    if recipe.weight_rounding == "nearest" and not recipe.bias_correction:
+    if not recipe.fits_weights:
         return qmodel
     if callable(data) and not hasattr(data, "__iter__"):  # they measure layer by layer over batches
         raise ValueError("weight_rounding=adaround and bias_correction need calibration batches "

@@ -223,6 +223,11 @@ class Recipe:
         """A copy with ``changes`` applied (and checked)."""
         return dataclasses.replace(self, **changes)
 
+    @property
+    def fits_weights(self) -> bool:
+        """Whether a weight-side step (AdaRound, bias correction) runs after calibration."""
+        return self.weight_rounding != "nearest" or self.bias_correction
+
     def runs_torch_defaults(self) -> bool:
         """Whether only the widths and the precision differ from the defaults (what torch's own
         recipe, the PyTorch column, can take)."""
