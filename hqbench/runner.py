@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,7 +20,7 @@ from . import __version__
 from .callbacks import PeerCallback, QuantizationCallback
 from .data.resolve import build_data
 from .methods import FP32, PYTORCH, is_peer, row_method
-from .models import create_model
+from .models import create_model, state_digest
 from .paths import repo_root
 from .peers import PeerUnsupported, check_installed, peer_entry
 from .quant import AdaRoundSettings, Recipe, parse_bit_widths
@@ -193,6 +193,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights)
+    digest = state_digest(model)  # keys every row: another weights file under the same model name is another row
     dm, source = build_data(cfg, card)
     dataset = portable_path(source)
     console.print(f"[bold]{cfg.model.name}[/]: weights {portable_path(card.weights)}; data {dataset} "
@@ -217,10 +218,10 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         base = dict(task=cfg.task, model=card.name, dataset=dataset, method=cell.method, metric=task.METRIC,
                     n_eval=len(dm.eval_files), n_calib=0 if cell.method == FP32 else len(dm.calibration_files),
                     seed=seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits,
-                    options=cell.options)
+                    weights_digest=digest, options=cell.options)
         label = f"{cell.method}" + ("" if cell.method == FP32 else f" w{cell.weight_bits}a{cell.act_bits}")
         label += f" s{seed}" if draws > 1 else ""
-        done = None if cfg.get("redo", False) else find_row(cfg.out, _probe(base).key)
+        done = None if cfg.get("redo", False) else _resumable(cfg.out, base, portable_path(card.weights), console, label)
         if done is not None:
             console.print(f"  {label:>10}: {task.METRIC} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",
                           soft_wrap=True)
@@ -250,6 +251,29 @@ def rank() -> int:
 def _probe(base: dict) -> ResultRow:
     """A row with only the key fields filled, to look the key up."""
     return ResultRow(**base, value=float("nan"), calib_seconds=0.0, eval_seconds=0.0, act_range="")
+
+
+def _resumable(out, base: dict, weights: str, console: Console, label: str) -> ResultRow | None:
+    """The row of ``out`` this cell may reuse: one with the same key, weights digest included.
+
+    A row written before digests were recorded (``weights_digest == ""``) is reused only when it
+    names the same weights file; it is then migrated (rewritten with the digest), and said so.
+    One measured with another file stays in ``out`` as a row of its own, and the cell runs.
+    """
+    found = find_row(out, _probe(base).key)
+    legacy = None if found else find_row(out, _probe({**base, "weights_digest": ""}).key)
+    if legacy is None:
+        return found
+    if legacy.extra.get("weights") != weights:
+        console.print(f"  {label:>10}: the row in {out} predates weight digests and was measured with weights "
+                      f"{legacy.extra.get('weights', '(unrecorded)')}, not {weights}: running this cell", soft_wrap=True)
+        return None
+    migrated = replace(legacy, weights_digest=base["weights_digest"])
+    if rank() == 0:
+        append_row(migrated, out, siblings=True, replacing=legacy.key)
+    console.print(f"  {label:>10}: migrated its row in {out} (same weights file {weights}; its digest is now recorded)",
+                  soft_wrap=True)
+    return migrated
 
 
 def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,

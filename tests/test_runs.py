@@ -235,3 +235,40 @@ def test_result_py_killed_after_its_first_model_resumes_with_only_the_rest(tmp_p
         (m, k) for m in ("mobilenet_v2_fmnist", "vgg16_fmnist") for k in ("fp32", "pytorch", "B"))
     for r in first:  # the reused rows are the ones written before the kill, unchanged
         assert next(x for x in rows if (x["model"], x["method"]) == (r["model"], r["method"]))["timestamp"] == r["timestamp"]
+
+
+def test_another_weights_file_under_the_same_model_name_is_never_reused(tmp_path, capsys):
+    """R14: rows are keyed by the weights' digest. A second run with model.weights=OTHER runs
+    every cell again and keeps both models' rows apart; a row written before digests were
+    recorded is migrated when it names the same weights file, and rerun when it names another."""
+    import torch
+
+    from hqbench.models import create_model, state_digest
+
+    model, card = create_model("mobilenet_v2_fmnist")
+    other = tmp_path / "other.pt"
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    torch.save(model.state_dict(), other)
+    out = tmp_path / "r.json"
+    assert main(["test", *SMALL, "method=fp32,B", f"out={out}"]) == 0
+    capsys.readouterr()
+    assert main(["test", *SMALL, "method=fp32,B", f"model.weights={other}", f"out={out}"]) == 0
+    assert "already in" not in capsys.readouterr().out
+    rows = _rows(out)
+    assert len(rows) == 4 and rows[2]["weights_digest"] == state_digest(model) != rows[0]["weights_digest"]
+    assert main(["report", str(out)]) == 0
+    assert "@" + rows[0]["weights_digest"][:8] in capsys.readouterr().out  # two models, two labels
+
+    legacy = [{k: v for k, v in r.items() if k != "weights_digest"} for r in rows[:2]]  # as rows were before
+    out.write_text(json.dumps(legacy))
+    assert main(["test", *SMALL, "method=fp32,B", f"out={out}"]) == 0  # same file: migrated, not rerun
+    text = capsys.readouterr().out
+    assert text.count("migrated") == 2 and "already in" in text
+    assert [r["weights_digest"] for r in _rows(out)] == [rows[0]["weights_digest"]] * 2
+    assert [r["outcomes"] for r in _rows(out)] == [r["outcomes"] for r in rows[:2]]
+    out.write_text(json.dumps(legacy))
+    assert main(["test", *SMALL, "method=B", f"model.weights={other}", f"out={out}"]) == 0  # another file: rerun
+    text = capsys.readouterr().out
+    assert "predates weight digests" in text and "already in" not in text
+    assert [r["weights_digest"] for r in _rows(out)] == ["", "", rows[2]["weights_digest"]]

@@ -8,9 +8,10 @@ optional dependencies are imported inside the factories, at call time.
 """
 
 from hqbench.models._registry import create_model, list_models, list_sources, register_model, register_source
+from hqbench.models._weights import state_digest
 from hqbench.models.card import ModelCard
 
 # Imported for their @register_model side effect.
 from hqbench.models import efficientnet_lite, fashion_mnist_zoo, imagenet_extra, sources, torchvision_zoo, yolo  # noqa: E402,F401  isort: skip
 
-__all__ = ["ModelCard", "create_model", "list_models", "list_sources", "register_model", "register_source"]
+__all__ = ["ModelCard", "create_model", "list_models", "list_sources", "register_model", "register_source", "state_digest"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 import zipfile
@@ -126,6 +127,27 @@ def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path 
         f"hqbench repository's checkpoints/ folder: copy checkpoints/{name}.pt into {dirs[-1]}, or set "
         f"HQBENCH_CHECKPOINTS to a folder holding it (a clone's checkpoints/); or train it with "
         f"`{train_hint}`, or pass model.weights=PATH")
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """The first 16 hex digits of a SHA-256 over ``model``'s state dict (names, dtypes, shapes, bytes).
+
+    It identifies the weights a row was measured with whatever file format they came from (a
+    TFLite graph, a pip package, a seeded random init), and a file edited in place changes it.
+
+    >>> a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    >>> _ = b.load_state_dict(a.state_dict()); state_digest(a) == state_digest(b)
+    True
+    >>> with torch.no_grad(): _ = b.bias.add_(1)
+    >>> state_digest(a) == state_digest(b)
+    False
+    """
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def write_half_state_dict(state: Mapping[str, torch.Tensor], out: Path) -> Path:

@@ -151,7 +151,7 @@ def locked(path: str | os.PathLike[str], timeout: float = 600.0):
 
 
 def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bool = False,
-               title: str | None = None) -> list[ResultRow]:
+               title: str | None = None, replacing: tuple | None = None) -> list[ResultRow]:
     """Merge one finished run into a JSON results file, replacing an earlier run with the same key.
 
     Safe for concurrent writers (processes or threads): the read-modify-write holds :func:`locked`.
@@ -161,6 +161,8 @@ def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bo
         out_path: The ``.json`` file; created if missing.
         siblings: Also rewrite the ``.csv`` and ``.md`` next to it.
         title: Markdown heading when ``siblings``.
+        replacing: The key of the row ``row`` replaces, when it is not ``row.key`` (a row migrated
+            to a new key).
 
     Returns:
         All rows now in the file.
@@ -170,7 +172,7 @@ def append_row(row: ResultRow, out_path: str | os.PathLike[str], *, siblings: bo
         raise ValueError(f"{path}: siblings=True needs a .json results path")
     with locked(path):
         rows = read_results(path) if path.exists() else []
-        idx = next((i for i, r in enumerate(rows) if r.key == row.key), None)
+        idx = next((i for i, r in enumerate(rows) if r.key == (replacing or row.key)), None)
         if idx is None:
             rows.append(row)
         else:

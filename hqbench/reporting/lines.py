@@ -121,8 +121,16 @@ def build_lines(rows: Sequence[ResultRow]) -> list[Line]:
     with the counts, so no result in a file is hidden. The FP32 reference of a line is the one
     evaluated on as many images when there is one. A (task, model, dataset, metric) with only
     an FP32 row still gets a line. A row repeating a (line, method, seed) replaces the earlier.
+    Rows of one model name measured with different weights (``weights_digest``) are different
+    models, labelled ``name@digest`` (``name@?`` for rows written before digests were recorded).
     """
-    multi_dataset = _multi(rows, lambda r: (r.task, r.model), lambda r: r.dataset)
+    multi_weights = _multi(rows, lambda r: (r.task, r.model), lambda r: r.weights_digest)
+
+    def _group(row: ResultRow) -> tuple[str, str, str, str]:
+        model = row.model + (f"@{row.weights_digest[:8] or '?'}" if (row.task, row.model) in multi_weights else "")
+        return (row.task, model, row.dataset, row.metric)
+
+    multi_dataset = _multi(rows, lambda r: _group(r)[:2], lambda r: r.dataset)
     multi_counts = _multi(_quantised(rows), _group, lambda r: (r.n_eval, r.n_calib))
     engines: dict[tuple, list[str]] = {}
     # A peer runs on its own tool's engine: it joins the line of hqbench's first engine in its group,
@@ -154,10 +162,6 @@ def build_lines(rows: Sequence[ResultRow]) -> list[Line]:
         line.show_counts = line.group in multi_counts
         line.label = _label(line, multi_dataset, engines.get(line.group, []))
     return list(lines.values())
-
-
-def _group(row: ResultRow) -> tuple[str, str, str, str]:
-    return (row.task, row.model, row.dataset, row.metric)
 
 
 def _quantised(rows: Sequence[ResultRow]) -> list[ResultRow]:

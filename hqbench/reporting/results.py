@@ -22,7 +22,8 @@ class ResultRow:
     paper, e.g. ``"0..255"`` or ``"mixed: 0..255 & -128..127"`` (``"float"`` for FP32).
     ``weight_bits``/``act_bits`` are 32 for FP32. ``options`` holds the run-level settings that
     change the number besides the method (``weight_range``, ``bias_correction``, ``keep_8bit``),
-    only where they differ from the defaults. ``extra`` holds optional entries (top5, weights
+    only where they differ from the defaults. ``weights_digest`` identifies the float weights
+    (:func:`hqbench.models.state_digest`); ``""`` in rows written before it was recorded. ``extra`` holds optional entries (top5, weights
     path, per-image outcomes, provenance); they are serialised as top-level keys next to the
     fields, so names may not clash with them.
 
@@ -32,8 +33,8 @@ class ResultRow:
 
     >>> row = ResultRow("classification", "vgg16", "imagenet", "D", "top1", 71.2, 50000, 1000,
     ...                 0, 3.5, 120.0, "mixed: 0..255 & -128..127", "fake", extra={"top5": 90.1})
-    >>> row.key[:5], row.bits, row.to_dict()["top5"]
-    (('classification', 'vgg16', 'imagenet', 'D', 'fake'), 'w8a8', 90.1)
+    >>> row.key[:6], row.bits, row.to_dict()["top5"]
+    (('classification', 'vgg16', '', 'imagenet', 'D', 'fake'), 'w8a8', 90.1)
     """
 
     task: str
@@ -51,6 +52,7 @@ class ResultRow:
     engine: str
     weight_bits: int = 8
     act_bits: int = 8
+    weights_digest: str = ""
     options: dict[str, str] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -74,10 +76,11 @@ class ResultRow:
 
     @property
     def key(self) -> tuple:
-        """Identity of a run: everything that changes its number (task, model, data, method, engine,
-        seed, image counts, bit widths, options). Rows with equal keys replace each other."""
-        return (self.task, self.model, self.dataset, self.method, self.engine, self.seed, self.n_eval, self.n_calib,
-                self.weight_bits, self.act_bits, tuple(self.options.items()))
+        """Identity of a run: everything that changes its number (task, model and its weights' digest,
+        data, method, engine, seed, image counts, bit widths, options). Rows with equal keys replace
+        each other."""
+        return (self.task, self.model, self.weights_digest, self.dataset, self.method, self.engine, self.seed,
+                self.n_eval, self.n_calib, self.weight_bits, self.act_bits, tuple(self.options.items()))
 
     def to_dict(self) -> dict[str, Any]:
         """Flat dict: the fields in declaration order, then the ``extra`` entries."""
@@ -100,6 +103,8 @@ class ResultRow:
         if "weight_bits" not in data or "act_bits" not in data:  # files written before bit widths were recorded
             bits = FLOAT_BITS if data.get("method") == FP32 else 8
             data = {"weight_bits": bits, "act_bits": bits, **data}
+        if "weights_digest" not in data:  # rows written before the weights were digested (see runner._resumable)
+            data = {**data, "weights_digest": ""}
         missing = [k for k in FIELD_TYPES if k not in data]
         if missing:
             raise ValueError(f"{source}: missing key {', '.join(map(repr, missing))}")
