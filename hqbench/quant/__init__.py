@@ -88,6 +88,8 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
         recipe: see :class:`Recipe` (None: W8A8, round-to-nearest, no bias correction).
         num_batches: batches per calibration pass (all when None).
         seed: seeds torch's RNG first, for loaders that shuffle.
+        inplace: quantize ``model`` itself (no copy); on any failure or interrupt it is restored
+            (BN unfolded, hooks removed, float weights back) before the exception propagates.
     """
     canonical_name(method)  # fail on a bad name before any work
     if seed is not None:
@@ -97,8 +99,12 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
             raise ValueError("a forward_loop callable needs example_inputs= to record the graph")
         example_inputs = _example_from(calib_data, input_fn)
     qmodel = prepare(model, example_inputs, method, recipe, inplace=inplace, float_scopes=float_scopes)
-    qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
-    return fit_weights(qmodel, calib_data, num_batches=num_batches, input_fn=input_fn)
+    try:
+        qmodel.calibrate(calib_data, num_batches=num_batches, input_fn=input_fn)
+        return fit_weights(qmodel, calib_data, num_batches=num_batches, input_fn=input_fn)
+    except BaseException:  # a NaN batch, a KeyboardInterrupt from the loader: give the user's model back as it was
+        qmodel.remove()
+        raise
 
 
 def fit_weights(qmodel: QuantizedModel, data: Iterable, *, num_batches: int | None = None,

@@ -22,14 +22,9 @@ from .graph import Graph, record
 from .grid import QuantGrid
 from .recipe import Recipe
 from .scheme import Plan, analyse
+from .state import STATE_VERSION, problems, upgrade
 from .weights import fit_bias, quantize_weight, weight_scale
 
-# v1: {"version", "method", "act_bits", "weight_per_channel", "points": {name: tensors}}
-# v2: adds "weight_bits", "keep_8bit", "weight_range", "bias_shift" and "rounded_weights" ({layer: tensor});
-#     v1 loads as w8, nothing kept at 8 bits, round-to-nearest.
-# v3: adds "learned_scales" ({layer: weight scale} that AdaRound's learn_scale chose); v2 loads with none.
-#     A v3 state may hold "point_bits" ([[point, bits], ...], mixed precision); one without it has none.
-STATE_VERSION = 3
 
 
 def _key(name: str) -> str:
@@ -109,7 +104,6 @@ class QuantizedModel(nn.Module):
         self.model = model
         self.graph: Graph = record(model, example_inputs)
         self.plan: Plan = analyse(self.graph, self.act_bits, float_scopes)
-        self._folds = fold_batchnorm(model, self.plan.folds)
         kept_layers, kept_points = self._kept(self.keep_8bit)
         self._layer_bits = {n: max(8, self.weight_bits) if n in kept_layers else self.weight_bits
                             for n in self.plan.compute}
@@ -138,7 +132,14 @@ class QuantizedModel(nn.Module):
         self._weight_scales: dict[str, torch.Tensor] = {}
         self._bias_integers: dict[str, torch.Tensor] = {}  # int32 biases (as float64) in quant mode
         self.widened_channels: dict[str, list[int]] = {}  # weight scales widened to fit the int32 bias
-        self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
+        # The model changes only from here on, after every check: a bad recipe leaves it untouched.
+        self._folds = fold_batchnorm(model, self.plan.folds)
+        self._handles, self._tracker = [], None
+        try:
+            self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
+        except BaseException:
+            unfold_batchnorm(self._folds)
+            raise
 
     def _kept(self, keep: tuple[str, ...]) -> tuple[set[str], set[str]]:
         """Layers kept at 8 bits, and the activation points they read and write."""
@@ -380,35 +381,29 @@ class QuantizedModel(nn.Module):
             "bias_shift": {k: v.detach().cpu().clone() for k, v in self.bias_shift.items()},
             "rounded_weights": {k: v.detach().cpu().clone() for k, v in self.rounded_weights.items()},
             "learned_scales": {k: v.detach().cpu().clone() for k, v in self.learned_scales.items()},
+            "signature": self.signature(),
         }
+
+    def signature(self) -> dict:
+        """What a state is only valid for: each point's producer and grid, each quantized layer's kind
+        and weight shape (names alone match across a ReLU and a LeakyReLU model)."""
+        layers = {n: self.model.get_submodule(n) for n in self.plan.compute}
+        return {"points": {q.name: [self.plan.points[q.name].producer, q.grid.describe()] for q in self.quantizers.values()},
+                "layers": {n: [type(m).__name__, list(m.weight.shape)] for n, m in layers.items()}}
 
     def load_quant_state_dict(self, state: dict) -> None:
         """Restore qparams saved by :meth:`quant_state_dict` and switch to ``quant`` mode.
 
         Raises:
-            ValueError: version, method, bits or layer names differ, saying exactly what differs.
+            ValueError: version, method, bits, layer names, the graph's signature (producers, grids,
+                weight shapes) or per-layer shapes differ, or a scale is not finite and positive;
+                saying exactly what differs (:mod:`hqbench.quant.state`).
         """
         mine = self.quant_state_dict()
-        if state.get("version") == 1:  # v1 states were all w8 with nothing kept at 8 bits
-            state = {**state, "version": 2, "weight_bits": 8, "keep_8bit": [], "weight_range": "minmax",
-                     "bias_shift": {}, "rounded_weights": {}}
-        if state.get("version") == 2:  # v2 states had no learnt scales
-            state = {**state, "version": STATE_VERSION, "learned_scales": {}}
-        state = {"point_bits": [], **state}
-        keys = ("version", "method", "act_bits", "weight_bits", "weight_per_channel", "keep_8bit", "weight_range",
-                "point_bits")
-        problems = [f"{k}: saved {state.get(k)!r}, model {mine[k]!r}" for k in keys if state.get(k) != mine[k]]
-        saved, have = set(state.get("points", {})), set(mine["points"])
-        if saved - have:
-            problems.append(f"layers only in the saved state: {sorted(saved - have)[:10]}")
-        if have - saved:
-            problems.append(f"layers missing from the saved state: {sorted(have - saved)[:10]}")
-        bad = [n for n, p in state.get("points", {}).items()  # a NaN or non-positive scale quantizes silently wrong
-               if "scale" in p and not bool(torch.isfinite(p["scale"]).all() and (p["scale"] > 0).all())]
-        if bad:
-            problems.append(f"point {bad[0]!r} has a scale that is not a finite positive number")
-        if problems:
-            raise ValueError("calibrated state does not match this model: " + "; ".join(problems))
+        state = upgrade(state)
+        found = problems(state, mine, {n: self.model.get_submodule(n).weight for n in self.plan.compute})
+        if found:
+            raise ValueError("calibrated state does not match this model: " + "; ".join(found))
         for q in self.quantizers.values():
             with torch.device(q.scale.device):  # torch.ao's observers make tensors while loading theirs
                 q.load_state_dict(state["points"][q.name])
