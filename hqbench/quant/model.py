@@ -17,7 +17,7 @@ from .calibrators import canonical_name, create_calibrator
 from .calibrators.base import RangeThenHistogram
 from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
-from .points import attach_points
+from .points import attach_points, guard_unrecorded
 from .graph import Graph, record
 from .grid import QuantGrid
 from .recipe import Recipe
@@ -134,9 +134,10 @@ class QuantizedModel(nn.Module):
         self.widened_channels: dict[str, list[int]] = {}  # weight scales widened to fit the int32 bias
         # The model changes only from here on, after every check: a bad recipe leaves it untouched.
         self._folds = fold_batchnorm(model, self.plan.folds)
-        self._handles, self._tracker = [], None
+        self._handles, self._tracker, self._mode = [], None, "float"
         try:
             self._handles, self._tracker = attach_points(model, self.graph, self.plan, self.quantizer)
+            self._handles += guard_unrecorded(model, self.graph, lambda: self._mode != "float")
         except BaseException:
             unfold_batchnorm(self._folds)
             raise
@@ -217,6 +218,7 @@ class QuantizedModel(nn.Module):
                         module.bias.copy_(bias)
         for q in self.quantizers.values():
             q.mode = OFF if mode == "float" else mode
+        self._mode = mode
 
     def layer_weight_bits(self, name: str) -> int:
         """Weight bits of compute layer ``name`` (8 where ``keep_8bit`` keeps it)."""
@@ -273,6 +275,7 @@ class QuantizedModel(nn.Module):
         was_training = self.model.training
         self.model.eval()
         self.set_mode("float")
+        self._mode = OBSERVE  # the quantizers observe from the first pass on (guard_unrecorded reads it)
         try:
             for index in range(passes):
                 for q in self.quantizers.values():
@@ -296,6 +299,9 @@ class QuantizedModel(nn.Module):
                     on_pass_end(index)
             for q in self.quantizers.values():
                 q.freeze()
+        except BaseException:
+            self.set_mode("float")  # nothing half-observed stays switched on
+            raise
         finally:
             self.model.train(was_training)
         self.set_mode(QUANT)

@@ -113,3 +113,23 @@ def attach_points(model: nn.Module, graph: Graph, plan: Plan,
         handles.append(model.register_forward_pre_hook(enter))
         handles.append(model.register_forward_hook(leave, always_call=True))
     return handles, tracker
+
+
+def guard_unrecorded(model: nn.Module, graph: Graph, quantizing: Callable[[], bool]) -> list:
+    """Hooks that refuse a conv or linear layer the recording forward never ran, while ``quantizing()``.
+
+    Such a layer (a branch the example inputs did not take) has no points: observed or fake-quantized,
+    it would silently run in float between clamped inputs. Returns the hook handles.
+    """
+    recorded = {id(n.target) for n in graph.nodes if n.kind == "module"}
+
+    def refuse(module, args, _name=""):
+        if quantizing():
+            raise RuntimeError(
+                f"layer {_name!r} ({type(module).__name__}) ran, but not in the forward that recorded the graph "
+                "(a branch the example inputs did not take): it has no quantization points and would run in "
+                "float. Record the graph with example inputs that take every branch")
+
+    return [m.register_forward_pre_hook(lambda mod, args, _name=name: refuse(mod, args, _name))
+            for name, m in model.named_modules()
+            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and id(m) not in recorded]

@@ -79,3 +79,32 @@ def test_quantize_in_place_gives_the_model_back_on_any_failure(calib_batches, fa
     after = _snapshot(net)
     assert after[1:] == before[1:]
     assert all(torch.equal(after[0][k], v) for k, v in before[0].items()) and after[0].keys() == before[0].keys()
+
+
+class _Branchy(nn.Module):
+    """Takes its ``large`` conv only for inputs wider than 8 pixels: a data-dependent branch."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.small, self.large = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        return self.large(x) if x.shape[-1] > 6 else self.small(x)
+
+
+def test_a_branch_the_recording_never_took_is_an_error_naming_it():
+    """A25: a layer that ran neither when the graph was recorded nor in calibration used to run in
+    float, its input clamped, silently; now it is refused (naming it) in observe and quant mode."""
+    torch.manual_seed(0)
+    net = _Branchy().eval()
+    small = [torch.rand(2, 1, 8, 8) for _ in range(3)]
+    large = torch.rand(2, 1, 10, 10)
+    q = quantize(net, small, method="B")
+    with pytest.raises(RuntimeError, match=r"layer 'large' \(Conv2d\) ran, but not in the forward that recorded"):
+        q(large)
+    with pytest.raises(RuntimeError, match="'large'"):
+        quantize(net, [small[0], large], method="B")
+    q.set_mode("float")
+    q(large)  # float mode quantizes nothing, so nothing is hidden
+    assert q.remove()(large).shape == (2, 4, 8, 8)
