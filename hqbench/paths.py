@@ -8,12 +8,16 @@ root is computed here once (:func:`repo_root`); it is ``None`` for an installed 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import socket
 import tempfile
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import IO
+
+from hqbench.stopping import deferred
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -23,23 +27,51 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], *, b
     """Call ``write(f)`` on a temp file in ``path``'s folder, then move it into place.
 
     The same filesystem makes ``os.replace`` atomic: a crash or an error mid-write leaves the
-    previous file (or none) under the final name, never half of one; the temp file is removed.
+    previous file (or none) under the final name, never half of one; the temp file is removed. A
+    SIGTERM or SIGINT waits until the file is in place (:func:`hqbench.stopping.deferred`). Temp
+    files are named ``.<name>.<host>-<pid>.<random>.tmp``; those a killed process (SIGKILL) of this
+    host left are removed by the next write of the same file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8", "newline": newline})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and exports are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    owner = f"{socket.gethostname()}-"
+    _remove_orphans(path, owner)
+    with deferred():
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{owner}{os.getpid()}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb" if binary else "w",
+                           **({} if binary else {"encoding": "utf-8", "newline": newline})) as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and exports are meant to be shared
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
     return path
+
+
+def _remove_orphans(path: Path, owner: str) -> None:
+    """Delete ``path``'s temp files whose writing process, on this host, no longer exists. Only names
+    of this pattern are touched, and other hosts' (a shared filesystem) never."""
+    prefix = f".{path.name}.{owner}"
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = tmp.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
 
 
 @lru_cache(maxsize=None)
@@ -76,11 +108,13 @@ def cache_dir(*parts: str) -> Path:
 
 def checkpoint_dirs() -> list[Path]:
     """Where project-trained checkpoints are looked for, in order: ``$HQBENCH_CHECKPOINTS``, the
-    checkout's ``checkpoints/`` (when running from one), then ``cache_dir("checkpoints")``."""
+    checkout's ``checkpoints/`` (when running from one), ``cache_dir("checkpoints")``, then the demo
+    checkpoints a wheel ships as package data (``hqbench/checkpoints/``, mapped from ``checkpoints/``)."""
     dirs = [_env_path("HQBENCH_CHECKPOINTS")]
     root = repo_root()
     dirs.append(root / "checkpoints" if root is not None else None)
     dirs.append(cache_dir("checkpoints"))
+    dirs.append(PACKAGE_DIR / "checkpoints" if (PACKAGE_DIR / "checkpoints").is_dir() else None)
     return list(dict.fromkeys(d for d in dirs if d is not None))
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "hqbench"
 # docs/ARCHITECTURE.md's layers, lowest first: a module may import its own layer and those below.
 LAYERS = [
-    ("hqbench", "hqbench.paths", "hqbench.quant", "hqbench.evidence"),
+    ("hqbench", "hqbench.paths", "hqbench.stopping", "hqbench.quant", "hqbench.evidence"),
     ("hqbench.models", "hqbench.data"),
     ("hqbench.methods", "hqbench.peers", "hqbench.tasks", "hqbench.callbacks"),
     ("hqbench.reporting", "hqbench.config", "hqbench.runner", "hqbench.multirun", "hqbench.cli", "hqbench.__main__"),

@@ -69,7 +69,7 @@ def test_the_wheel_package_list_names_every_package_folder():
     subpackage missing from the list would be missing from every wheel."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "hqbench").rglob("__init__.py")}
-    assert listed == folders | {"hqbench.configs"}
+    assert listed == folders | {"hqbench.configs", "hqbench.checkpoints"}
 
 
 def test_checkpoints_are_looked_up_in_order_and_a_miss_names_every_place(clean_env, tmp_path):
@@ -114,7 +114,7 @@ def wheel_venv(tmp_path_factory) -> dict:
     do not run, so only the wheel provides ``hqbench``."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"  # a copy: building in place would write build/ and *.egg-info into the checkout
-    for folder in ("hqbench", "tasks"):
+    for folder in ("hqbench", "tasks", "checkpoints"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         if (ROOT / name).is_file():
@@ -148,8 +148,12 @@ def test_wheel_ships_configs_and_data(wheel_venv):
     names = set(zipfile.ZipFile(wheel_venv["wheel"]).namelist())
     expected = {"hqbench/paths.py", "hqbench/data/embedded/fashion_mnist_subset.npz"}
     expected |= {f"hqbench/configs/{p.relative_to(TASKS_DIR).as_posix()}" for p in TASKS_DIR.rglob("*.yaml")}
+    expected |= {"hqbench/py.typed", "hqbench/checkpoints/mobilenet_v2_fmnist.pt", "hqbench/checkpoints/yolov3_tiny_synth.pt"}
     assert len(expected) > 15 and expected <= names, sorted(expected - names)
     assert not any(n.startswith(("tasks/", "checkpoints/", "tests/")) for n in names)
+    assert "hqbench/checkpoints/vgg16_fmnist.pt" not in names  # only the two demos' weights ship
+    metadata = zipfile.ZipFile(wheel_venv["wheel"]).read(f"hqbench-{_version()}.dist-info/METADATA").decode()
+    assert "License-Expression: Apache-2.0" in metadata and "License-File: LICENSE" in metadata
 
 
 @pytest.mark.slow
@@ -163,7 +167,7 @@ def test_installed_wheel_is_not_the_checkout(wheel_venv):
     assert Path(tasks) == wheel_venv["site"] / "hqbench" / "configs"
     assert root == "None"
     version = _run(wheel_venv, [wheel_venv["python"], "-m", "hqbench", "--version"])
-    assert version.returncode == 0 and version.stdout.strip() == "hqbench 0.1.0", version.stdout + version.stderr
+    assert version.returncode == 0 and version.stdout.strip() == f"hqbench {_version()}", version.stdout + version.stderr
 
 
 @pytest.mark.slow
@@ -179,14 +183,33 @@ def test_installed_wheel_runs_the_demo_with_checkpoints_from_the_environment(whe
     assert not (wheel_venv["work"] / ".cache").exists() and not (wheel_venv["site"] / ".cache").exists()
 
 
+def _version() -> str:
+    from hqbench import __version__
+
+    return __version__
+
+
+@pytest.mark.slow
+def test_installed_wheel_runs_both_demos_alone_from_an_empty_folder(wheel_venv):
+    """No checkout, no HQBENCH_CHECKPOINTS, no data: the wheel's own demo checkpoints."""
+    for task in ("classification", "detection"):
+        extra = ["data.num_test=4", "data.num_train=4", "data.calib_size=4"] if task == "detection" else ["data.eval_limit=20"]
+        proc = _run(wheel_venv, [wheel_venv["venv"] / "bin" / "hqbench", "test", f"task={task}", "method=fp32,B", *extra,
+                                 f"out={wheel_venv['tmp'] / f'{task}.json'}"])
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        rows = json.loads((wheel_venv["tmp"] / f"{task}.json").read_text())
+        assert [r["method"] for r in rows] == ["fp32", "B"]
+        assert rows[0]["weights"].endswith(".pt") and "checkpoints" in rows[0]["weights"], rows[0]["weights"]
+
+
 @pytest.mark.slow
 def test_installed_wheel_without_checkpoints_says_where_it_looked(wheel_venv):
-    proc = _run(wheel_venv, [wheel_venv["venv"] / "bin" / "hqbench", "test", *DEMO, "method=fp32",
-                             "data.eval_limit=10", f"out={wheel_venv['tmp'] / 'none.json'}"])
+    proc = _run(wheel_venv, [wheel_venv["venv"] / "bin" / "hqbench", "test", "model=vgg16_fmnist", "data=fashion_mnist",
+                             "method=fp32", "data.eval_limit=10", f"out={wheel_venv['tmp'] / 'none.json'}"])
     text = " ".join(proc.stdout.split())  # rich may wrap the line
     assert proc.returncode == 1, text + proc.stderr[-3000:]
     assert "Traceback" not in text
-    assert f"mobilenet_v2_fmnist.pt not found in {wheel_venv['tmp'] / 'cache' / 'checkpoints'}" in text, text
+    assert f"vgg16_fmnist.pt not found in {wheel_venv['tmp'] / 'cache' / 'checkpoints'}" in text, text
     for part in ("repository's checkpoints/ folder", "HQBENCH_CHECKPOINTS"):
         assert part in text, text
 

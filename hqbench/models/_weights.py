@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from hqbench.paths import atomic_write, checkpoint_dirs
+from hqbench.paths import atomic_write, cache_dir, checkpoint_dirs
 
 RANDOM = "random"  # model.weights=random: the architecture, untrained
 LIGHTNING_PREFIX = "model."  # hqbench's LightningModules keep the network in their ``model`` attribute
@@ -124,7 +124,7 @@ def project_checkpoint(name: str, weights: str | None, train_hint: str) -> Path 
             return folder / f"{name}.pt"
     raise FileNotFoundError(
         f"{name}: checkpoint {name}.pt not found in {', '.join(str(d) for d in dirs)}. It ships in the "
-        f"hqbench repository's checkpoints/ folder: copy checkpoints/{name}.pt into {dirs[-1]}, or set "
+        f"hqbench repository's checkpoints/ folder: copy checkpoints/{name}.pt into {cache_dir('checkpoints')}, or set "
         f"HQBENCH_CHECKPOINTS to a folder holding it (a clone's checkpoints/); or train it with "
         f"`{train_hint}`, or pass model.weights=PATH")
 
