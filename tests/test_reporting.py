@@ -214,7 +214,8 @@ def test_paper_table_tie_and_nan():
 def test_second_engine_gets_its_own_line(rows):
     text = _render(paper_table([*rows, _row("vgg16", "D", 70.9, engine="int")]))
     line = _line_of(text, r"vgg16 [int]")
-    assert "70.90*" in line and "71.59" in line  # its own best; FP32 reference repeated
+    assert "70.90" in line and "71.59" in line  # FP32 reference repeated
+    assert "*" not in line  # D is the only quantised cell of its line: nothing to be best among
 
 
 def test_timing_table(rows):
@@ -274,4 +275,4 @@ def test_narrow_terminal_folds_labels_not_numbers(rows):
     console = Console(file=StringIO(), width=80, force_terminal=True, color_system=None)
     print_tables([*rows, _row("efficientnet_lite0", "D", 74.0)], console=console)
     out = console.file.getvalue()
-    assert "…" not in out and "71.33*" in out and "74.00*" in out
+    assert "…" not in out and "71.33*" in out and "74.00" in out and "74.00*" not in out  # 74.00: alone

@@ -98,6 +98,18 @@ def test_rows_without_outcomes_keep_the_old_mark_and_say_so():
     assert "significance unknown (no per-image evidence)" in notes_line(rows[:2])
 
 
+def test_a_lone_quantised_column_is_not_marked_best():
+    # README: `*` is the best among the quantised methods; with one there is nothing to compare
+    rows = [_row("fp32", value=79.0), _row("D", value=80.0)]
+    assert _md_line(markdown_table(rows), "mnv2") == "| mnv2 | top1 | 79.00 | 80.00 |"
+    assert "80.00*" not in _render(paper_table(rows)) and "80.00" in _render(paper_table(rows))
+    assert "nothing to compare, no mark" in notes_line(rows) and "best" not in notes_line(rows)
+    with_outcomes = [_row("fp32", _BASE), _row("D", _flip(to_right=20)), _row("A", value=float("nan"))]
+    assert "**" not in markdown_table(with_outcomes) and "~" not in markdown_table(with_outcomes)
+    two = [*rows, _row("A", value=78.0)]  # a second quantised method: the best is marked again
+    assert _md_line(markdown_table(two), "mnv2") == "| mnv2 | top1 | 79.00 | 78.00 | **80.00** |"
+
+
 def test_draws_show_mean_and_std_and_test_on_the_lowest_shared_seed():
     rows = [_row("A", _BASE, seed=1), _row("A", _flip(to_right=1), seed=2),
             _row("D", _flip(to_right=50), seed=2), _row("D", _flip(to_right=70), seed=1, value=85.0)]
@@ -120,7 +132,7 @@ def test_bit_widths_and_options_get_their_own_lines_with_the_fp32_reference():
     labels = [line.split(" | ")[0][2:] for line in md.splitlines()[2:]]
     assert labels == ["mnv2", "mnv2 w4a8", "mnv2 w4a8 mse+bc", "mnv2 w8a4 [int]"]
     assert all(" | 79.00 | " in line for line in md.splitlines()[2:])  # FP32 in every line
-    assert "| — | **76.00** [" in _md_line(md, "mnv2 w4a8 mse+bc")  # alone on its line: best, untested
+    assert "| — | 76.00 [" in _md_line(md, "mnv2 w4a8 mse+bc")  # alone on its line: nothing to beat, no mark
     notes = notes_line(rows)
     assert "lines without wXaY are w8a8" in notes and "bc = bias_correction=true" in notes
     assert "mse+bc" in _render(timing_table(rows))
@@ -130,8 +142,8 @@ def test_runs_on_other_image_counts_are_not_hidden():
     rows = [_row("fp32", value=79.0), _row("fp32", value=80.0, n_eval=500), _row("D", _BASE),
             _row("D", value=77.0, n_eval=500, n_calib=64)]
     md = markdown_table(rows)
-    assert _md_line(md, "mnv2 n1000/c256") == "| mnv2 n1000/c256 | top1 | 79.00 | **78.00** [75.4, 80.5] |"
-    assert _md_line(md, "mnv2 n500/c64") == "| mnv2 n500/c64 | top1 | 80.00 | **77.00** |"  # its own FP32
+    assert _md_line(md, "mnv2 n1000/c256") == "| mnv2 n1000/c256 | top1 | 79.00 | 78.00 [75.4, 80.5] |"
+    assert _md_line(md, "mnv2 n500/c64") == "| mnv2 n500/c64 | top1 | 80.00 | 77.00 |"  # its own FP32
     assert "nN/cM = N evaluation and M calibration images" in notes_line(rows)
     assert "n1000" not in markdown_table(rows[:3])
 

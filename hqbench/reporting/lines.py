@@ -250,11 +250,13 @@ def _winners(line: Line) -> tuple[dict[str, str], str]:
     share (the lowest such seed is used): the best is marked alone only if the paired test
     (McNemar, or the paired bootstrap for mAP) separates it from every other cell,
     otherwise the cells tied with it are marked ``"tie"``. Untested lines mark the maximum.
+    A line with one quantised cell (or none) is "single" and has no mark: best means best among
+    the quantised methods, and a lone one is compared with nothing (FP32 never competes).
     """
     values = {m: _mean(ds) for m, ds in line.cells.items() if m != FP32}
     values = {m: v for m, v in values.items() if not math.isnan(v)}
     if len(values) < 2:
-        return {m: "best" for m in values}, "single"
+        return {}, "single"
     common = set.intersection(*(_seeds_with_evidence(line.cells[m]) for m in values))
     vectors = {m: _evidence(line.cells[m], min(common)) for m in values} if common else {}
     if not vectors or len({pairing_key(v) for v in vectors.values()}) != 1:

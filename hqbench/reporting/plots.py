@@ -1,6 +1,8 @@
 """Figures of bit-width sweeps: metric against width label, one series per method.
 
-Tables show one setting per line; a sweep (w8a8 down to w4a4) reads better as a curve. The
+Tables show one setting per line; a sweep (w8a8 down to w4a4) reads better side by side. Widths
+are categories, not a continuum, so each is an x position with a point and an error bar per series
+and no line joins one width to the next. A method has one colour and marker in every figure. The
 figures use the same grouping and cell summaries as the tables (:mod:`hqbench.reporting.lines`),
 so a point and its error bar are exactly the table cell and its interval.
 """
@@ -8,12 +10,15 @@ so a point and its error bar are exactly the table cell and its interval.
 from __future__ import annotations
 
 import os
+import re
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hqbench.methods import method_title
+from hqbench.methods import PYTORCH, method_title
 from hqbench.paths import atomic_write
+from hqbench.quant.calibrators import list_calibrators
 from hqbench.reporting.lines import FP32, Cell, bits_label, bits_sort_key, build_lines, line_cells, options_label
 
 if TYPE_CHECKING:
@@ -21,9 +26,45 @@ if TYPE_CHECKING:
 
 _PANEL_INCHES = (8.0, 3.6)
 _LEGEND_COLUMN_CHARS = 48  # series names this long still fit two legend columns across the panel
+# tab10 without its grey (FP32's reference line), then tab20b's darks and black: every registered
+# method its own colour; 15 colours and 8 markers are coprime, so 120 methods get distinct pairs
+_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
+            "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#000000")
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-_LINES = ("-", "--", ":", "-.")
+# a method's settings other than the plain one (options, engine) differ by how its marker is filled
+_FILLS = ("none", "left", "bottom", "right", "top")
+_DODGE = 0.06  # between neighbouring series at one width, in category spacings
+_MAX_SPREAD = 0.5  # all series of one width stay within half the spacing, so none reaches the next width
 _LEGEND_ROW_INCHES = 0.22
+# folders that name a split or a layout rather than the data set (…/imagenet/val is imagenet)
+_GENERIC_FOLDERS = {"train", "val", "valid", "validation", "test", "images", "labels", "data"}
+
+
+def _method_style(method: str) -> dict[str, str]:
+    """Colour and marker of ``method`` in every figure: from its place in the method registry
+    (column order), or from a hash of its name when it is not a registered name itself
+    (``"percentile:99.9"``), never from which methods a figure happens to show."""
+    from hqbench.peers import list_peers  # lazily, as hqbench.methods reads that registry
+
+    names = [PYTORCH, *(e.letter or e.name for e in list_calibrators()), *(p.name for p in list_peers())]
+    i = names.index(method) if method in names else len(names) + zlib.crc32(method.encode()) % 120
+    return {"color": _COLOURS[i % len(_COLOURS)], "marker": _MARKERS[i % len(_MARKERS)]}
+
+
+def _dataset_name(dataset: str) -> str:
+    """What a title calls a row's ``dataset``: ``"$HQBENCH_DATA/imagenet"`` -> ``"imagenet"``.
+
+    Rows store data as portable paths (``$HQBENCH_DATA/...``, ``~/...``, ``.../a/b``, relative, or
+    ``name:/abs/path`` in old files): a title shows the last folder that names the data set, never
+    a path or an environment variable. A description (words and spaces, no leading path) is kept.
+    """
+    text = dataset.strip().rstrip("/\\")
+    is_path = re.match(r"^([$~.]|[\\/]|[\w.-]+:)", text) or (re.search(r"[\\/]", text) and not re.search(r"\s", text))
+    if not is_path:
+        return text
+    parts = [p for p in re.split(r"[\\/:]+", text) if p and p[0] not in "$~" and p.strip(".")]
+    named = [p for p in parts if p.lower() not in _GENERIC_FOLDERS] or parts
+    return named[-1] if named else "data"
 
 
 def _panels(rows: list[ResultRow]) -> dict[tuple[str, str, str, str], dict]:
@@ -56,31 +97,37 @@ def _series_name(method: str, setting: tuple[str, str]) -> str:
     return method_title(method) + (f" {opts}" if opts else "") + (f" [{engine}]" if engine != "fake" else "")
 
 
+def _offsets(n_series: int) -> list[float]:
+    """Side-by-side shifts that keep overlapping error bars apart, centred on the width's tick; the
+    total spread is bounded, so with many series they pack closer instead of reaching the next width."""
+    step = min(_DODGE, _MAX_SPREAD / (n_series - 1)) if n_series > 1 else 0.0
+    return [(k - (n_series - 1) / 2) * step for k in range(n_series)]
+
+
 def _draw(ax, key: tuple[str, str, str, str], panel: dict) -> None:
     task, model, dataset, metric = key
     widths = sorted(panel["widths"], key=bits_sort_key)
     x = {w: i for i, w in enumerate(widths)}
-    n_series = len(panel["series"])
-    # a method keeps its colour across settings; a setting (options, engine) keeps its marker and line
-    methods = list(dict.fromkeys(m for m, _ in panel["series"]))
-    settings = list(dict.fromkeys(s for _, s in panel["series"]))
-    for k, ((method, setting), points) in enumerate(panel["series"].items()):
-        i, j = methods.index(method), settings.index(setting)
-        style = {"color": f"C{i % 10}", "marker": _MARKERS[j % len(_MARKERS)], "linestyle": _LINES[j % len(_LINES)]}
+    # colour and marker say the method (the same in every figure); the fill says the setting
+    settings = list(dict.fromkeys(s for _, s in panel["series"] if s != ("", "fake")))
+    for dodge, ((method, setting), points) in zip(_offsets(len(panel["series"])), panel["series"].items()):
+        fill = "full" if setting == ("", "fake") else _FILLS[settings.index(setting) % len(_FILLS)]
         ws = [w for w in widths if w in points]
         errs = [_yerr(points[w]) for w in ws]
-        dodge = (k - (n_series - 1) / 2) * 0.06  # keep overlapping error bars apart
+        # widths are categories, not a continuum: points and error bars, no line from one width to the next
         ax.errorbar(
             [x[w] + dodge for w in ws], [points[w].value for w in ws],
-            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, label=_series_name(method, setting), **style,
+            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, linestyle="none", fillstyle=fill,
+            label=_series_name(method, setting), **_method_style(method),
         )
     if panel["fp32"] is not None:
         ax.axhline(panel["fp32"].value, color="grey", linestyle="--", linewidth=1, label="FP32")
     ax.set_xticks(range(len(widths)), widths)
-    ax.set_title(f"{model} ({dataset}, {task})")
+    ax.set_xlim(-0.5, len(widths) - 0.5)
+    ax.set_title(f"{model} ({_dataset_name(dataset)}, {task})")
     ax.set_xlabel("bit widths (weights, activations)")
     ax.set_ylabel(f"{metric} (%)")
-    ax.grid(True, alpha=0.3)
+    ax.grid(True, axis="y", alpha=0.3)
     # under the axes, never over a point; beside them, a dozen long series names squeeze the axes away
     ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=_legend_columns(panel))
 
@@ -98,10 +145,11 @@ def plot_sweep(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
     All panels go into the one PNG at ``path``, stacked, so a sweep over several models is one
     file for docs/RESULTS.md.
 
-    Widths are ordered widest first (w8a8, w8a6, w8a5, w8a4, w6a6, w4a8, w4a4, ...); error
-    bars are each cell's 95 % bootstrap interval (or the std over calibration draws); FP32 is
-    a dashed reference line. The PNG is written to a temp file and moved into place, so a
-    failed plot never leaves a half-written figure.
+    Widths are ordered widest first (w8a8, w8a6, w8a5, w8a4, w6a6, w4a8, w4a4, ...), one x
+    position each, the series side by side within it; error bars are each cell's 95 % bootstrap
+    interval (or the std over calibration draws); FP32 is a dashed reference line. Titles name
+    the data set (``imagenet``), not the path rows store. The PNG is written to a temp file and
+    moved into place, so a failed plot never leaves a half-written figure.
 
     Args:
         rows: Result rows (several bit widths of the same models, typically).

@@ -6,6 +6,7 @@ per-image outcomes a cell also shows its 95 % bootstrap interval, and the best c
 when it beats the others on the same images (exact McNemar for Top-1, paired bootstrap for mAP,
 p < 0.05); cells it does not beat
 are marked ``~``. Without outcomes the maximum is marked and the notes say significance is unknown.
+A line with a single quantised method has no mark: there is nothing to be best among (FP32 never competes).
 Marks are characters, not only colour (``*``/``~`` in rich, ``**bold**``/``~`` in Markdown).
 """
 
@@ -51,6 +52,7 @@ _SIGNIFICANT = (
 )
 _UNTESTED = "best INT8 per row marked, significance unknown (no per-image evidence)"
 _UNTESTED_SOME = "lines without per-image evidence: best marked, significance unknown"
+_SINGLE = "one quantised method per line: nothing to compare, no mark"
 
 
 def _number(cell: Cell) -> str:
@@ -240,7 +242,7 @@ def _marking(rows: Sequence[ResultRow]) -> list[str]:
     hows = {line_cells(line, intervals=False)[1] for line in build_lines(rows)}
     if "tested" in hows:
         return [_SIGNIFICANT, *([_UNTESTED_SOME] if "untested" in hows else [])]
-    return [_UNTESTED] if "untested" in hows else ["best INT8 per row marked"]
+    return [_UNTESTED] if "untested" in hows else [_SINGLE]  # every line is "single"
 
 
 def notes_line(rows: Iterable[ResultRow]) -> str:
