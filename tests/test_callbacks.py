@@ -310,3 +310,29 @@ def test_integer_engine_in_place_of_forward_matches_fake_quant(precision):
         assert logits["fake"].dtype == torch.float64
         lsb = torch.tensor(logits["lsb"], dtype=torch.float64)
         assert torch.equal(torch.round(logits["fake"] / lsb), torch.round(logits["int"] / lsb))
+
+
+def test_fit_logs_quantized_validation_under_its_own_names_and_calibration_to_the_logger(tmp_path):
+    """issue 32: inside fit, val_* used to silently become the quantized model's numbers. They now
+    carry the callback's suffix; calibration seconds and ranges reach any Lightning logger (CSV here)."""
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
+    torch.manual_seed(0)
+    callback = QuantizationCallback("B", calib_dataloader=_data(1))
+    trainer = L.Trainer(accelerator="cpu", max_epochs=2, logger=CSVLogger(tmp_path, name="run"),
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0, callbacks=[callback])
+    trainer.fit(FitModule(), _data(3), _data(4))
+    rows = list(csv.DictReader(open(next(tmp_path.rglob("metrics.csv")))))
+    columns = set(rows[0])
+    assert "val_loss_quant" in columns and "val_loss" not in columns
+    assert "quant/calib_seconds" in columns
+    points = {c.split("/")[1] for c in columns if c.startswith("quant/") and c.endswith("/lo")}
+    assert points == set(callback.summary["points"])
+    assert sum(bool(r["quant/calib_seconds"]) for r in rows) == 2  # one calibration per validation
+    plain = FitModule()
+    assert "log" not in plain.__dict__
+    metrics = trainer.test(plain, _data(2), verbose=False)  # test keeps the module's own names
+    assert "log" not in plain.__dict__ and not any(k.endswith("_quant") for k in metrics[0])

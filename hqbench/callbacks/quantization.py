@@ -77,6 +77,12 @@ class QuantizationCallback(EvaluationStageCallback):
         ranges: MinMax (B) statistics of the same model and calibration data (``callback.statistics``
             of a B run): a range-then-histogram method (D, percentile, entropy, mse) takes its first
             pass from them instead of making it. Same conditions as ``statistics``.
+        fit_suffix: appended to the name of every metric the module logs while a validation inside
+            ``fit`` runs quantized (``val_acc`` -> ``val_acc_quant``), so quantized validation is never
+            mistaken for the float model's; ``""`` keeps the names.
+
+    Each calibration also goes to the trainer's loggers (any Lightning logger): ``quant/calib_seconds``
+    and each point's chosen range, ``quant/<point>/lo`` and ``/hi``.
 
     After a calibration, ``statistics`` holds that run's statistics (see
     :meth:`hqbench.quant.QuantizedModel.calibration_statistics`).
@@ -85,7 +91,8 @@ class QuantizationCallback(EvaluationStageCallback):
     def __init__(self, method: str = "D", recipe: Recipe | None = None, *, calib_dataloader: Iterable | None = None,
                  num_batches: int | None = None, engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
-                 recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None):
+                 recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None,
+                 fit_suffix: str = "_quant"):
         engine_entry(engine)  # an unknown engine fails here, naming the valid ones
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -103,7 +110,7 @@ class QuantizationCallback(EvaluationStageCallback):
                                  "bias_correction and weight_rounding apply to hqbench's methods only")
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
-        self.pytorch_via = pytorch_via
+        self.pytorch_via, self.fit_suffix = pytorch_via, str(fit_suffix)
         self.calib_seconds = 0.0
         self._given_statistics, self._given_ranges = statistics, ranges
         self.ranges_taken = False  # whether the last calibration took its first pass from ``ranges``
@@ -202,6 +209,30 @@ class QuantizationCallback(EvaluationStageCallback):
             self.qmodel = qmodel
             self.summary = qmodel.summary()
         self.calib_seconds = time.perf_counter() - start
+        if trainer.state.fn == "fit" and self.fit_suffix:
+            self._rename_logged(pl_module)
+        self._log_calibration(trainer)
+
+    def _rename_logged(self, pl_module: L.LightningModule) -> None:
+        """Inside ``fit``, what the module logs while quantized carries ``fit_suffix`` (``log_dict``
+        calls ``log``, so both are covered); the undo list puts ``log`` back."""
+        log, suffix = pl_module.log, self.fit_suffix
+
+        def renamed(name: str, value: Any, *args, **kwargs):
+            return log(name + suffix, value, *args, **kwargs)
+
+        pl_module.log = renamed
+        self._undo.append(lambda: pl_module.__dict__.pop("log", None))
+
+    def _log_calibration(self, trainer: L.Trainer) -> None:
+        """Calibration seconds and the chosen ranges, to every logger the trainer has (rank 0 only)."""
+        if not trainer.loggers or not trainer.is_global_zero:
+            return
+        metrics = {"quant/calib_seconds": self.calib_seconds}
+        for name, point in (self.summary or {}).get("points", {}).items():
+            metrics[f"quant/{name}/lo"], metrics[f"quant/{name}/hi"] = point["clip"]
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
 
     def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
         """Route the module's forward through the engine *instead of* torch.
