@@ -94,10 +94,13 @@ def test_missing_root(tmp_path):
         _dm(tmp_path / "absent").setup()
 
 
-def test_missing_mapping(fake_root):
+def test_missing_mapping_takes_classes_from_train_folders(fake_root):
+    """Issue 32, item 4: without the mapping file, classes are train/'s folders, sorted (ImageFolder's order)."""
     (fake_root / MAPPING_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match=str(fake_root / MAPPING_FILE)):
-        _dm(fake_root).setup()
+    dm = _dm(fake_root)
+    dm.setup()
+    assert dm.classes == sorted(TRAIN) and dm.num_classes == 4
+    assert [label for _, label in dm._eval_samples()] == [1] * 3 + [3] * 2  # n00000005, n00000999
 
 
 def test_folder_not_in_mapping(fake_root):

@@ -1,4 +1,4 @@
-"""Checks of a COCO annotation file before any of it is used.
+"""Reading a COCO annotation file, and its checks before any of it is used.
 
 A bad box does not fail loudly downstream: torchmetrics scores a NaN, negative or out-of-image box
 as a miss, and a split with no boxes at all as mAP -1. So every entry is checked on load, and the
@@ -7,7 +7,9 @@ first bad one is reported with the file, its index and id, and the value.
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass
 from numbers import Real
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,58 @@ EDGE_TOLERANCE = 1.0  # pixels a box may pass the image edge: labelling tools ro
 
 class MissingImageError(FileNotFoundError, ValueError):
     """An image the annotation file lists is not on disk: a missing file and a bad entry at once."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image with its boxes (xywh, original pixels) and labels renumbered 0.."""
+
+    path: Path
+    image_id: int
+    boxes: tuple[tuple[float, float, float, float], ...]
+    labels: tuple[int, ...]
+    iscrowd: tuple[int, ...]
+
+
+def image_dir_of(ann_path: Path, images: str | Path | None = None) -> Path:
+    """Where a COCO file's ``file_name`` entries live: ``images`` if given; else HRSID's convention,
+    ``<root>/JPEGImages`` for ``<root>/annotations/<name>.json``, when that folder exists; else the json's folder."""
+    if images is not None:
+        return Path(images).expanduser()
+    hrsid = ann_path.parent.parent / "JPEGImages"
+    return hrsid if ann_path.parent.name == "annotations" and hrsid.is_dir() else ann_path.parent
+
+
+def read_coco_file(ann_path: Path, image_dir: Path) -> tuple[list[Sample], list[str]]:
+    """Samples (sorted by file name) and class names (in category id order) of any COCO file.
+
+    Raises:
+        FileNotFoundError: the annotation file or the image folder is missing.
+        ValueError: not JSON, or any bad entry (see :func:`check_coco`), named with the file, its
+            index, id and value; a missing image raises ``MissingImageError``, both kinds.
+    """
+    if not ann_path.is_file():
+        raise FileNotFoundError(f"COCO annotation file {ann_path} does not exist")
+    try:
+        coco = json.loads(ann_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"SAR annotation file {ann_path} is not valid JSON: {err}") from err
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"image folder {image_dir} of {ann_path} does not exist")
+    check_coco(coco, ann_path, image_dir)  # every entry, before any is used
+    categories = sorted(coco["categories"], key=lambda c: c["id"])
+    label_of = {c["id"]: i for i, c in enumerate(categories)}
+    images = {im["id"]: im for im in coco["images"]}
+    per_image: dict[int, list[dict]] = {i: [] for i in images}
+    for a in coco["annotations"]:
+        per_image[a["image_id"]].append(a)
+    samples = []
+    for image_id, im in images.items():
+        anns = per_image[image_id]
+        samples.append(Sample(image_dir / im["file_name"], image_id, tuple(tuple(map(float, a["bbox"])) for a in anns),
+                              tuple(label_of[a["category_id"]] for a in anns),
+                              tuple(int(a.get("iscrowd", 0)) for a in anns)))
+    return sorted(samples, key=lambda s: s.path.name), [c["name"] for c in categories]
 
 
 def check_coco(coco: Any, ann_path: Path, image_dir: Path) -> None:
@@ -73,7 +127,11 @@ def _ids(entries: list[dict], key: str, ann_path: Path) -> set[int]:
 
 
 def _image_sizes(images: list[dict], ann_path: Path, image_dir: Path) -> dict[int, tuple[float, float]]:
-    """``{image id: (width, height)}``, from the file's header where the entry gives no size."""
+    """``{image id: (width, height)}`` from each file's header (PIL reads it without decoding).
+
+    A declared width/height is never trusted: one that disagrees with the file is an error (a file
+    declaring 100000x100000 for 420x317 images passed every box check and scored mAP50 0.00).
+    """
     _ids(images, "images", ann_path)
     sizes = {}
     for k, im in enumerate(images):
@@ -86,12 +144,13 @@ def _image_sizes(images: list[dict], ann_path: Path, image_dir: Path) -> dict[in
             raise MissingImageError(f"image {path}, listed in {ann_path}, does not exist "
                                     f"(images[{k}], id {im['id']})")
         given = im.get("width"), im.get("height")
-        if all(_finite(v) and v > 0 for v in given):
-            sizes[im["id"]] = given
-        elif given == (None, None):
-            sizes[im["id"]] = image_size(path)
-        else:
+        if given != (None, None) and not all(_finite(v) and v > 0 for v in given):
             raise ValueError(f"{where} has width/height {given}; expected positive numbers (or neither key)")
+        sizes[im["id"]] = image_size(path)
+        if given != (None, None) and tuple(given) != sizes[im["id"]]:
+            w, h = sizes[im["id"]]
+            raise ValueError(f"{where} declares {name} as {given[0]:g}x{given[1]:g} (width x height) but the file "
+                             f"{path} is {w}x{h}; fix the entry's width/height (or drop both keys)")
     return sizes
 
 

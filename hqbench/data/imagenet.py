@@ -1,13 +1,15 @@
-"""ImageNet in the ImageFolder layout: a deterministic evaluation set and a seeded calibration set.
+"""ImageNet, or any ImageFolder: a deterministic evaluation set and a seeded calibration set.
 
 Layout::
 
-    root/LOC_synset_mapping.txt      1000 lines "<wnid> <names>", in class-index order
-    root/val/<wnid>/*.JPEG           evaluation images
-    root/train/<wnid>/*.JPEG         calibration images (disjoint from val)
+    root/LOC_synset_mapping.txt      optional: lines "<wnid> <names>", in class-index order (ImageNet's)
+    root/val/<class>/*.JPEG          evaluation images
+    root/train/<class>/*.JPEG        calibration images (disjoint from val)
 
-Class indices come from the mapping file's line order, never from the folders present: a subset's
-``val/`` may hold only some classes, and ImageFolder-style indexing would then shift every label.
+With the mapping file, class indices come from its line order, never from the folders present: a
+subset's ``val/`` may hold only some classes, and ImageFolder-style indexing would then shift every
+label. Without it, they come from ``train/``'s folder names, sorted (torchvision's ImageFolder order,
+which a model trained on ``ImageFolder(train)`` learnt); ``val/`` may hold only some of them.
 """
 
 from __future__ import annotations
@@ -18,28 +20,31 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
+from hqbench.data.base import BenchmarkDataModule, check_sizes, positive_int, seeded_draw
 from hqbench.data.images import read_image
-from hqbench.data.transforms import build_transform
+from hqbench.data.transforms import build_transform, channel_mode
 from hqbench.models.card import ModelCard
 
 MAPPING_FILE = "LOC_synset_mapping.txt"
-_IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+# torchvision's ImageFolder extensions, so a folder it reads is read here alike.
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp"}
 
 
 class ImageListDataset(Dataset):
     """``(image, label)`` pairs from an explicit file list rather than a folder walk."""
 
-    def __init__(self, samples: list[tuple[Path, int]], transform):
+    def __init__(self, samples: list[tuple[Path, int]], transform, mode: str = "RGB"):
         self.samples = samples
         self.transform = transform
+        self.mode = mode
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[i]
-        return self.transform(read_image(path)), label  # a damaged file is named, not just "truncated"
+        # Converted while the file is known, so a damaged or unconvertible file is named.
+        return self.transform(read_image(path, self.mode)), label
 
 
 def read_synset_mapping(path: Path) -> list[str]:
@@ -64,7 +69,7 @@ class ImageNetDataModule(BenchmarkDataModule):
     """Evaluation batches from ``val/`` and calibration batches from ``train/``.
 
     Args:
-        root: folder holding ``LOC_synset_mapping.txt``, ``val/`` and ``train/``.
+        root: folder holding ``val/``, ``train/`` and (ImageNet) ``LOC_synset_mapping.txt``.
         card: the model's ModelCard (preprocessing); may be given later with :meth:`set_card`,
             because the model is usually created after the datamodule.
         batch_size: images per batch for every loader.
@@ -72,6 +77,8 @@ class ImageNetDataModule(BenchmarkDataModule):
         eval_limit: use only the first ``eval_limit`` val images (sorted by path); ``None`` = all.
         calib_size: calibration images drawn from ``train/``.
         seed: seed of the ``torch.Generator`` that draws the calibration images.
+        num_classes: outputs the model must have (``data.num_classes``); ``None``: as many as the
+            mapping file or ``train/``'s folders name. Never fewer than they name.
 
     The chosen files are exposed as :attr:`eval_files` and :attr:`calibration_files` (in the order
     they are fed) so a result can record exactly what it saw.
@@ -86,9 +93,11 @@ class ImageNetDataModule(BenchmarkDataModule):
         eval_limit: int | None = None,
         calib_size: int = 256,
         seed: int = 0,
+        num_classes: int | None = None,
     ):
         super().__init__()
         check_sizes(eval_limit, calib_size, batch_size, num_workers)
+        self._num_classes = None if num_classes is None else positive_int("num_classes", num_classes)
         self.root = Path(root).expanduser()
         self.card = card
         self.batch_size = batch_size
@@ -102,12 +111,37 @@ class ImageNetDataModule(BenchmarkDataModule):
 
     @property
     def classes(self) -> list[str]:
-        """Wnids in class-index order, from ``LOC_synset_mapping.txt``."""
+        """Class names in index order: ``LOC_synset_mapping.txt``'s wnids, else ``train/``'s folders, sorted."""
         if self._classes is None:
             if not self.root.is_dir():
                 raise FileNotFoundError(f"ImageNet root {self.root} does not exist")
-            self._classes = read_synset_mapping(self.root / MAPPING_FILE)
+            mapping = self.root / MAPPING_FILE
+            self._classes = read_synset_mapping(mapping) if mapping.is_file() else self._folder_classes()
+            if self._num_classes is not None and self._num_classes < len(self._classes):
+                raise ValueError(f"data.num_classes={self._num_classes} but {self.class_source} names "
+                                 f"{len(self._classes)} classes")
         return self._classes
+
+    @property
+    def num_classes(self) -> int:
+        """Outputs the model must have: ``data.num_classes``, else the number of :attr:`classes`."""
+        return self._num_classes if self._num_classes is not None else len(self.classes)
+
+    @property
+    def class_source(self) -> str:
+        """Where :attr:`classes` come from, for messages."""
+        mapping = self.root / MAPPING_FILE
+        return str(mapping) if mapping.is_file() else f"the class folders of {self.root / 'train'}"
+
+    def _folder_classes(self) -> list[str]:
+        train = self.root / "train"
+        if not train.is_dir():
+            raise FileNotFoundError(f"ImageNet split folder {train} does not exist (and there is no {MAPPING_FILE}: "
+                                    "class names come from train/'s folders)")
+        names = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not names:
+            raise ValueError(f"{train} holds no class folders; expected root/{{train,val}}/<class>/*.jpg")
+        return names
 
     @property
     def eval_files(self) -> list[Path]:
@@ -153,16 +187,16 @@ class ImageNetDataModule(BenchmarkDataModule):
                          if d.is_dir() and not d.name.startswith("."))
         for folder in folders:
             if folder.name not in index:
-                raise ValueError(
-                    f"class folder {folder} is not a wnid listed in {self.root / MAPPING_FILE}"
-                )
+                where = (f"a wnid listed in {self.root / MAPPING_FILE}" if (self.root / MAPPING_FILE).is_file()
+                         else f"a class folder of {self.root / 'train'} (where class names come from)")
+                raise ValueError(f"class folder {folder} is not {where}")
             label = index[folder.name]
             samples += [(p, label) for p in sorted(folder.iterdir())
                         if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()]
         if not samples:
             raise ValueError(
-                f"no images (*.JPEG, *.jpg, *.png) under {split_dir}/<wnid>/; expected the "
-                "ImageFolder layout root/{train,val}/<wnid>/*.JPEG"
+                f"no images (*.JPEG, *.jpg, *.png, ...) under {split_dir}/<class>/; expected the "
+                "ImageFolder layout root/{train,val}/<class>/*.JPEG"
             )
         return samples
 
@@ -172,11 +206,10 @@ class ImageNetDataModule(BenchmarkDataModule):
                 "ImageNetDataModule has no ModelCard; call set_card(card) with the card returned "
                 "by hqbench.models.create_model before asking for a dataloader"
             )
-        if self.card.num_classes != len(self.classes):
-            raise ValueError(
-                f"model {self.card.name!r} has {self.card.num_classes} classes but "
-                f"{self.root / MAPPING_FILE} lists {len(self.classes)}"
-            )
-        dataset = ImageListDataset(samples, build_transform(self.card))
+        if self.card.num_classes != self.num_classes:
+            data = (f"data.num_classes is {self._num_classes}" if self._num_classes is not None
+                    else f"{self.class_source} lists {self.num_classes}")
+            raise ValueError(f"model {self.card.name!r} has {self.card.num_classes} classes but {data}")
+        dataset = ImageListDataset(samples, build_transform(self.card), channel_mode(self.card))
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
                           num_workers=self.num_workers)

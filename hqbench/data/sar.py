@@ -6,6 +6,9 @@ Layout (HRSID's, and the shared SSDD copy's)::
     root/annotations/train2017.json     COCO: images, annotations (bbox), categories
     root/annotations/test2017.json
 
+or any COCO file pair (``train=``, ``test=``, ``images=``), or ultralytics' ``data.yaml`` layout
+(:mod:`hqbench.data.yolo_layout`), which give the same samples.
+
 Images are letterboxed (aspect ratio kept, grey 114 padding, centred) to ``imgsz`` x ``imgsz`` and
 scaled to [0, 1]. Targets are torchmetrics detection dicts: ``boxes`` (xyxy, letterboxed pixels),
 ``labels`` (categories renumbered 0.. in id order), ``iscrowd``. Nothing is written under ``root``.
@@ -13,8 +16,6 @@ scaled to [0, 1]. Targets are torchmetrics detection dicts: ``boxes`` (xyxy, let
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +24,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from hqbench.data.base import BenchmarkDataModule, check_sizes, seeded_draw
-from hqbench.data.coco import check_coco
-from hqbench.data.images import image_size, read_image
+from hqbench.data.coco import Sample, image_dir_of, read_coco_file
+from hqbench.data.images import convert_image, image_size, read_image
+from hqbench.data.yolo_layout import read_yolo_split
 from hqbench.models.card import ModelCard
 
 SPLITS = {"train": "train2017", "test": "test2017"}
 PAD_VALUE = 114  # ultralytics' letterbox grey
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One image with its COCO boxes (xywh, original pixels) and renumbered labels."""
-
-    path: Path
-    image_id: int
-    boxes: tuple[tuple[float, float, float, float], ...]
-    labels: tuple[int, ...]
-    iscrowd: tuple[int, ...]
 
 
 def letterbox(image: Image.Image, size: int) -> tuple[torch.Tensor, float, tuple[int, int]]:
@@ -54,7 +45,7 @@ def letterbox(image: Image.Image, size: int) -> tuple[torch.Tensor, float, tuple
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     canvas = Image.new("RGB", (size, size), (PAD_VALUE,) * 3)
     pad = ((size - nw) // 2, (size - nh) // 2)
-    canvas.paste(image.convert("RGB").resize((nw, nh), Image.BILINEAR), pad)
+    canvas.paste(convert_image(image, "RGB").resize((nw, nh), Image.BILINEAR), pad)
     tensor = torch.from_numpy(np.array(canvas, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
     return tensor, scale, pad
 
@@ -70,7 +61,7 @@ class SARShipDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         s = self.samples[i]
-        image, scale, (px, py) = letterbox(read_image(s.path), self.imgsz)  # read_image names a bad file
+        image, scale, (px, py) = letterbox(read_image(s.path, "RGB"), self.imgsz)  # read_image names a bad file
         xywh = torch.tensor(s.boxes, dtype=torch.float32).reshape(-1, 4)
         boxes = torch.cat((xywh[:, :2], xywh[:, :2] + xywh[:, 2:]), 1) * scale + torch.tensor([px, py, px, py])
         return image, {"boxes": boxes, "labels": torch.tensor(s.labels, dtype=torch.long),
@@ -84,39 +75,21 @@ def collate(batch: list) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
 
 
 def read_coco_split(root: Path, split: str) -> tuple[list[Sample], list[str]]:
-    """Samples (sorted by file name) and class names of ``root/annotations/<split>.json``.
+    """Samples (sorted by file name) and class names of ``root/annotations/<split>.json`` (HRSID's layout).
 
     Raises:
         FileNotFoundError: the annotation file or the image folder is missing.
-        ValueError: any bad entry (see :func:`hqbench.data.coco.check_coco`), named with the file,
-            its index, id and value; a missing image raises ``MissingImageError``, both kinds.
+        ValueError: see :func:`hqbench.data.coco.read_coco_file`.
     """
     ann_path = root / "annotations" / f"{split}.json"
     if not ann_path.is_file():
         raise FileNotFoundError(f"SAR annotation file {ann_path} does not exist; expected the HRSID layout "
-                                "root/JPEGImages/*.jpg + root/annotations/{train2017,test2017}.json")
-    try:
-        coco = json.loads(ann_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"SAR annotation file {ann_path} is not valid JSON: {err}") from err
+                                "root/JPEGImages/*.jpg + root/annotations/{train2017,test2017}.json "
+                                "(or data.train=PATH.json data.test=PATH.json, or data.root=PATH/data.yaml)")
     image_dir = root / "JPEGImages"
     if not image_dir.is_dir():
         raise FileNotFoundError(f"SAR image folder {image_dir} does not exist; expected root/JPEGImages/*.jpg")
-    check_coco(coco, ann_path, image_dir)  # every entry, before any is used
-    categories = sorted(coco["categories"], key=lambda c: c["id"])
-    label_of = {c["id"]: i for i, c in enumerate(categories)}
-    images = {im["id"]: im for im in coco["images"]}
-    per_image: dict[int, list[dict]] = {i: [] for i in images}
-    for a in coco["annotations"]:
-        per_image[a["image_id"]].append(a)
-    samples = []
-    for image_id, im in images.items():
-        path = image_dir / im["file_name"]
-        anns = per_image[image_id]
-        samples.append(Sample(path, image_id, tuple(tuple(map(float, a["bbox"])) for a in anns),
-                              tuple(label_of[a["category_id"]] for a in anns),
-                              tuple(int(a.get("iscrowd", 0)) for a in anns)))
-    return sorted(samples, key=lambda s: s.path.name), [c["name"] for c in categories]
+    return read_coco_file(ann_path, image_dir)
 
 
 def write_yolo_dataset(root: str | Path, out_dir: str | Path) -> Path:
@@ -128,6 +101,9 @@ def write_yolo_dataset(root: str | Path, out_dir: str | Path) -> Path:
     cx cy w h, normalised) and ``data.yaml``. Crowd boxes are left out.
     """
     root, out_dir = Path(root).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    if root.is_file():  # a data.yaml: the other layouts are read for `hqbench test`, not converted for training
+        raise ValueError(f"data.root={root}: hqbench train converts HRSID's layout (a folder) only; "
+                         "train on a data.yaml with ultralytics itself")
     if out_dir == root or root in out_dir.parents:
         raise ValueError(f"out_dir {out_dir} lies inside the data root {root}; hqbench never writes there")
     names: list[str] = []
@@ -152,10 +128,13 @@ def write_yolo_dataset(root: str | Path, out_dir: str | Path) -> Path:
 class SARShipDataModule(BenchmarkDataModule):
     """Test batches from ``test2017`` and seeded calibration batches from ``train2017``.
 
-    Batches are ``(images (N, 3, imgsz, imgsz), [target dict, ...])``; see :func:`collate`.
+    Batches are ``(images (N, 3, imgsz, imgsz), [target dict, ...])``; see :func:`collate`. The data
+    is one of three layouts: HRSID's (``root`` a folder), any COCO file pair (``train`` and ``test``),
+    or ultralytics' (``root`` a ``data.yaml``, see :mod:`hqbench.data.yolo_layout`).
 
     Args:
-        root: folder holding ``JPEGImages/`` and ``annotations/``.
+        root: folder holding ``JPEGImages/`` and ``annotations/``; or an ultralytics ``data.yaml``;
+            ignored when ``train`` and ``test`` are given.
         card: a ModelCard whose ``input_size`` sets ``imgsz`` (or call :meth:`set_card` later).
         imgsz: letterboxed square side when no card is given.
         batch_size: images per batch.
@@ -163,18 +142,40 @@ class SARShipDataModule(BenchmarkDataModule):
         eval_limit: use only the first ``eval_limit`` test images (by file name); ``None`` = all.
         calib_size: calibration images drawn from ``train2017``.
         seed: seed of the ``torch.Generator`` that draws the calibration images.
+        train, test: a COCO annotation file each (calibration and evaluation), instead of ``root``'s.
+        images: the folder their ``file_name`` entries are relative to; ``None``: see
+            :func:`hqbench.data.coco.image_dir_of` (HRSID's ``JPEGImages/``, else the json's folder).
     """
 
-    def __init__(self, root: str | Path, card: ModelCard | None = None, imgsz: int = 512, batch_size: int = 16,
-                 num_workers: int = 0, eval_limit: int | None = None, calib_size: int = 64, seed: int = 0):
+    def __init__(self, root: str | Path | None, card: ModelCard | None = None, imgsz: int = 512,
+                 batch_size: int = 16, num_workers: int = 0, eval_limit: int | None = None, calib_size: int = 64,
+                 seed: int = 0, train: str | Path | None = None, test: str | Path | None = None,
+                 images: str | Path | None = None):
         super().__init__()
         check_sizes(eval_limit, calib_size, batch_size, num_workers)
-        self.root = Path(root).expanduser()
+        if (train is None) != (test is None):
+            raise ValueError(f"data.train and data.test name a COCO file pair; give both (got data.train={train}, "
+                             f"data.test={test})")
+        if images is not None and train is None:
+            raise ValueError(f"data.images={images} applies to data.train/data.test COCO files only")
+        if train is not None and root is not None and Path(root).expanduser() != Path(train).expanduser():
+            # the data YAML's root defaults to data.train; another root alongside the pair would be ignored
+            raise ValueError(f"data.root={root} and data.train/data.test are alternatives; give one of them")
+        if root is None and train is None:
+            raise FileNotFoundError("no SAR data: pass data.root=PATH (HRSID folder or data.yaml) "
+                                    "or data.train=PATH.json data.test=PATH.json")
+        self.files = {"train": Path(train).expanduser(), "test": Path(test).expanduser()} if train else None
+        self.images = images
+        self.root = self.files["test"].parent if self.files else Path(root).expanduser()
+        self.data_yaml = self.root if self.files is None and self.root.suffix in (".yaml", ".yml") else None
+        if self.files or self.data_yaml:  # what a result row names as its data
+            self.source = str(self.files["test"] if self.files else self.data_yaml)
         self.imgsz = card.input_size if card is not None else imgsz
         self.batch_size, self.num_workers = batch_size, num_workers
         self.eval_limit, self.calib_size, self.seed = eval_limit, calib_size, seed
         self.classes: list[str] = []
         self._splits: dict[str, list[Sample]] = {}
+        self._where: dict[str, str] = {}
         self._calib: list[Sample] | None = None
 
     def set_card(self, card: ModelCard) -> None:
@@ -183,13 +184,26 @@ class SARShipDataModule(BenchmarkDataModule):
 
     def _split(self, name: str) -> list[Sample]:
         if name not in self._splits:
-            if not self.root.is_dir():
-                raise FileNotFoundError(f"SAR data root {self.root} does not exist")
-            self._splits[name], classes = read_coco_split(self.root, SPLITS[name])
+            self._splits[name], classes = self._read(name)
             if self.classes and classes != self.classes:
                 raise ValueError(f"{self.root}: categories differ between splits: {self.classes} vs {classes}")
             self.classes = classes
         return self._splits[name]
+
+    def _read(self, name: str) -> tuple[list[Sample], list[str]]:
+        """``name``'s samples and class names from whichever layout was given; records where they came from."""
+        if self.files:
+            path = self.files[name]
+            self._where[name] = str(path)
+            return read_coco_file(path, image_dir_of(path, self.images))
+        if self.data_yaml:
+            samples, classes, key = read_yolo_split(self.data_yaml, name)
+            self._where[name] = f"{self.data_yaml} ({key}:)"
+            return samples, classes
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"SAR data root {self.root} does not exist")
+        self._where[name] = f"{self.root / 'annotations' / SPLITS[name]}.json"
+        return read_coco_split(self.root, SPLITS[name])
 
     @property
     def eval_files(self) -> list[Path]:
@@ -216,16 +230,16 @@ class SARShipDataModule(BenchmarkDataModule):
         if not any(not crowd for s in samples for crowd in s.iscrowd):
             # torchmetrics would report mAP -1 (printed as -100.00): an empty benchmark, not a score.
             cut = f"the first {len(samples)} (data.eval_limit={self.eval_limit}) of " if self.eval_limit else ""
-            raise ValueError(f"{cut}the {len(samples)} test images of {self.root / 'annotations'}/{SPLITS['test']}"
-                             ".json hold no (non-crowd) boxes, so mAP50 is undefined; the test split needs annotations")
+            raise ValueError(f"{cut}the {len(samples)} test images of {self._where['test']} hold no (non-crowd) boxes, "
+                             "so mAP50 is undefined; the test split needs annotations")
         return samples
 
     def _calib_samples(self) -> list[Sample]:
         if self._calib is None:
             pool = self._split("train")
             if self.calib_size > len(pool):
-                raise ValueError(f"calib_size={self.calib_size} but {self.root / 'annotations'}/"
-                                 f"{SPLITS['train']}.json lists only {len(pool)} images")
+                raise ValueError(f"calib_size={self.calib_size} but {self._where['train']} lists only "
+                                 f"{len(pool)} images")
             self._calib = [pool[i] for i in seeded_draw(len(pool), self.calib_size, self.seed)]
         return self._calib
 

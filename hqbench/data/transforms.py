@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from torchvision import transforms as T
 
+from hqbench.data.images import convert_image
 from hqbench.models.card import ModelCard
 
 _INTERPOLATIONS = {
@@ -45,11 +48,11 @@ def build_transform(card: ModelCard) -> T.Compose:
             f"ModelCard {card.name!r}: mean {card.mean} and std {card.std} need "
             f"{card.channels} values (channels={card.channels})"
         )
-    # Decoding to a fixed mode first means greyscale JPEGs (ImageNet has some) and CMYK files all
-    # reach the network with the channel count the card promises.
-    mode = T.Grayscale(num_output_channels=1) if card.channels == 1 else T.Lambda(_to_rgb)
+    # Converting to a fixed mode first means greyscale JPEGs (ImageNet has some), CMYK, 16-bit and
+    # transparent files all reach the network with the channel count the card promises. A partial of a
+    # module-level function (not a lambda) pickles into DataLoader worker processes.
     return T.Compose([
-        mode,
+        T.Lambda(partial(convert_image, mode=channel_mode(card))),
         T.Resize(card.resize, interpolation=_INTERPOLATIONS[card.interpolation]),
         T.CenterCrop(card.input_size),
         T.ToTensor(),
@@ -57,6 +60,6 @@ def build_transform(card: ModelCard) -> T.Compose:
     ])
 
 
-def _to_rgb(img):
-    # A named function (not a lambda) so the transform pickles into DataLoader worker processes.
-    return img.convert("RGB")
+def channel_mode(card: ModelCard) -> str:
+    """The PIL mode images are converted to for ``card``: "L" for greyscale models, else "RGB"."""
+    return "L" if card.channels == 1 else "RGB"

@@ -82,15 +82,34 @@ class ClassificationTask(BenchmarkTask):
         """Logits ``(N, num_classes)``."""
         return self.model(x)
 
+    def _check_outputs(self, logits: torch.Tensor) -> None:
+        """The model's outputs per image must be the data's classes (the datamodule's ``num_classes``
+        when it has one, else the card's): a mismatch would fail deep inside torchmetrics, or score
+        labels against the wrong logits.
+
+        Raises:
+            ValueError: one line naming the model and both numbers.
+        """
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        expected = getattr(dm, "num_classes", None) or self.card.num_classes
+        if logits.ndim != 2 or logits.shape[1] != expected:
+            got = logits.shape[1] if logits.ndim == 2 else f"a {tuple(logits.shape)} tensor"
+            where = f"the data ({dm.class_source})" if hasattr(dm, "class_source") else "the data"
+            raise ValueError(f"model {self.card.name!r} outputs {got} classes per image but {where} has {expected}")
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         images, labels = batch
-        loss = F.cross_entropy(self(images), labels)
+        logits = self(images)
+        self._check_outputs(logits)
+        loss = F.cross_entropy(logits, labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
     def _evaluate(self, batch, metrics: MetricCollection) -> None:
         images, labels = batch
-        metrics.update(self(images), labels)
+        logits = self(images)
+        self._check_outputs(logits)
+        metrics.update(logits, labels)
         # Logging the collection lets Lightning call compute()/reset() at epoch end, across ranks.
         self.log_dict(metrics, on_step=False, on_epoch=True)
 
@@ -104,6 +123,7 @@ class ClassificationTask(BenchmarkTask):
     def test_step(self, batch, batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
+        self._check_outputs(logits)
         real = ~self._share.padding(self._trainer, len(labels)).to(labels.device)  # DDP's repeated samples out
         self.test_metrics.update(logits[real], labels[real])
         self.log_dict(self.test_metrics, on_step=False, on_epoch=True)
