@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 
@@ -25,18 +26,27 @@ A model picks its data unless data= is given. No data.root, HQBENCH_DATA, model=
 each; method= and bits= lists run inside one). --cfg job prints the composed config;
 task=NAME --help prints the task's keys. Configs live in tasks/ (a wheel: hqbench/configs/;
 HQBENCH_TASKS=DIR for another folder). hqbench --version prints the version."""
+LIST_HINT = "\nhqbench --list prints this with the registered model sources, methods and engines filled in."
 
 
-def usage() -> str:
-    """The usage text, with tasks, models, methods, engines and data read from their registries."""
+def usage(registries: bool = True) -> str:
+    """The usage text: tasks and data from the config folder; models, sources, methods and engines from
+    their registries (``hqbench --list``). ``registries=False`` (``--help``) takes the models from the
+    config folder and names the rest: the registries import torch and every calibrator, seconds of CPU
+    and most of a GB for a usage text."""
     from .config import TASKS_DIR, list_tasks
+
+    lists = dict(tasks="|".join(list_tasks()), data="|".join(sorted(p.stem for p in (TASKS_DIR / "data").glob("*.yaml"))))
+    if not registries:
+        models = sorted(p.stem for p in (TASKS_DIR / "model").glob("*.yaml") if p.stem != "source")
+        return USAGE.format(**lists, models="|".join(models), sources="PREFIX:SPEC", engines="ENGINE",
+                            methods="fp32,pytorch,CALIBRATOR[:VALUE],PEER,...") + LIST_HINT
     from .methods import list_methods
     from .models import list_models, list_sources
     from .quant.engines import list_engines
 
-    return USAGE.format(tasks="|".join(list_tasks()), models="|".join(list_models()),
-                        sources=" ".join(s + "PATH" for s in list_sources()), methods=",".join(list_methods()),
-                        engines="|".join(e.name for e in list_engines()), data="|".join(sorted(p.stem for p in (TASKS_DIR / "data").glob("*.yaml"))))
+    return USAGE.format(**lists, models="|".join(list_models()), sources=" ".join(s + "PATH" for s in list_sources()),
+                        methods=",".join(list_methods()), engines="|".join(e.name for e in list_engines()))
 
 
 # Optional dependencies by top-level module: which pyproject extra installs each.
@@ -83,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if argv and argv[0] == "report":
         return _report(argv[1:], console)
-    if not argv or argv[0] not in ("test", "train"):
+    if argv and argv[0] == "--list":
         console.print(usage(), markup=False, soft_wrap=True)
+        return 0
+    if not argv or argv[0] not in ("test", "train"):
+        console.print(usage(registries=False), markup=False, soft_wrap=True)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     task = next((a.split("=", 1)[1] for a in rest if a.startswith("task=")), "classification")
@@ -101,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = _dispatch(command, task, overrides, console, line, show_config, multirun)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
-        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
-        return 1
+        return _error(console, error_line(err))
     except ModuleNotFoundError as err:
         if missing_extra(err) is None:
             raise
-        console.print(f"[red]error:[/] {escape(missing_extra(err))}", highlight=False, soft_wrap=True)
-        return 1
+        return _error(console, missing_extra(err))
+    except ImportError as err:
+        if not _plugin_error(err):
+            raise
+        return _error(console, str(err))
     from .runner import rank
 
     if rows and rank() == 0:  # under DDP every rank runs this command; rank 0 alone prints
@@ -117,11 +132,35 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _error(console: Console, text: str) -> int:
+    console.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    return 1
+
+
+def error_line(err: BaseException) -> str:
+    """What follows ``error:``. torch re-raises a DataLoader worker's exception with the worker's whole
+    traceback as its message ("Caught ValueError in DataLoader worker process 0. Original Traceback
+    ..."); of that, only the original exception's last line, without its type, is the error."""
+    text = str(err)
+    if "in DataLoader worker process" in text and "Original Traceback" in text:
+        last = text.rstrip().splitlines()[-1]
+        match = re.fullmatch(r"[\w.]+: (.*)", last)
+        text = match.group(1) if match else last
+    return text
+
+
+def _plugin_error(err: ImportError) -> bool:
+    """A method named a calibrator plugin that failed to load (the registry says why, in one line)."""
+    registry = sys.modules.get("hqbench.quant.calibrators.registry")  # loaded, if it raised this
+    return registry is not None and isinstance(err, registry.PluginError)
+
+
 def _dispatch(command: str, task: str, overrides: list[str], console: Console, line: str, show_config: bool,
               multirun: bool) -> list:
     """A sweep through Hydra's multirun (-m), a config printed (--cfg job), a training, or one run; its rows."""
     from .config import compose
     from .multirun import run_multirun, sweep
+    from .reporting.files import check_out
     from .runner import run, train
 
     demo = demo_overrides(task, overrides) if command == "test" else []
@@ -139,12 +178,29 @@ def _dispatch(command: str, task: str, overrides: list[str], console: Console, l
     if multirun:
         if command == "train":
             raise ValueError("hqbench train runs one training; -m sweeps are for hqbench test")
+        _check_sweep(task, overrides)
         return run_multirun(task, overrides, console, line)
     cfg = compose(task, overrides)
     if command == "train":
         train(cfg, console, command=line)
         return []
+    if cfg.get("out"):
+        check_out(cfg.out)  # now, not after the first row is computed
     return run(cfg, console, command=line)
+
+
+def _check_sweep(task: str, overrides: list[str]) -> None:
+    """Before any job starts: every job's ``out=`` (one with ``${hydra:...}`` exists only inside its job)
+    and the ``_target_`` entries of the ``hydra`` node (launcher, sweeper, callbacks) Hydra instantiates."""
+    from .config import check_hydra_targets
+    from .multirun import hydra_overrides, sweep
+    from .reporting.files import check_out
+
+    jobs = sweep(overrides)
+    for out in dict.fromkeys(o.partition("=")[2] for job in jobs for o in job if o.partition("=")[0].lstrip("+") == "out"):
+        if out and "${" not in out and out != "null":
+            check_out(out)
+    check_hydra_targets(task, hydra_overrides(jobs[0]))
 
 
 def _report(args: list[str], console: Console) -> int:
@@ -170,7 +226,7 @@ def _report(args: list[str], console: Console) -> int:
 def _help(task: str, console: Console) -> int:
     """``--help``: the usage, then the task's config file and the shared groups it composes, with their
     comments (every key can be overridden)."""
-    console.print(usage(), markup=False, soft_wrap=True)
+    console.print(usage(registries=False), markup=False, soft_wrap=True)
     from .config import SHARED_GROUPS, TASKS_DIR, list_tasks
 
     if task not in list_tasks():

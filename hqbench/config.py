@@ -4,10 +4,17 @@ hqbench owns argv, cwd and outputs: no ``@hydra.main``. The YAML configs are the
 ``tasks/`` folder (classification.yaml, detection.yaml, paper.yaml and the ``model/``, ``data/``,
 ``quant/``, ``run/`` and ``trainer/`` groups), which a wheel ships as ``hqbench.configs``
 (:func:`hqbench.paths.configs_dir`); ``HQBENCH_TASKS`` points at another folder of the same layout.
+
+A ``_target_`` makes Hydra import and call what it names, so a config folder from elsewhere could
+run any code through one. hqbench's own folder is trusted as its code is; with ``HQBENCH_TASKS``,
+every ``_target_`` of a composed config must name an object of the packages hqbench runs anyway
+(:data:`TRUSTED_TARGETS`), checked before anything is instantiated. ``HQBENCH_TRUST_TARGETS=1``
+lifts that for a folder the user trusts: an environment variable, so no config can lift it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 
 from omegaconf import DictConfig
@@ -38,6 +45,80 @@ def quote_list(override: str) -> str:
     """``method=A,B`` -> ``method=[A,B]``: a comma list is a value here, not a Hydra sweep."""
     m = re.fullmatch(r"([\w.]+)=([^\[\]{}'\"]*,[^\[\]{}'\"]*)", override)
     return f"{m.group(1)}=[{m.group(2)}]" if m else override
+
+
+# Packages a ``_target_`` may name (hqbench's tasks and data, Lightning's loggers and callbacks,
+# torch and torchmetrics objects, Hydra's launcher plugins); in the ``hydra`` node a sweep
+# instantiates, Hydra's own core plugins (its basic launcher and sweeper) too.
+TRUSTED_TARGETS = ("hqbench.", "lightning.", "lightning.pytorch.", "torch.", "torchmetrics.", "hydra_plugins.")
+_HYDRA_TARGETS = TRUSTED_TARGETS + ("hydra._internal.core_plugins.",)
+TRUST_ENV = "HQBENCH_TRUST_TARGETS"
+
+
+def _targets(node, path: str = ""):
+    """``(key path, value)`` of every ``_target_`` in a plain container, lists included."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if key == "_target_":
+            yield where, value
+        else:
+            yield from _targets(value, where)
+
+
+def _origin(target: str) -> str:
+    """The module the object named by ``target`` lives in: ``torch.os.system`` is posix's, not torch's."""
+    from hydra.utils import get_object
+
+    obj = get_object(target)  # imports only the modules the name spells, under a trusted prefix
+    return obj.__name__ if isinstance(obj, type(os)) else getattr(obj, "__module__", None) or type(obj).__module__
+
+
+def _trust_all() -> bool:
+    """hqbench's own config folder (no ``HQBENCH_TASKS``) or ``HQBENCH_TRUST_TARGETS=1``: no check."""
+    return not os.environ.get("HQBENCH_TASKS", "").strip() or os.environ.get(TRUST_ENV, "").strip() == "1"
+
+
+def check_targets(cfg: DictConfig, prefixes: tuple[str, ...] = TRUSTED_TARGETS) -> None:
+    """Refuse a ``_target_`` anywhere in ``cfg`` outside ``prefixes`` (a folder from ``HQBENCH_TASKS``),
+    before anything instantiates it.
+
+    Raises:
+        ValueError: one line naming the key path, the target and the opt-out.
+    """
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if _trust_all():
+        return
+    try:
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # e.g. ${hydra:...} outside a job: an interpolated target stays raw, refused
+        plain = OmegaConf.to_container(cfg, resolve=False)
+    allowed = ", ".join(p.rstrip(".") for p in prefixes)
+    for where, target in _targets(plain):
+        origin = target if isinstance(target, str) and target.startswith(prefixes) else None
+        if origin is not None:
+            try:
+                origin = _origin(target)
+            except Exception as err:  # Hydra's import error, in one line
+                raise ValueError(f"{where}={target} cannot be imported ({str(err).strip().splitlines()[0]})") from None
+        if origin is None or not f"{origin}.".startswith(prefixes):
+            where_from = f" (it is {origin}'s)" if origin else ""
+            raise ValueError(f"{where}={target}{where_from} is outside the packages a config from HQBENCH_TASKS may name "
+                             f"({allowed}), and Hydra would import and call it; if you trust {TASKS_DIR}, "
+                             f"set {TRUST_ENV}=1")
+
+
+def check_hydra_targets(task: str, overrides: list[str]) -> None:
+    """:func:`check_targets` on the ``hydra`` node a ``-m`` sweep instantiates (launcher, sweeper, callbacks)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    if _trust_all():
+        return
+    with initialize_config_dir(config_dir=str(TASKS_DIR), version_base=None):
+        cfg = hydra_compose(config_name=task, overrides=overrides, return_hydra_config=True)
+    check_targets(DictConfig({"hydra": cfg.hydra}), _HYDRA_TARGETS)
 
 
 def list_tasks() -> list[str]:
@@ -132,6 +213,7 @@ def compose(task: str, overrides: list[str] = ()) -> DictConfig:
             raise ValueError(_unknown_key(task, overrides, unknown.group(1))) from None
         raise ValueError(f"bad override for task {task!r}: {err}") from err
     _check_types(task, overrides, cfg)
+    check_targets(cfg)  # before anything instantiates one
     if isinstance(cfg.get("method"), str):
         cfg.method = [cfg.method]
     return cfg

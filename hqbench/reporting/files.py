@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TextIO
 
 from hqbench.paths import atomic_write
+from hqbench.stopping import deferred
 from hqbench.reporting.results import FIELD_TYPES, ResultRow
 from hqbench.reporting.tables import markdown_table, notes_line
 
@@ -98,9 +99,10 @@ def write_all(
     if base.suffix in _SUFFIXES:
         base = base.with_suffix("")
     paths = {ext: base.with_name(f"{base.name}.{ext}") for ext in ("json", "csv", "md")}
-    write_results(rows, paths["json"])
-    atomic_write(paths["csv"], lambda f: _write_csv(f, rows), newline="")
-    atomic_write(paths["md"], lambda f: f.write(_markdown(rows, title)))
+    with deferred():  # the three files change together: a SIGTERM waits for the last
+        write_results(rows, paths["json"])
+        atomic_write(paths["csv"], lambda f: _write_csv(f, rows), newline="")
+        atomic_write(paths["md"], lambda f: f.write(_markdown(rows, title)))
     return paths
 
 
@@ -127,6 +129,43 @@ def read_results(path: str | os.PathLike[str]) -> list[ResultRow]:
             raise ValueError(f"{path}: row {i} is {type(item).__name__}, expected an object")
         rows.append(ResultRow.from_dict(item, source=f"{path} row {i}"))
     return rows
+
+
+def check_out(out_path: str | os.PathLike[str]) -> Path:
+    """Refuse an ``out=`` the runner could not merge rows into, before any row is computed.
+
+    The runner writes ``out`` (``.json``, with ``.csv`` and ``.md`` beside it) after each finished
+    row; a bad path found then costs that row. Missing parent folders are fine (they are created).
+    Nothing is written here.
+
+    Raises:
+        ValueError: one line naming ``out=``: a directory, another suffix, a parent that cannot be
+            created or written, or an existing file that is not a results file.
+    """
+    path = Path(out_path)
+    where = f"out={out_path}"
+    if path.is_dir():
+        raise ValueError(f"{where} is a directory; name a results file, e.g. out={path / 'results.json'}")
+    if path.suffix != ".json":
+        raise ValueError(f"{where}: a results file ends in .json (its .csv and .md are written beside it)")
+    folder = path.absolute().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"{where}: {existing} is a file, so the folder {folder} cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{where}: cannot write in {existing} (permission denied)")
+    if not path.exists():
+        return path
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ValueError(f"{where}: the existing file cannot be read and replaced (permission denied)")
+    try:
+        read_results(path)
+    except UnicodeDecodeError:
+        raise ValueError(f"{where} exists but is not a results file: not UTF-8 JSON; name a new file or move it away") from None
+    except (OSError, ValueError) as err:
+        why = str(err).removeprefix(f"{path}: ")
+        raise ValueError(f"{where} exists but is not a results file: {why}; name a new file or move it away") from None
+    return path
 
 
 @contextlib.contextmanager

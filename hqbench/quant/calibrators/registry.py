@@ -27,6 +27,20 @@ class CalibratorEntry:
 
 
 _REGISTRY: dict[str, CalibratorEntry] = {}
+# Entry points of the hqbench.calibrators group that failed to load: name -> why, in one line.
+_BROKEN: dict[str, str] = {}
+
+
+class PluginError(ImportError):
+    """A method names a calibrator plugin that failed to load; the message says which and why.
+
+    Not a ``ValueError``: callers that turn those into "unknown method" keep this reason instead.
+    """
+
+
+def record_broken_plugin(name: str, why: str) -> None:
+    """Remember that entry point ``name`` failed to load (``why``: one line), so asking for it says so."""
+    _BROKEN[name] = why
 
 
 def register_calibrator(name: str, factory: Callable[..., Calibrator], *, title: str, letter: str | None = None,
@@ -52,6 +66,8 @@ def _split(method: str) -> tuple[CalibratorEntry, str | None]:
         raise ValueError(f"calibration method must be a string, got {method!r}")
     key, _, value = method.partition(":")
     entry = _REGISTRY.get(key) or next((e for e in _REGISTRY.values() if e.letter == key), None)
+    if entry is None and key in _BROKEN:
+        raise PluginError(f"calibration method {key!r} is unavailable: {_BROKEN[key]}")
     if entry is None:
         raise ValueError(f"unknown calibration method {method!r}; valid: {', '.join(valid_methods())}")
     if value and entry.option is None:
