@@ -18,12 +18,16 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
-from hqbench.cli import missing_extra
+from hqbench.cli import error_line, missing_extra
 from hqbench.config import TASKS_DIR, compose
 from hqbench.quant.calibrators import list_calibrators
+from hqbench.quant.calibrators.registry import PluginError
 from hqbench.reporting import print_tables, read_results, write_all
+from hqbench.reporting.files import check_out
 from hqbench.runner import run
+from hqbench.stopping import Stopped, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +46,19 @@ def main(argv: list[str] | None = None) -> int:
     out = str(Path(out).with_suffix(".json"))
     overrides = [o for o in args.overrides if not o.startswith("out=")]
     console = Console()
+    try:
+        check_out(out)  # before any row is computed
+        with stop_on_signals():
+            return _run_rows(methods, out, overrides, argv, console)
+    except (ValueError, KeyError, NotImplementedError, PluginError) as err:  # a bad key or value: one line
+        console.print(f"[red]error:[/] {escape(error_line(err))}", highlight=False, soft_wrap=True)
+        return 1
+    except Stopped as stop:
+        console.print(f"stopped: {stop}; every finished row is in {out} (rerun to resume)", markup=False)
+        return stop.exit_code
+
+
+def _run_rows(methods: list[str], out: str, overrides: list[str], argv: list[str], console: Console) -> int:
     grid = OmegaConf.load(TASKS_DIR / "paper.yaml")
     configured = bool(os.environ.get("HQBENCH_DATA")) or any(o.startswith("data.root=") for o in overrides)
     entries = grid.real if configured else grid.embedded

@@ -56,7 +56,8 @@ EXTRAS = {"tflite": "tflite", "ultralytics": "detection", "faster_coco_eval": "d
 
 def demo_overrides(task: str, overrides: list[str]) -> list[str]:
     """``["model=<the task's demo_model>"]`` when the task config names a demo model, ``$HQBENCH_DATA``
-    is unset and no override names the model, the data or ``data.root``; otherwise ``[]``.
+    is unset and no override names the model, the data, ``data.root`` or a COCO file pair
+    (``data.train``/``data.test``); otherwise ``[]``.
 
     The demo needs no download: its model file picks data that ships in the package (the
     Fashion-MNIST subset) or is generated (SAR scenes).
@@ -70,7 +71,7 @@ def demo_overrides(task: str, overrides: list[str]) -> list[str]:
     if not demo or os.environ.get("HQBENCH_DATA", "").strip():
         return []
     keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
-    if any(k in ("model", "data", "data.root") or k.startswith("model.") for k in keys):
+    if any(k in ("model", "data", "data.root", "data.train", "data.test") or k.startswith("model.") for k in keys):
         return []
     return [f"model={demo}"]
 
@@ -111,8 +112,15 @@ def main(argv: list[str] | None = None) -> int:
         at = overrides.index("--cfg")
         overrides = overrides[:at] + overrides[at + 2 if at + 1 < len(overrides) and overrides[at + 1] == "job" else at + 1:]
     line = shlex.join(["hqbench", *argv])
+    from .stopping import Stopped, stop_on_signals
+
     try:
-        rows = _dispatch(command, task, overrides, console, line, show_config, multirun)
+        with stop_on_signals():  # a scheduler's SIGTERM (or Ctrl-C) stops the run within seconds
+            rows = _dispatch(command, task, overrides, console, line, show_config, multirun)
+    except Stopped as stop:
+        console.print(f"stopped: {stop}; every row finished before it is in its results file, nothing is "
+                      "half-written (rerun the command to resume)", markup=False, soft_wrap=True)
+        return stop.exit_code
     except (ValueError, FileNotFoundError, FileExistsError, KeyError, NotImplementedError, TimeoutError) as err:
         return _error(console, error_line(err))
     except ModuleNotFoundError as err:

@@ -52,7 +52,8 @@ def _trainer(cfg: DictConfig, callbacks: list, **overrides) -> L.Trainer:
     """An evaluation Trainer; every ``trainer.*`` key of the config is passed to ``L.Trainer``."""
     on_terminal = sys.stdout.isatty()
     kwargs = dict(logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=on_terminal)
-    kwargs.update(OmegaConf.to_container(cfg.trainer, resolve=True), **overrides)
+    # instantiate: a trainer.* entry with a _target_ (trainer.logger=CSVLogger, a profiler) becomes its object
+    kwargs.update(instantiate(cfg.trainer, _convert_="all"), **overrides)
     kwargs["callbacks"] = callbacks + ([RichProgressBar()] if kwargs["enable_progress_bar"] else [])
     try:
         return L.Trainer(**kwargs)

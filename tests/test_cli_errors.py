@@ -249,8 +249,6 @@ def test_a_sweeps_launcher_target_is_checked_too(foreign_tasks, no_run, capsys):
     config.check_hydra_targets("classification", ["hydra/launcher=joblib"])  # Hydra's plugins are trusted
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="runner._trainer passes trainer.* to lightning.Trainer "
-                   "as plain dicts; it must instantiate them: instantiate(cfg.trainer, _convert_='all')")
 def test_a_lightning_logger_from_the_command_line_runs(tmp_path, no_data):
     assert main(["test", *SMALL, "method=fp32", "+trainer.logger._target_=lightning.pytorch.loggers.CSVLogger",
                  f"+trainer.logger.save_dir={tmp_path}"]) == 0
