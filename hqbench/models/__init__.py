@@ -12,6 +12,6 @@ from hqbench.models._weights import state_digest
 from hqbench.models.card import ModelCard
 
 # Imported for their @register_model side effect.
-from hqbench.models import efficientnet_lite, fashion_mnist_zoo, imagenet_extra, sources, torchvision_zoo, yolo  # noqa: E402,F401  isort: skip
+from hqbench.models import efficientnet_lite, fashion_mnist_zoo, imagenet_extra, sources, torchvision_zoo, ultralytics_source, yolo  # noqa: E402,F401  isort: skip
 
 __all__ = ["ModelCard", "create_model", "list_models", "list_sources", "register_model", "register_source", "state_digest"]

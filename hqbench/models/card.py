@@ -23,6 +23,8 @@ class ModelCard:
         weights: where the weights were loaded from (a path or a description), for reports.
         interpolation: resize interpolation, ``"bilinear"`` or ``"bicubic"``.
         channels: 3 for RGB, 1 for greyscale inputs.
+        classes: class names in output order, where the weights' source names them (a detector's
+            yaml ``names:``); empty when it does not. A task checks them against the data's.
     """
 
     name: str
@@ -34,3 +36,4 @@ class ModelCard:
     weights: str | None = None
     interpolation: str = "bilinear"
     channels: int = 3
+    classes: tuple[str, ...] = ()

@@ -54,7 +54,8 @@ def head_scope(model: nn.Module) -> str:
     if isinstance(getattr(model, "head", None), nn.Module):
         return "head"
     layers = getattr(model, "model", None)
-    if isinstance(layers, nn.Sequential) and type(layers[-1]).__name__ == "Detect":
+    # Detect or a subclass of it (YOLOv10's v10Detect)
+    if isinstance(layers, nn.Sequential) and "Detect" in (c.__name__ for c in type(layers[-1]).__mro__):
         return f"model.{len(layers) - 1}"
     raise ValueError(f"cannot find the detection head of {type(model).__name__}: expected an ultralytics "
                      "DetectionModel (model.model[-1] is Detect) or a module with a .head")
@@ -100,6 +101,24 @@ class DetectionTask(BenchmarkTask):
         from hqbench.tasks.yolo_training import fit_detector  # ultralytics, only when training
 
         return fit_detector(cfg, console, command)
+
+    def setup(self, stage: str) -> None:
+        """Before any calibration: the model's classes must be the data's (a mismatch scores the wrong
+        outputs). Names are compared where the card has them, else the count.
+
+        Raises:
+            ValueError: one line naming the model and both class lists.
+        """
+        data = list(getattr(getattr(self._trainer, "datamodule", None), "classes", None) or [])
+        card = self.card
+        if not data or card is None:
+            return
+        if (list(card.classes) == data) if card.classes else (card.num_classes == len(data)):
+            return
+        mine = list(card.classes) or f"{card.num_classes} classes"
+        theirs = data if len(data) <= 8 else f"{len(data)} classes ({', '.join(data[:3])}, ...)"
+        raise ValueError(f"model {card.name!r} detects {mine} but the data's categories are {theirs}; "
+                         "pick detection data with the same classes (data=sar, data.root=...)")
 
     @property
     def float_scopes(self) -> tuple[str, ...]:
