@@ -29,13 +29,17 @@ SHARED_GROUPS = ("quant", "run", "trainer")
 
 
 def model_sources(overrides: list[str]) -> list[str]:
-    """``model=PREFIX:SPEC`` (``tflite:PATH``, ``torchvision:NAME``, ``timm:NAME``) -> the ``model/source``
-    option with ``model.name=PREFIX:SPEC``: a source prefix is not a config group."""
+    """``model=PREFIX:SPEC`` (``tflite:PATH``, ``torchvision:NAME``, ``timm:NAME``, ``ultralytics:YAML``)
+    -> the ``model/source_PREFIX`` option where the config folder has one (it picks the source's data:
+    a detector's), else ``model/source``, with ``model.name=PREFIX:SPEC``: a source prefix is not a
+    config group."""
     out = []
     for o in overrides:
         key, _, value = o.partition("=")
         if key == "model" and ":" in value:
-            out += ["model=source", f"model.name='{value}'"]
+            own = f"source_{value.split(':', 1)[0]}"
+            option = own if (TASKS_DIR / "model" / f"{own}.yaml").is_file() else "source"
+            out += [f"model={option}", f"model.name='{value}'"]
         else:
             out.append(o)
     return out

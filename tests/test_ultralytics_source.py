@@ -159,3 +159,12 @@ def test_class_names_are_checked_against_the_data(tmp_path, monkeypatch, capsys)
                  "data.num_test=2", "data.calib_size=1", "data.size=64", f"model=ultralytics:{boats}",
                  "model.weights=random", "method=fp32"]) == 1
     assert "model 'ultralytics:yolov8n.yaml' detects ['boat'] but the data's categories are ['ship']" in _error_line(capsys)
+
+
+def test_an_ultralytics_source_picks_detection_data_without_data_given():
+    """model=ultralytics:... needs no data=: its source option picks SAR detection data, while other
+    sources keep ImageNet."""
+    from hqbench.config import compose
+
+    assert compose("detection", ["model=ultralytics:yolov8n.yaml"]).data._target_.endswith("SARShipDataModule")
+    assert compose("classification", ["model=tflite:x.tflite"]).data._target_.endswith("ImageNetDataModule")
