@@ -188,13 +188,26 @@ def _dispatch(command: str, task: str, overrides: list[str], console: Console, l
             raise ValueError("hqbench train runs one training; -m sweeps are for hqbench test")
         _check_sweep(task, overrides)
         return run_multirun(task, overrides, console, line)
+    if command == "test" and not any(o.partition("=")[0].lstrip("+") == "out" for o in overrides):
+        overrides = [*overrides, f"out={default_out()}"]  # a long run never leaves only terminal output
     cfg = compose(task, overrides)
     if command == "train":
         train(cfg, console, command=line)
         return []
     if cfg.get("out"):
         check_out(cfg.out)  # now, not after the first row is computed
-    return run(cfg, console, command=line)
+    rows = run(cfg, console, command=line)
+    if cfg.get("out") and rows:
+        console.print(f"rows in {cfg.out} (with .csv and .md beside it)", markup=False, soft_wrap=True)
+    return rows
+
+
+def default_out() -> str:
+    """``outputs/<date>/<time>/results.json`` under the working folder, Hydra's run-folder convention;
+    ``out=PATH`` names another file, ``out=null`` writes none."""
+    from datetime import datetime
+
+    return f"outputs/{datetime.now():%Y-%m-%d/%H-%M-%S}/results.json"
 
 
 def _check_sweep(task: str, overrides: list[str]) -> None:

@@ -8,6 +8,13 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp(tmp_path, monkeypatch):
+    """Every test runs in its own folder: what a command writes by default (``outputs/``) lands there,
+    never in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def real_data() -> Path:
     """``$HQBENCH_DATA`` (imagenet/, sar-ships/, weights/), or skip saying why."""

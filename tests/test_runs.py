@@ -272,3 +272,15 @@ def test_another_weights_file_under_the_same_model_name_is_never_reused(tmp_path
     text = capsys.readouterr().out
     assert "predates weight digests" in text and "already in" not in text
     assert [r["weights_digest"] for r in _rows(out)] == ["", "", rows[2]["weights_digest"]]
+
+
+def test_hqbench_test_without_out_writes_its_rows_under_outputs(tmp_path, capsys):
+    """issue 32: a run without out= left only terminal output; now outputs/DATE/TIME/results.json
+    in the working folder (Hydra's convention), and out=null writes nothing."""
+    assert main(["test", *SMALL, "method=fp32"]) == 0
+    written = list(Path("outputs").glob("*/*/results.json"))
+    assert len(written) == 1 and [r["method"] for r in _rows(written[0])] == ["fp32"]
+    assert written[0].with_suffix(".csv").is_file() and str(written[0]) in capsys.readouterr().out
+    shutil.rmtree("outputs")
+    assert main(["test", *SMALL, "method=fp32", "out=null"]) == 0
+    assert not Path("outputs").exists()
