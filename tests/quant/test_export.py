@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -277,3 +278,39 @@ def test_tiny_nonzero_weight_channel_with_a_large_bias_exports_and_runs_as_integ
     with torch.no_grad():
         fake = qmodel(calib[1])
     assert (out - fake).abs().max() <= qmodel.quantizer("1").scale * 1.001
+
+
+def _ops_onnxruntime_runs(path, tmp_path) -> dict:
+    """Op counts of the graph onnxruntime runs after its optimiser (QDQ fusion included)."""
+    import collections
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / f"{path.stem}.optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return collections.Counter(n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node)
+
+
+def test_the_default_export_runs_every_conv_and_add_in_int8_on_onnxruntime(tmp_path):
+    """issue 29: the default file was the native container, in which onnxruntime left MobileNetV2's
+    projection convs and residual adds in float (uint8 in, int8 out never fuses). The default is now
+    the uint8 container: no float Conv or Add left after onnxruntime's optimiser."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=10).eval()
+    with torch.no_grad():  # trained-looking BN statistics (fresh ones fold to degenerate layers)
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2), m.running_mean.uniform_(-0.5, 0.5)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    calib = [torch.rand(2, 3, 32, 32) * 2 - 1 for _ in range(2)]
+    qmodel = quantize(net, calib, method="D")
+    default = _ops_onnxruntime_runs(Path(export_onnx(qmodel, tmp_path / "default.onnx", calib[0])["onnx"]), tmp_path)
+    native = _ops_onnxruntime_runs(Path(export_onnx(qmodel, tmp_path / "native.onnx", calib[0],
+                                                    container="native")["onnx"]), tmp_path)
+    assert default["QLinearConv"] == 52 and default["QLinearAdd"] >= 10  # every conv, the 10 residual adds
+    assert default["Conv"] + default["FusedConv"] + default["Add"] == 0
+    assert native["Conv"] >= 10 and native["Add"] >= 10  # what the native container costs
