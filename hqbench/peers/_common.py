@@ -1,10 +1,13 @@
-"""Helpers the peers share: a float ONNX export, a version string, and input checks."""
+"""Helpers the peers share: a float ONNX export, a version string, input checks, and timed log records."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import io
+import logging
+import time
 import warnings
 from pathlib import Path
 
@@ -14,6 +17,15 @@ from torch import nn
 from . import PeerUnsupported
 
 OPSET = 17
+
+
+@contextlib.contextmanager
+def timed(log: logging.Logger, what: str):
+    """Log ``what`` at INFO as it starts and, with its seconds, as it ends (a failure logs no end)."""
+    log.info("%s ...", what)
+    start = time.perf_counter()
+    yield
+    log.info("%s: done in %.1f s", what, time.perf_counter() - start)
 
 
 def version_of(*packages: str) -> str:

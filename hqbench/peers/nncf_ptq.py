@@ -22,7 +22,9 @@ import openvino as ov
 import torch
 
 from . import PeerResult
-from ._common import as_input_list, export_float_onnx, float_copy, only_8bit, version_of
+from ._common import as_input_list, export_float_onnx, float_copy, only_8bit, timed, version_of
+
+logger = logging.getLogger(__name__)
 
 
 def nncf_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_bits: int = 8) -> PeerResult:
@@ -30,7 +32,8 @@ def nncf_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_
     batches = as_input_list(calib_batches)
     net = float_copy(model)
     example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-    with tempfile.TemporaryDirectory(prefix="hqbench-nncf-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="hqbench-nncf-") as tmp, \
+            timed(logger, "NNCF: float ONNX export and ov.convert_model"):
         onnx_path = export_float_onnx(net, example.detach().cpu().float(), Path(tmp) / "float.onnx")
         ov_model = ov.convert_model(str(onnx_path))
     seen = {"batches": 0, "checksum": 0.0}
@@ -46,11 +49,12 @@ def nncf_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_
     level = nncf_log.level
     nncf_log.setLevel(logging.WARNING)
     try:
-        quantized = nncf.quantize(ov_model, nncf.Dataset(batches, transform), subset_size=len(batches))
+        with timed(logger, f"NNCF: nncf.quantize (calibration on {len(batches)} batches, {n_images} images)"):
+            quantized = nncf.quantize(ov_model, nncf.Dataset(batches, transform), subset_size=len(batches))
     finally:
         nncf_log.setLevel(level)
-    core = ov.Core()
-    compiled = core.compile_model(quantized, "CPU")
+    with timed(logger, "NNCF: compile_model for OpenVINO CPU"):
+        compiled = ov.Core().compile_model(quantized, "CPU")
     output = compiled.output(0)
 
     def forward(x: torch.Tensor) -> torch.Tensor:

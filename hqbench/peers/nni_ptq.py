@@ -35,7 +35,9 @@ import logging
 import torch
 
 from . import PeerResult, PeerUnsupported
-from ._common import as_input_list, float_copy, version_of
+from ._common import as_input_list, float_copy, timed, version_of
+
+logger = logging.getLogger(__name__)
 
 LAYER_TYPES = ["Conv2d", "Linear"]
 
@@ -77,7 +79,8 @@ def nni_ptq(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_b
     evaluator = TorchEvaluator(calibrate, optimizer, training_step)
     nni_log.setLevel(logging.ERROR)  # "Did not pass evaluation_func": on purpose, see the module docstring
     try:
-        quantized, _ = PtqQuantizer(net, config, evaluator).compress(None, 1)
+        with timed(logger, f"NNI: PtqQuantizer.compress (calibration on {len(batches)} batches, wrapping)"):
+            quantized, _ = PtqQuantizer(net, config, evaluator).compress(None, 1)
     finally:
         nni_log.setLevel(level)
     quantized.eval()

@@ -19,6 +19,7 @@ fuses the Q/DQ pairs into its int8 kernels.
 from __future__ import annotations
 
 import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -28,7 +29,9 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from . import PeerResult, PeerUnsupported
-from ._common import OPSET, as_input_list, export_float_onnx, float_copy, version_of
+from ._common import OPSET, as_input_list, export_float_onnx, float_copy, timed, version_of
+
+logger = logging.getLogger(__name__)
 
 WEIGHT_TYPES = {8: QuantType.QInt8, 4: QuantType.QInt4}
 ACT_TYPES = {8: QuantType.QUInt8}
@@ -93,17 +96,19 @@ def _quantize(method: str, model, calib_batches, example_inputs, *, weight_bits:
     example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
     tmp = tempfile.TemporaryDirectory(prefix="hqbench-ort-ptq-")
     folder = Path(tmp.name)
-    float_path = export_float_onnx(net, example.detach().cpu().float(), folder / "float.onnx")
+    with timed(logger, f"ORT {method}: float ONNX export (opset {OPSET})"):
+        float_path = export_float_onnx(net, example.detach().cpu().float(), folder / "float.onnx")
     pre_path, pre = folder / "pre.onnx", "quant_pre_process"
     try:
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         # ORT's symbolic shape inference writes sym_shape_infer_temp.onnx and a <uuid>.data into the
         # working folder (seen with the detector): run it inside our temporary folder
-        with contextlib.chdir(folder):
+        with contextlib.chdir(folder), timed(logger, f"ORT {method}: quant_pre_process"):
             quant_pre_process(str(float_path), str(pre_path))
     except Exception as err:  # ORT's pre-processing is advisory; quantize the plain export and say so
         pre_path, pre = float_path, f"quant_pre_process failed ({type(err).__name__}: {str(err)[:120]}); skipped"
+        logger.info("ORT %s: %s", method, pre)
     reader = BatchReader("input", batches)
     extra = {}
     if method == "entropy":
@@ -112,14 +117,17 @@ def _quantize(method: str, model, calib_batches, example_inputs, *, weight_bits:
         extra = {"CalibNumBins": 2048, "CalibPercentile": 99.999}
     out_path = folder / "int8.onnx"
     excluded = _excluded_nodes(pre_path, tuple(float_scopes))
-    quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                    reduce_range=False, activation_type=ACT_TYPES[act_bits], weight_type=WEIGHT_TYPES[weight_bits],
-                    calibrate_method=METHODS[method], extra_options=extra, nodes_to_exclude=excluded)
+    images = sum(len(b) for b in batches)
+    with timed(logger, f"ORT {method}: quantize_static (calibration on {images} images, QDQ conversion)"):
+        quantize_static(str(pre_path), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        reduce_range=False, activation_type=ACT_TYPES[act_bits], weight_type=WEIGHT_TYPES[weight_bits],
+                        calibrate_method=METHODS[method], extra_options=extra, nodes_to_exclude=excluded)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(out_path), options, providers=["CPUExecutionProvider"])
+    with timed(logger, f"ORT {method}: InferenceSession (ORT_ENABLE_ALL)"):
+        session = ort.InferenceSession(str(out_path), options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
 
     @torch.no_grad()

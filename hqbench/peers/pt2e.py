@@ -23,7 +23,9 @@ import torch
 from torch.utils._pytree import tree_map
 
 from . import PeerResult
-from ._common import as_input_list, float_copy, only_8bit, version_of
+from ._common import as_input_list, float_copy, only_8bit, timed, version_of
+
+logger = logging.getLogger(__name__)
 
 
 def _imports():
@@ -48,15 +50,18 @@ def pt2e_x86(model, calib_batches, example_inputs, *, weight_bits: int = 8, act_
     net = float_copy(model)
     example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
     example = example.detach().to("cpu", torch.float32)
-    exported = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
-    quantizer = X86InductorQuantizer().set_global(default_config())
-    prepared = prepare_pt2e(exported, quantizer)
+    with timed(logger, "PT2E: torch.export.export"):
+        exported = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim.AUTO},)).module()
+    with timed(logger, "PT2E: prepare_pt2e (X86InductorQuantizer)"):
+        prepared = prepare_pt2e(exported, X86InductorQuantizer().set_global(default_config()))
     served, checksum = 0, 0.0
-    for x in batches:
-        prepared(x)
-        served += 1
-        checksum += float(x.double().sum())
-    quantized = convert_pt2e(prepared)
+    with timed(logger, f"PT2E: calibration on {len(batches)} batches"):
+        for x in batches:
+            prepared(x)
+            served += 1
+            checksum += float(x.double().sum())
+    with timed(logger, "PT2E: convert_pt2e"):
+        quantized = convert_pt2e(prepared)
 
     size = example.shape[0]
 

@@ -108,9 +108,15 @@ def quantize(model: nn.Module, calib_data: Iterable | Callable[[nn.Module], None
 
 
 def fit_weights(qmodel: QuantizedModel, data: Iterable, *, num_batches: int | None = None,
-                input_fn: Callable[[Any], tuple] = default_input_fn) -> QuantizedModel:
+                input_fn: Callable[[Any], tuple] = default_input_fn,
+                on_progress: Callable[[int, int, str], None] | None = None) -> QuantizedModel:
     """The weight-side steps of ``qmodel.recipe`` after calibration, in their order: AdaRound first
     (it chooses the integers), then bias correction (it measures the shift those integers leave).
+
+    Each step logs its layers at INFO (``logging.getLogger("hqbench.quant")``). ``on_progress(done,
+    total, what)`` is called as they run: each step counts ``done`` up from 0 to its own ``total``
+    (AdaRound in steps, per layer and every few steps inside one; bias correction in sweeps), and
+    ``what`` names the step and the layer. It only observes: the results are the same without it.
 
     Raises:
         ValueError: a weight-side step is asked for and ``data`` is a ``forward_loop`` callable.
@@ -122,12 +128,14 @@ def fit_weights(qmodel: QuantizedModel, data: Iterable, *, num_batches: int | No
         raise ValueError("weight_rounding=adaround and bias_correction need calibration batches "
                          "(a DataLoader or list), not a forward_loop")
     batches = list(itertools.islice(data, num_batches))
+    # passed only when given: a wrapper of a step with the old signature keeps working
+    progress = {} if on_progress is None else {"on_progress": on_progress}
     if recipe.weight_rounding == "adaround":
         qmodel.use_weights({}, {}, {})
-        rounding = adaround_weights(qmodel, batches, input_fn, recipe.adaround)
+        rounding = adaround_weights(qmodel, batches, input_fn, recipe.adaround, **progress)
         qmodel.use_weights(rounding.weights, rounding.scales, rounding.bias_shift)
     if recipe.bias_correction:
-        correct_bias(qmodel, batches, input_fn)
+        correct_bias(qmodel, batches, input_fn, **progress)
     return qmodel
 
 

@@ -38,10 +38,16 @@ kernels, the export and the state change nothing but that channel's scale) and t
 (still stored as an int32 at ``s_in * s_w``). The bias takes up the mean error that the quantized
 inputs carry in, which bias correction removes by its mean alone; the scale gives back the
 per-channel gain that rounding a few weights (a depthwise kernel's nine) leaves wrong.
+
+A run reports as it goes: ``logging`` at INFO when each layer (block) starts and ends, with its
+reconstruction error and seconds (DEBUG: the error every tenth of its steps), and an optional
+``on_progress(done, total, what)`` per layer and every :data:`PROGRESS_EVERY` steps inside one.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
@@ -57,6 +63,11 @@ from .samples import _BlockSamples, _crops_match, _layer_samples, _replays
 from .scheme import SIGNED_ACTIVATIONS, UNSIGNED_ACTIVATIONS
 
 ZETA, GAMMA = 1.1, -0.1  # rectified-sigmoid stretch (Louizos et al. 2018), as in the paper
+#: Steps between two ``on_progress`` calls inside a layer: a 30-second layer on a CPU moves about every 0.3 s.
+PROGRESS_EVERY = 10
+
+logger = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]  # on_progress(done, total, what)
 
 
 def _h(v: torch.Tensor) -> torch.Tensor:
@@ -139,10 +150,11 @@ SIDE_LR = 1e-3
 
 def _optimise(samples, layers: Mapping[str, Layer], iters: int, reg: float, beta: tuple[float, float],
               batch_size: int, lr: float, warm: float, generator: torch.Generator, learn_scale: bool = False,
-              learn_bias: bool = False) -> dict[str, Layer]:
+              learn_bias: bool = False, watch: Callable[[int, torch.Tensor], None] | None = None) -> dict[str, Layer]:
     """Learn ``V`` for ``layers`` together against the output of ``samples`` (one layer's, or a
     block's), with each layer's weight scale (a per-channel factor on it) and bias too where asked;
     returns each layer with its hard-rounded fake-quantized weight and the scale and bias that go with it.
+    ``watch(step, error)`` sees each step's reconstruction error (detached) after the step.
 
     Runs with autograd even inside Lightning's test loop (inference mode): every tensor the loss
     sees is made inside this ``inference_mode(False)`` (each step's samples are indexed copies of the
@@ -172,13 +184,15 @@ def _optimise(samples, layers: Mapping[str, Layer], iters: int, reg: float, beta
             idx = torch.randint(0, len(samples.x), (min(batch_size, len(samples.x)),), generator=generator,
                                 device=generator.device)
             xb, yb = samples.sample(idx, generator)
-            loss = ((samples.forward(xb, params()) - yb) ** 2).mean()
+            error = ((samples.forward(xb, params()) - yb) ** 2).mean()
             b = _beta(t, iters, beta, warm)
-            if b is not None:
-                loss = loss + reg * sum((1 - (2 * _h(vn) - 1).abs().pow(b)).sum() for vn in v.values())
+            loss = error if b is None else error + reg * sum((1 - (2 * _h(vn) - 1).abs().pow(b)).sum()
+                                                             for vn in v.values())
             opt.zero_grad()
             loss.backward()
             opt.step()
+            if watch is not None:
+                watch(t + 1, error.detach())
         with torch.no_grad():
             return {n: Layer(w.detach(), None if b is None else b.detach().clone(),
                              layers[n].scale * log_gain[n].exp() if n in log_gain else layers[n].scale, layers[n].qmax)
@@ -259,8 +273,50 @@ def _block_samples(qmodel: QuantizedModel, block: Block, batches: list, input_fn
     return samples
 
 
+class _Watch:
+    """What one unit's optimisation reports as it runs: ``report(step)`` every :data:`PROGRESS_EVERY`
+    steps and at the last, the error at DEBUG every tenth of the steps, and the first and last
+    errors for the unit's end record (read with ``.item()`` there only: one device sync each). The
+    errors are of the soft rounding being learnt; the first step's is about the float weights'."""
+
+    def __init__(self, label: str, iters: int, report: Callable[[int], None] | None):
+        self.label, self.iters, self.report = label, iters, report
+        self.first = self.last = float("nan")
+        self.debug_every = max(1, iters // 10)
+
+    def __call__(self, step: int, error: torch.Tensor) -> None:
+        if step == 1:
+            self.first = error.item()
+        if step == self.iters:
+            self.last = error.item()
+        if step % self.debug_every == 0 and logger.isEnabledFor(logging.DEBUG):
+            logger.debug("AdaRound %s: step %d/%d, reconstruction error %.4g", self.label, step, self.iters,
+                         error.item())
+        if self.report is not None and (step % PROGRESS_EVERY == 0 or step == self.iters):
+            self.report(step)
+
+
+def _labels(layers: Sequence[str], order: Mapping[str, int], block: Block | None) -> tuple[str, str]:
+    """A unit's name for the log (every layer named) and a short one for a progress bar."""
+    first, last, n = order[layers[0]] + 1, order[layers[-1]] + 1, len(order)
+    if block is None:
+        return f"layer {layers[0]!r} ({first}/{n})", f"AdaRound {layers[0]} ({first}/{n})"
+    span, more = (f"layer {first}", "") if first == last else (f"layers {first}-{last}", f" +{len(layers) - 1}")
+    names = ", ".join(map(repr, layers))
+    return (f"block {block.start!r} -> {block.end!r} ({span}/{n}: {names})",
+            f"AdaRound {layers[0]}{more} ({span.partition(' ')[2]}/{n})")
+
+
+def _unit_samples(qmodel: QuantizedModel, unit: Block | str, batches: list, input_fn: Callable, fitted: Rounding,
+                  float_params: Mapping[str, Params], s: AdaRoundSettings):
+    """A block's samples (None: it does not replay) or a single layer's."""
+    if isinstance(unit, Block):
+        return _block_samples(qmodel, unit, batches, input_fn, fitted, float_params, s.window)
+    return _single_layer_samples(qmodel, unit, batches, input_fn, fitted, s.window, s.activation_loss)
+
+
 def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
-                     settings: AdaRoundSettings | None = None) -> Rounding:
+                     settings: AdaRoundSettings | None = None, on_progress: Progress | None = None) -> Rounding:
     """AdaRound every compute layer of a calibrated ``qmodel``, in execution order.
 
     Args:
@@ -273,6 +329,9 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
             otherwise), ``activation_loss`` to the layers no block holds; ``learn_scale`` learns a
             factor on each layer's per-channel weight scale at :data:`SIDE_LR` (the integer grid
             stays symmetric), ``learn_bias`` its float bias (still a 32-bit integer at ``s_in * s_w``).
+        on_progress: called as ``on_progress(done, total, what)`` when each layer (block) starts and
+            every :data:`PROGRESS_EVERY` steps inside it; ``done`` counts steps, a block's step once
+            per layer it holds, up to ``total = layers * iters``. It only observes.
 
     Returns:
         A :class:`Rounding`: per layer, the fake-quantized weight (on the symmetric grid of its scale,
@@ -292,32 +351,47 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
                         modules[n].bias.detach().clone()) for n in qmodel.plan.compute}
     fitted = Rounding()
     units = _units(qmodel, s.granularity)
+    order = {n: i for i, n in enumerate(qmodel.plan.compute)}
+    # counted per layer, so the total holds when a block falls back to its layers
+    done, total, began = 0, len(order) * s.iters, time.perf_counter()
+    logger.info("AdaRound: %d layers, granularity %s, %d steps each, on %d calibration batches",
+                len(order), s.granularity, s.iters, len(batches))
     try:
         while units:
             unit = units.pop(0)
-            if isinstance(unit, Block):
-                samples = _block_samples(qmodel, unit, batches, input_fn, fitted, float_params, s.window)
-                if samples is None:
-                    warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
-                                  f"runs it; its layers are rounded one at a time")
-                    units[:0] = unit.layers
-                    continue
-                layers = unit.layers
-            else:
-                samples = _single_layer_samples(qmodel, unit, batches, input_fn, fitted, s.window, s.activation_loss)
-                layers = [unit]
+            block = unit if isinstance(unit, Block) else None
+            layers = [unit] if block is None else unit.layers
+            label, what = _labels(layers, order, block)
+            if on_progress is not None:
+                on_progress(done, total, what)
+            start = time.perf_counter()
+            samples = _unit_samples(qmodel, unit, batches, input_fn, fitted, float_params, s)
+            if samples is None:
+                warnings.warn(f"AdaRound: block {unit.start!r} -> {unit.end!r} does not replay as the model "
+                              f"runs it; its layers are rounded one at a time")
+                units[:0] = unit.layers
+                continue
+            logger.info("AdaRound %s starts: %d steps on %d samples (captured in %.1f s)", label, s.iters,
+                        len(samples.x), time.perf_counter() - start)
+            report = None if on_progress is None else (
+                lambda t, base=done, k=len(layers), what=what: on_progress(base + k * t, total, what))
+            watch = _Watch(label, s.iters, report)
             grids = {n: Layer(*float_params[n], qmodel.weight_scale(n), 2 ** (qmodel.layer_weight_bits(n) - 1) - 1)
                      for n in layers}
             for n, layer in _optimise(samples, grids, s.iters, s.reg, s.beta, s.batch_size, s.lr, s.warm_start, g,
-                                      s.learn_scale, s.learn_bias).items():
+                                      s.learn_scale, s.learn_bias, watch).items():
                 fitted.weights[n] = layer.weight
                 if s.learn_scale:
                     fitted.scales[n] = layer.scale
                 if s.learn_bias and layer.bias is not None:
                     fitted.bias_shift[n] = float_params[n][1] - layer.bias
+            done += len(layers) * s.iters
+            logger.info("AdaRound %s done in %.1f s: reconstruction error %.4g at step 1, %.4g at step %d", label,
+                        time.perf_counter() - start, watch.first, watch.last, s.iters)
     finally:
         qmodel.set_mode(QUANT if was_quant else "float")
+    logger.info("AdaRound: %d layers done in %.1f s", len(order), time.perf_counter() - began)
     return fitted
 
 
-__all__ = ["Rounding", "adaround_weights"]
+__all__ = ["PROGRESS_EVERY", "Rounding", "adaround_weights"]

@@ -15,11 +15,16 @@ pass, then one quant pass per compute layer, each stopped at its layer. ``sequen
 quant pass instead: cheap, but only right when one layer is corrected. On the test suite's
 ResidualNet at w4a8 (minmax ranges, 512 held-out images) the sequential shifts raise top-1 from
 73.0 % to 88.3 % (FP32 91.8 %) in one training run; applying the one-pass shifts dropped it to 40.8 %.
+
+Each layer's sweep is logged at INFO when it starts and ends (the shift found, seconds), and an
+optional ``on_progress(done, total, what)`` is called per sweep.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
+import time
 from typing import Any, Callable, Iterable
 
 import torch
@@ -27,6 +32,13 @@ from torch import nn
 
 from .fake import OBSERVE, QUANT
 from .model import QuantizedModel, default_input_fn, forward_until
+
+logger = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]  # on_progress(done, total, what)
+
+
+def _quiet(done: int, total: int, what: str) -> None:
+    """The ``on_progress`` of a caller that gave none."""
 
 
 def _channel_dim(module: nn.Module, out: torch.Tensor) -> int:
@@ -93,9 +105,29 @@ def _means(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable, names:
     return {name: m.mean(name) for name, m in meters.items()}
 
 
+def _sequential(qmodel: QuantizedModel, data: Iterable, input_fn: Callable, names: list[str],
+                ref: dict[str, torch.Tensor], report: Progress) -> dict[str, torch.Tensor]:
+    """Each layer's shift in quant mode, the shifts of the layers before it subtracted: one sweep a
+    layer, stopped at it; progress ``1 + i`` of ``1 + len(names)`` (the float sweep came first)."""
+    shifts: dict[str, torch.Tensor] = {}
+    for i, name in enumerate(names, 1):
+        report(i, len(names) + 1, f"bias correction {name} ({i}/{len(names)})")
+        logger.info("bias correction layer %r (%d/%d) starts: a quant sweep that stops at it", name, i, len(names))
+        start = time.perf_counter()
+        quant = _means(qmodel, data, input_fn, [name], shifts, until=name)[name]  # stops at the layer
+        shifts[name] = (quant - ref[name]).float()
+        if logger.isEnabledFor(logging.INFO):  # .item(): a device sync, only when someone reads it
+            size = shifts[name].abs()
+            logger.info("bias correction layer %r (%d/%d) done in %.2f s: mean |shift| %.4g, max |shift| %.4g",
+                        name, i, len(names), time.perf_counter() - start, size.mean().item(), size.max().item())
+    report(len(names) + 1, len(names) + 1, "bias correction done")
+    return shifts
+
+
 @torch.no_grad()
 def measure_bias_shift(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
-                       sequential: bool = True, num_batches: int | None = None) -> dict[str, torch.Tensor]:
+                       sequential: bool = True, num_batches: int | None = None,
+                       on_progress: Progress | None = None) -> dict[str, torch.Tensor]:
     """Per-output-channel mean shift ``E[y_quant] - E[y_float]`` of every compute layer's raw output.
 
     Args:
@@ -105,6 +137,8 @@ def measure_bias_shift(qmodel: QuantizedModel, batches: Iterable, input_fn: Call
         sequential: measure each layer with the shifts of the layers before it already subtracted
             (``len(plan.compute) + 1`` sweeps); ``False``: one float and one quant sweep.
         num_batches: use at most this many batches per sweep.
+        on_progress: called as ``on_progress(done, total, what)`` before each sweep and once at the
+            end, ``done`` counting sweeps up to ``total``. It only observes.
 
     Returns:
         ``{layer name: shift}`` in ``qmodel.plan.compute`` order, each ``float32 [C_out]``; the
@@ -118,36 +152,44 @@ def measure_bias_shift(qmodel: QuantizedModel, batches: Iterable, input_fn: Call
         raise ValueError("bias correction sweeps the batches several times; pass a list or DataLoader, not an iterator")
     data = list(itertools.islice(batches, num_batches)) if num_batches is not None else batches
     names = list(qmodel.plan.compute)
+    report = _quiet if on_progress is None else on_progress
     was_mode, was_training = _current_mode(qmodel), qmodel.model.training
     qmodel.model.eval()
     try:
         qmodel.set_mode("float")
+        total = len(names) + 1 if sequential else 2
+        report(0, total, "bias correction: float sweep")
+        start = time.perf_counter()
         ref = _means(qmodel, data, input_fn, names, {})
+        logger.debug("bias correction: float sweep over %d layers in %.2f s", len(names), time.perf_counter() - start)
         qmodel.set_mode(QUANT)
-        shifts: dict[str, torch.Tensor] = {}
-        if not sequential:
-            quant = _means(qmodel, data, input_fn, names, {})
-            return {n: (quant[n] - ref[n]).float() for n in names}
-        for name in names:
-            quant = _means(qmodel, data, input_fn, [name], shifts, until=name)[name]  # stops at the layer
-            shifts[name] = (quant - ref[name]).float()
-        return shifts
+        if sequential:
+            return _sequential(qmodel, data, input_fn, names, ref, report)
+        report(1, total, "bias correction: quant sweep")
+        quant = _means(qmodel, data, input_fn, names, {})
+        report(2, total, "bias correction done")
+        return {n: (quant[n] - ref[n]).float() for n in names}
     finally:
         qmodel.set_mode(was_mode)
         qmodel.model.train(was_training)
 
 
 def correct_bias(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
-                 ) -> QuantizedModel:
+                 on_progress: Progress | None = None) -> QuantizedModel:
     """Measure each layer's quantization mean shift on ``batches`` and subtract it from its bias.
 
     A shift already held (AdaRound's learnt bias, an earlier correction) stays, and what is left
     adds to it; the model is re-quantized with the corrected biases (rounded to int32).
+    ``on_progress`` is :func:`measure_bias_shift`'s.
     """
+    start = time.perf_counter()
+    logger.info("bias correction: %d layers, one sweep each", len(qmodel.plan.compute))
     qmodel.set_mode(QUANT)  # the shifts held are applied while the rest is measured
-    measured = measure_bias_shift(qmodel, batches, input_fn)
+    measured = measure_bias_shift(qmodel, batches, input_fn, on_progress=on_progress)
     held = qmodel.bias_shift
-    return qmodel.use_weights(bias_shift={n: held[n] + s if n in held else s for n, s in measured.items()})
+    qmodel.use_weights(bias_shift={n: held[n] + s if n in held else s for n, s in measured.items()})
+    logger.info("bias correction: %d layers done in %.1f s", len(measured), time.perf_counter() - start)
+    return qmodel
 
 
 __all__ = ["correct_bias", "measure_bias_shift"]

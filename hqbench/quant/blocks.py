@@ -16,6 +16,7 @@ being learned, and the replay is checked against the model itself before it is u
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -29,6 +30,8 @@ from .scheme import (JOIN_OPS, SIGNED_ACTIVATIONS, SIGNED_FUNCTIONS, UNSIGNED_AC
                      Plan)
 
 Params = tuple[torch.Tensor, "torch.Tensor | None"]  # a layer's (weight, bias), as replays and samples take them
+
+logger = logging.getLogger(__name__)
 
 #: A stretch is closed at the first cut once it holds this many compute layers (VGG-like chains,
 #: where no join or linear layer would end it); ResNet-50's bottleneck block has four.
@@ -95,6 +98,10 @@ def find_blocks(graph, plan: Plan, max_layers: int = MAX_LAYERS) -> list[Block]:
         if layers and (joined or cut.name in linear_ends or len(layers) >= max_layers):
             blocks.append(Block(start.name, cut.name, layers, nodes))
             start = cut
+    if logger.isEnabledFor(logging.DEBUG):
+        held = sum(len(b.layers) for b in blocks)
+        logger.debug("%d blocks hold %d of %d compute layers: %s", len(blocks), held, len(compute),
+                     "; ".join(f"{b.start!r} -> {b.end!r} [{', '.join(b.layers)}]" for b in blocks))
     return blocks
 
 
