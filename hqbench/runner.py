@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -284,11 +285,13 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         raise PeerUnsupported(f"peers do not run task={cfg.task}: {task.UNSUPPORTED['peers']}")
     share = (cell.method, base["seed"])  # one calibration per method and draw, frozen at every width
     reused = share in statistics
+    export = _export_path(cfg, base)
     callbacks = [] if cell.method == FP32 else [PeerCallback(
         cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits, float_scopes=float_scopes)] if peer else [
         QuantizationCallback(
         cell.method, cell.recipe, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
-        statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])))]
+        statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])),
+        export=export, export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)))]
     start = time.perf_counter()
     trainer = _trainer(cfg, callbacks)
     try:
@@ -323,11 +326,32 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     # peer's tool ran it elsewhere.
     runs_on = "cpu" if peer else None if engine == FLOAT else engine_entry(engine).runs_on
     extra["device"] = runs_on or trainer.strategy.root_device.type
+    if export is not None:
+        extra["export"] = portable_path(export)
     return ResultRow(**base, value=value, calib_seconds=round(calib, 2),
                      eval_seconds=round(eval_seconds, 2), act_range=act_range,
                      extra={**extra, "weights": portable_path(card.weights),
                             "float_ops": ",".join(summary["float_ops"]) if summary else "",
                             **provenance(command)})
+
+
+def _export_path(cfg: DictConfig, base: dict) -> Path | None:
+    """``<export.dir>/<row key>.onnx`` for a cell of hqbench's own methods (FP32, the torch.ao baseline
+    and peers have no hqbench QDQ file), or None. An existing file stops the run here, before the cell
+    is computed, unless ``export.overwrite=true``."""
+    folder = OmegaConf.select(cfg, "export.dir", default=None)
+    if not folder or base["method"] in (FP32, PYTORCH) or is_peer(base["method"]):
+        return None
+    options = "-".join(f"{k}={v}" for k, v in base["options"].items())
+    key = (f"{base['task']}-{base['model']}@{base['weights_digest'][:8]}-{base['method']}-w{base['weight_bits']}"
+           f"a{base['act_bits']}-{base['engine']}-s{base['seed']}-c{base['n_calib']}" + (f"-{options}" if options else ""))
+    path = Path(folder).expanduser() / (re.sub(r"[^\w.=+@-]", "_", key) + ".onnx")
+    from .quant.export import output_paths
+
+    existing = [str(p) for p in output_paths(path).values() if p.exists()]
+    if existing and not OmegaConf.select(cfg, "export.overwrite", default=False):
+        raise FileExistsError(f"export: {existing[0]} exists; export.overwrite=true replaces it, or name another export.dir")
+    return path
 
 
 def train(cfg: DictConfig, console: Console | None = None, command: str = "") -> Path:

@@ -284,3 +284,26 @@ def test_hqbench_test_without_out_writes_its_rows_under_outputs(tmp_path, capsys
     shutil.rmtree("outputs")
     assert main(["test", *SMALL, "method=fp32", "out=null"]) == 0
     assert not Path("outputs").exists()
+
+
+def test_export_dir_writes_each_quantized_cell_named_by_its_key_and_never_replaces(tmp_path, capsys):
+    """issue 29: export.dir=DIR writes each quantized cell's .onnx, .qstate.pt and .encodings.json;
+    an existing file stops the run before the cell unless export.overwrite=true."""
+    import onnxruntime as ort
+
+    out, folder = tmp_path / "r.json", tmp_path / "exports"
+    assert main(["test", *SMALL, "method=fp32,B,D", "bits=w8a8,w8a6", f"export.dir={folder}", f"out={out}"]) == 0
+    onnx_files = sorted(folder.glob("*.onnx"))
+    assert len(onnx_files) == 4 and len(list(folder.glob("*.qstate.pt"))) == 4  # B and D at two widths, no FP32
+    rows = {(r["method"], r["act_bits"]): r for r in _rows(out)}
+    assert Path(rows[("D", 6)]["export"]).name in {p.name for p in onnx_files}
+    assert "-D-w8a6-" in Path(rows[("D", 6)]["export"]).name
+    ort.InferenceSession(str(onnx_files[0]), providers=["CPUExecutionProvider"])  # a file onnxruntime loads
+    before = {p: p.stat().st_mtime_ns for p in folder.iterdir()}
+    capsys.readouterr()
+    assert main(["test", *SMALL, "method=B", "redo=true", f"export.dir={folder}", f"out={out}"]) == 1
+    text = capsys.readouterr().out
+    assert "export.overwrite=true" in text and "Traceback" not in text
+    assert {p: p.stat().st_mtime_ns for p in folder.iterdir()} == before
+    assert main(["test", *SMALL, "method=B", "redo=true", f"export.dir={folder}", "export.overwrite=true",
+                 f"out={out}"]) == 0

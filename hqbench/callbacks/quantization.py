@@ -14,6 +14,7 @@ callback's ``state_dict`` (a checkpoint restores them before ``on_test_start``, 
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from typing import Any, Callable, Iterable
@@ -32,16 +33,31 @@ from ..quant.engines import create_engine, engine_entry
 from ..quant.model import QuantizedModel, default_input_fn
 
 
+def _quiet(*args) -> None:
+    """What :func:`_progress` yields off a terminal."""
+
+
 @contextlib.contextmanager
-def _progress(description: str, total: int):
-    """A rich progress bar on a terminal; nothing at all otherwise (logs stay escape-free)."""
+def _progress(description: str, total: int | None):
+    """A rich progress bar on a terminal; nothing at all otherwise (logs stay escape-free).
+
+    Yields ``update``: ``update()`` moves the bar one on; ``update(done, total, what)`` (the shape of
+    ``fit_weights``' ``on_progress``) sets it to ``done`` of ``total`` and describes it as ``what``.
+    """
     if not sys.stdout.isatty():
-        yield lambda: None
+        yield _quiet
         return
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   transient=True) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda: progress.advance(task)
+
+        def update(done: int | None = None, total: int | None = None, what: str | None = None) -> None:
+            if done is None:
+                progress.advance(task)
+            else:
+                progress.update(task, completed=done, total=total, description=what or description)
+
+        yield update
 
 
 class QuantizationCallback(EvaluationStageCallback):
@@ -77,6 +93,9 @@ class QuantizationCallback(EvaluationStageCallback):
         ranges: MinMax (B) statistics of the same model and calibration data (``callback.statistics``
             of a B run): a range-then-histogram method (D, percentile, entropy, mse) takes its first
             pass from them instead of making it. Same conditions as ``statistics``.
+        export: write the calibrated model at each test's end as ONNX QDQ to this ``.onnx`` path,
+            with its ``.qstate.pt`` and ``.encodings.json`` (:func:`hqbench.quant.export.export_onnx`,
+            rank 0 only); an existing file is an error unless ``export_overwrite``.
         fit_suffix: appended to the name of every metric the module logs while a validation inside
             ``fit`` runs quantized (``val_acc`` -> ``val_acc_quant``), so quantized validation is never
             mistaken for the float model's; ``""`` keeps the names.
@@ -92,7 +111,7 @@ class QuantizationCallback(EvaluationStageCallback):
                  num_batches: int | None = None, engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None,
-                 fit_suffix: str = "_quant"):
+                 fit_suffix: str = "_quant", export: str | os.PathLike | None = None, export_overwrite: bool = False):
         engine_entry(engine)  # an unknown engine fails here, naming the valid ones
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -111,6 +130,9 @@ class QuantizationCallback(EvaluationStageCallback):
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
         self.pytorch_via, self.fit_suffix = pytorch_via, str(fit_suffix)
+        if export is not None and self.method == PYTORCH:
+            raise ValueError("export= writes hqbench's QDQ file; the pytorch baseline is torch.ao's own model")
+        self.export, self.export_overwrite, self._example = export, bool(export_overwrite), None
         self.calib_seconds = 0.0
         self._given_statistics, self._given_ranges = statistics, ranges
         self.ranges_taken = False  # whether the last calibration took its first pass from ``ranges``
@@ -179,6 +201,7 @@ class QuantizationCallback(EvaluationStageCallback):
             full = needs_data and (not shared or self.recipe.fits_weights)
             batches = self._batches_on(trainer, pl_module.device, limit=None if full else 1)
             example = self.input_fn(batches[0])
+            self._example = example
             qmodel = prepare(pl_module, example, method, self.recipe, inplace=True, float_scopes=self.float_scopes,
                              act_grid=act_grid)
             self._undo.append(qmodel.remove)
@@ -199,7 +222,10 @@ class QuantizationCallback(EvaluationStageCallback):
                 self.statistics = qmodel.calibration_statistics()
             if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
-                fit_weights(qmodel, batches, input_fn=self.input_fn)
+                if self.recipe.fits_weights:  # no bar flashes for a recipe with nothing to fit
+                    with _progress(f"fitting weights {self.letter}", None) as update:
+                        fit_weights(qmodel, batches, input_fn=self.input_fn,
+                                    on_progress=None if update is _quiet else update)
                 self._saved_state = qmodel.quant_state_dict()
             else:
                 qmodel.load_quant_state_dict(self._saved_state)
@@ -212,6 +238,13 @@ class QuantizationCallback(EvaluationStageCallback):
         if trainer.state.fn == "fit" and self.fit_suffix:
             self._rename_logged(pl_module)
         self._log_calibration(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.export is not None and self.qmodel is not None and trainer.is_global_zero:
+            from ..quant.export import export_onnx
+
+            export_onnx(self.qmodel, self.export, self._example, overwrite=self.export_overwrite)
+        super().on_test_end(trainer, pl_module)
 
     def _rename_logged(self, pl_module: L.LightningModule) -> None:
         """Inside ``fit``, what the module logs while quantized carries ``fit_suffix`` (``log_dict``
