@@ -38,7 +38,7 @@ def usage(registries: bool = True) -> str:
 
     lists = dict(tasks="|".join(list_tasks()), data="|".join(sorted(p.stem for p in (TASKS_DIR / "data").glob("*.yaml"))))
     if not registries:
-        models = sorted(p.stem for p in (TASKS_DIR / "model").glob("*.yaml") if p.stem != "source")
+        models = sorted(p.stem for p in (TASKS_DIR / "model").glob("*.yaml") if not p.stem.startswith("source"))
         return USAGE.format(**lists, models="|".join(models), sources="PREFIX:SPEC", engines="ENGINE",
                             methods="fp32,pytorch,CALIBRATOR[:VALUE],PEER,...") + LIST_HINT
     from .methods import list_methods
