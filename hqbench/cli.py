@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg job] [--help]
+       hqbench analyze [key=value ...]   per-layer SQNR of each method into out=DIR (layers.json/.csv/.png)
        hqbench report RESULTS.json ... [--out MERGED.json] [--plot PNG] [--markdown]
 
   model={models}
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--list":
         console.print(usage(), markup=False, soft_wrap=True)
         return 0
-    if not argv or argv[0] not in ("test", "train"):
+    if not argv or argv[0] not in ("test", "train", "analyze"):
         console.print(usage(registries=False), markup=False, soft_wrap=True)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
@@ -131,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         if not _plugin_error(err):
             raise
         return _error(console, str(err))
+    except Exception as err:  # noqa: BLE001 - only Hydra's instantiation errors, which are the config's fault
+        if type(err).__name__ != "InstantiationException":
+            raise
+        # "Error in call to target 'X':\nTypeError(...unexpected keyword 'extras')\nfull_key: data": one line
+        return _error(console, " ".join(str(err).split()))
     from .runner import rank
 
     if rows and rank() == 0:  # under DDP every rank runs this command; rank 0 alone prints
@@ -171,7 +177,7 @@ def _dispatch(command: str, task: str, overrides: list[str], console: Console, l
     from .reporting.files import check_out
     from .runner import run, train
 
-    demo = demo_overrides(task, overrides) if command == "test" else []
+    demo = demo_overrides(task, overrides) if command in ("test", "analyze") else []
     if demo:
         console.print(f"No data configured (data.root=PATH or HQBENCH_DATA): running the embedded {task} demo, "
                       f"{' '.join(demo)} with its embedded data. See the README to run on your own data.",
@@ -182,6 +188,15 @@ def _dispatch(command: str, task: str, overrides: list[str], console: Console, l
 
         for job in sweep(overrides) if multirun else [overrides]:
             console.print(OmegaConf.to_yaml(compose(task, job)), markup=False, highlight=False, end="")
+        return []
+    if command == "analyze":
+        from .reporting.layers import analyze
+
+        if multirun:
+            raise ValueError("hqbench analyze runs once; -m sweeps are for hqbench test")
+        if not any(o.partition("=")[0].lstrip("+") == "out" for o in overrides):
+            overrides = [*overrides, f"out={os.path.dirname(default_out())}"]
+        analyze(compose(task, overrides), console, command=line)
         return []
     if multirun:
         if command == "train":

@@ -7,8 +7,9 @@ hqbench owns argv, cwd and outputs: no ``@hydra.main``. The YAML configs are the
 
 A ``_target_`` makes Hydra import and call what it names, so a config folder from elsewhere could
 run any code through one. hqbench's own folder is trusted as its code is; with ``HQBENCH_TASKS``,
-every ``_target_`` of a composed config must name an object of the packages hqbench runs anyway
-(:data:`TRUSTED_TARGETS`), checked before anything is instantiated. ``HQBENCH_TRUST_TARGETS=1``
+every ``_target_`` of a composed config must name a class of the packages hqbench runs anyway
+(:data:`TRUSTED_TARGETS`; never a function, which like ``torch.hub.load`` may run a file's code),
+checked before anything is instantiated. ``HQBENCH_TRUST_TARGETS=1``
 lifts that for a folder the user trusts: an environment variable, so no config can lift it.
 """
 
@@ -70,12 +71,14 @@ def _targets(node, path: str = ""):
             yield from _targets(value, where)
 
 
-def _origin(target: str) -> str:
-    """The module the object named by ``target`` lives in: ``torch.os.system`` is posix's, not torch's."""
+def _origin(target: str) -> str | None:
+    """The module the class named by ``target`` lives in (``torch.os.system`` is posix's, not torch's),
+    or None when it is not a class: a function such as ``torch.hub.load`` or ``torch.load`` can run
+    a file's code, and a config only needs classes (datamodules, tasks, loggers, callbacks)."""
     from hydra.utils import get_object
 
     obj = get_object(target)  # imports only the modules the name spells, under a trusted prefix
-    return obj.__name__ if isinstance(obj, type(os)) else getattr(obj, "__module__", None) or type(obj).__module__
+    return obj.__module__ if isinstance(obj, type) else None
 
 
 def _trust_all() -> bool:
@@ -108,7 +111,8 @@ def check_targets(cfg: DictConfig, prefixes: tuple[str, ...] = TRUSTED_TARGETS) 
             except Exception as err:  # Hydra's import error, in one line
                 raise ValueError(f"{where}={target} cannot be imported ({str(err).strip().splitlines()[0]})") from None
         if origin is None or not f"{origin}.".startswith(prefixes):
-            where_from = f" (it is {origin}'s)" if origin else ""
+            trusted_name = isinstance(target, str) and target.startswith(prefixes)
+            where_from = f" (it is {origin}'s)" if origin else " (not a class of those packages)" if trusted_name else ""
             raise ValueError(f"{where}={target}{where_from} is outside the packages a config from HQBENCH_TASKS may name "
                              f"({allowed}), and Hydra would import and call it; if you trust {TASKS_DIR}, "
                              f"set {TRUST_ENV}=1")

@@ -214,8 +214,10 @@ def foreign_tasks(tmp_path, monkeypatch) -> Path:
 
 @pytest.mark.parametrize("target, args, words", [
     ("builtins.open", '["{marker}", "w"]', "builtins.open is outside"),  # Hydra's own blocklist lets it create files
-    ("torch.os.system", '["touch {marker}"]', "(it is posix's)"),  # a trusted prefix naming os.system
-], ids=["builtins.open", "torch.os.system"])
+    ("torch.os.system", '["touch {marker}"]', "(not a class of those packages)"),  # a trusted prefix naming os.system
+    # a function of a trusted package that runs a folder's hubconf.py: only classes may be named
+    ("torch.hub.load", '["{marker}", "m"]', "(not a class of those packages)"),
+], ids=["builtins.open", "torch.os.system", "torch.hub.load"])
 def test_a_downloaded_config_can_make_hydra_call_only_trusted_packages(target, args, words, foreign_tasks, no_data, tmp_path,
                                                               capsys):
     marker = tmp_path / "code-ran"
@@ -253,3 +255,11 @@ def test_a_lightning_logger_from_the_command_line_runs(tmp_path, no_data):
     assert main(["test", *SMALL, "method=fp32", "+trainer.logger._target_=lightning.pytorch.loggers.CSVLogger",
                  f"+trainer.logger.save_dir={tmp_path}"]) == 0
     assert list(tmp_path.rglob("metrics.csv"))
+
+
+def test_a_key_the_datamodule_does_not_take_is_one_error_line(no_data, capsys):
+    """UNK: +data.extras=1 ended in Hydra's InstantiationException traceback."""
+    assert main(["test", *SMALL, "method=fp32", "+data.extras=1", "out=null"]) == 1
+    text = capsys.readouterr().out
+    errors = [line for line in _lines(text) if line.startswith("error:")]
+    assert len(errors) == 1 and "extras" in errors[0] and "Traceback" not in text, text

@@ -197,3 +197,23 @@ def test_source_prefixes_compose_on_the_command_line():
     cfg = compose("classification", ["model=torchvision:resnet18", "model.weights=/w/r18.pt"])
     assert (cfg.model.name, cfg.model.weights) == ("torchvision:resnet18", "/w/r18.pt")
     assert compose("classification", ["model=tflite:../m.tflite"]).model.name == "tflite:../m.tflite"
+
+
+def test_a_timm_state_dict_with_its_own_head_builds_that_head_and_a_bad_one_is_one_line(tmp_path):
+    """W17 (timm): a 5-class head used to end in torch's multi-line size-mismatch RuntimeError."""
+    pytest.importorskip("timm")
+    import timm
+
+    from hqbench.models import create_model
+
+    net = timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=5)
+    path = tmp_path / "five.pt"
+    torch.save(net.state_dict(), path)
+    model, card = create_model("timm:mobilenetv3_small_050", weights=str(path))
+    assert card.num_classes == 5 and model(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+    state = net.state_dict()
+    state["conv_stem.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"first mismatched key 'conv_stem.weight'") as err:
+        create_model("timm:mobilenetv3_small_050", weights=str(path))
+    assert "\n" not in str(err.value)

@@ -57,6 +57,35 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def load_fitting_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], owner: str, path: Path) -> None:
+    """Load ``state`` into ``model`` only if every key and shape fits; otherwise nothing is loaded.
+
+    ``nn.Module.load_state_dict`` reports a tensor of another shape (a truncated or re-sized head) as
+    a multi-line ``RuntimeError`` after copying whatever did fit; here the check comes first.
+
+    Raises:
+        ValueError: one line naming ``owner``, the file and the first mismatched key (with both
+            shapes), then the missing and unexpected keys.
+    """
+    own = model.state_dict()
+    wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        if wrong:
+            first = (f"first mismatched key {wrong[0]!r}: shape {tuple(state[wrong[0]].shape)} in the file, "
+                     f"{tuple(own[wrong[0]].shape)} in the model")
+            if len(wrong) > 1:
+                first += f" ({len(wrong)} tensors of another shape)"
+        elif missing:
+            first = f"first mismatched key {missing[0]!r} (missing from the file)"
+        else:
+            first = f"first mismatched key {unexpected[0]!r} (not in the model)"
+        raise ValueError(f"{owner}: weights file {path} does not fit the architecture; {first}; "
+                         f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    model.load_state_dict(state, strict=True)
+
+
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")

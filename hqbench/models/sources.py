@@ -16,7 +16,7 @@ from pathlib import Path
 from torch import nn
 
 from hqbench.models._registry import register_model, register_source
-from hqbench.models._weights import RANDOM, read_state_dict, read_tflite
+from hqbench.models._weights import RANDOM, load_fitting_state, read_state_dict, read_tflite
 from hqbench.models.card import ModelCard
 
 TFLITE = "tflite"
@@ -85,10 +85,10 @@ def timm_source(spec: str, weights: str | None = None) -> tuple[nn.Module, Model
     if weights != RANDOM:
         path = Path(weights).expanduser()
         state = read_state_dict(path)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(f"timm:{spec}: weights file {path} does not fit the architecture; "
-                             f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+        head = state.get(f"{model.pretrained_cfg.get('classifier', 'classifier')}.weight")
+        if head is not None and head.ndim >= 2 and head.shape[0] != model.num_classes:  # the user's own head size
+            model = timm.create_model(spec, pretrained=False, num_classes=int(head.shape[0]))
+        load_fitting_state(model, state, f"timm:{spec}", path)
     cfg = model.pretrained_cfg
     size = int(cfg.get("input_size", (3, 224, 224))[-1])
     card = ModelCard(name=f"timm:{spec}", input_size=size, resize=round(size / float(cfg.get("crop_pct", SLIM_CROP))),

@@ -20,7 +20,7 @@ from torch import nn
 from hqbench.models._registry import register_model
 from hqbench.models.card import ModelCard
 from hqbench.models.darknet import DarknetYoloHead, load_darknet_weights
-from hqbench.models._weights import RANDOM, project_checkpoint, read_state_dict
+from hqbench.models._weights import RANDOM, load_fitting_state, project_checkpoint, read_state_dict
 from hqbench.paths import cache_dir
 
 LEAKY = "nn.LeakyReLU(0.1)"  # Darknet's "leaky"; ultralytics' yolov3-tiny.yaml would give SiLU
@@ -154,10 +154,7 @@ def load_yolov3_tiny(path: Path, owner: str) -> nn.Module:
     """
     state = {k: v.float() for k, v in read_detection_state(Path(path)).items()}  # before ultralytics is imported
     model = build_yolov3_tiny(nc=1)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"{owner}: weights file {path} does not fit the architecture; "
-                         f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]}")
+    load_fitting_state(model, state, owner, path)  # keys and shapes checked before anything is copied
     return model
 
 

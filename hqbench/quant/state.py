@@ -53,10 +53,31 @@ def problems(state: dict, mine: dict, weights: dict[str, torch.Tensor]) -> list[
            if "scale" in p and not bool(torch.isfinite(p["scale"]).all() and (p["scale"] > 0).all())]
     if bad:
         found.append(f"point {bad[0]!r} has a scale that is not a finite positive number")
+    found += _point_tensor_problems(state.get("points", {}), mine["points"])
     if state.get("signature") is not None:
         found += _signature_problems(state["signature"], mine["signature"])
     found += _shape_problems(state, weights)
     return found
+
+
+def _point_tensor_problems(saved: Any, mine: dict) -> list[str]:
+    """Each point's tensors (qparams, calibrator buffers) with the names and shapes this model's
+    quantizers hold, checked before any is loaded (a wrong shape is otherwise torch's multi-line
+    error halfway through, with the earlier points already loaded)."""
+    if not isinstance(saved, dict):
+        return [f"points: expected a dict of point name -> tensors, got {type(saved).__name__}"]
+    found = []
+    for name, tensors in mine.items():
+        theirs = saved.get(name)
+        if not isinstance(theirs, dict):
+            continue  # a missing point is reported with the layer names
+        for key, tensor in tensors.items():
+            other = theirs.get(key)
+            if not isinstance(other, torch.Tensor):
+                found.append(f"point {name!r}: {key} is {'missing' if other is None else type(other).__name__}")
+            elif other.shape != tensor.shape:
+                found.append(f"point {name!r}: {key} has shape {tuple(other.shape)}, the model's {tuple(tensor.shape)}")
+    return found[:5]
 
 
 def _signature_problems(saved: Any, mine: dict) -> list[str]:

@@ -108,3 +108,17 @@ def test_a_branch_the_recording_never_took_is_an_error_naming_it():
     q.set_mode("float")
     q(large)  # float mode quantizes nothing, so nothing is hidden
     assert q.remove()(large).shape == (2, 4, 8, 8)
+
+
+def test_a_point_tensor_of_another_shape_is_refused_before_anything_loads(calib_batches):
+    """A21b: a wrong-shaped calibrator buffer was torch's multi-line error after earlier points loaded."""
+    net = ResidualNet().eval()
+    state = quantize(net, calib_batches, method="B").quant_state_dict()
+    first, last = list(state["points"])[0], list(state["points"])[-1]
+    key = next(k for k, v in state["points"][last].items() if v.ndim == 0 and k != "calibrated")
+    state["points"][last][key] = torch.zeros(3)
+    fresh = prepare(net, calib_batches[0], "B")
+    before = fresh.quantizer(first).scale.clone()
+    with pytest.raises(ValueError, match=rf"point '{last}': {key} has shape \(3,\), the model's \(\)"):
+        fresh.load_quant_state_dict(state)
+    assert torch.equal(fresh.quantizer(first).scale, before) and not bool(fresh.quantizer(first).calibrated)
