@@ -263,3 +263,17 @@ def test_a_key_the_datamodule_does_not_take_is_one_error_line(no_data, capsys):
     text = capsys.readouterr().out
     errors = [line for line in _lines(text) if line.startswith("error:")]
     assert len(errors) == 1 and "extras" in errors[0] and "Traceback" not in text, text
+
+
+def test_a_model_with_other_classes_than_fashion_mnist_is_one_error_line(tmp_path, no_data, capsys):
+    """A 5-class model on Fashion-MNIST's 10 classes failed inside torchmetrics with a traceback."""
+    pytest.importorskip("timm")
+    import timm
+    import torch
+
+    path = tmp_path / "five.pt"
+    torch.save(timm.create_model("mobilenetv3_small_050", pretrained=False, num_classes=5).state_dict(), path)
+    assert main(["test", "model=timm:mobilenetv3_small_050", f"model.weights={path}", "data=fashion_mnist",
+                 "data.eval_limit=8", "data.calib_size=8", "method=fp32", "out=null"]) == 1
+    text = capsys.readouterr().out
+    assert "outputs 5 classes per image but the data (Fashion-MNIST) has 10" in " ".join(text.split()), text

@@ -94,6 +94,15 @@ class FashionMNISTDataModule(BenchmarkDataModule):
     def source(self) -> str:
         return "embedded demo data (Fashion-MNIST subset)" if self.root is None else str(self.root)
 
+    @property
+    def num_classes(self) -> int:
+        """Fashion-MNIST's 10 classes: the task checks the model's outputs against it."""
+        return len(CLASSES)
+
+    @property
+    def class_source(self) -> str:
+        return "Fashion-MNIST"
+
     def setup(self, stage: str | None = None) -> None:
         if self._arrays is not None:
             return
