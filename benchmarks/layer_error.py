@@ -10,11 +10,12 @@
 A method followed by ``+bc`` is that method with bias correction (``bias_correction=true``, measured
 on the same calibration images): what the correction does to each point's error.
 
-Each method is calibrated as in a table cell (same images, seed 0). Then, on the evaluation images:
+Each method is calibrated as in a table cell (same images, seed 0); then its
+``QuantizedModel.layer_report`` (hqbench.quant.layer_report) measures, on the evaluation images:
 
 * ``local``: the SQNR (dB) of each point's own quantization of the *float* activation with that
   method's range: the per-tensor error D's search minimises;
-* ``clipped``: the share of float values outside the chosen range;
+* ``clipped``: the share of float values outside the chosen range (widened to contain 0, as the grid is);
 * ``propagated``: the SQNR of the point's activation in the fully quantized model against the float
   one: the error that reaches the point through every layer before it;
 * the output's SQNR (logits, or a detector's raw predictions) and, for classifiers, Top-1.
@@ -22,13 +23,13 @@ Each method is calibrated as in a table cell (same images, seed 0). Then, on the
 Model, data and calibration images come from the task's config (``hqbench test`` would use the same),
 and a detector's box decoding stays float as in ``hqbench test``.
 
-Prints the points where the methods differ most and a summary, and writes the JSON.
+Prints the points where the methods differ most and a summary, and writes the JSON. The library's
+own report of every point and weight layer, with CSV and a figure, is ``hqbench analyze``.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -42,81 +43,48 @@ from hqbench.config import compose
 from hqbench.models import create_model
 from hqbench.quant import parse_bit_widths, quantize
 from hqbench.data.resolve import build_data
-from hqbench.quant.grid import fake_quantize
 from hqbench.quant import Recipe
 
 
-def _sqnr(signal: float, noise: float) -> float:
-    return 10.0 * torch.log10(torch.tensor(signal / max(noise, 1e-30))).item()
+def _round(value, digits: int = 2):
+    return None if value is None else round(value, digits)
 
 
-def _capture(qmodel, store: dict):
-    """Pre-hooks on every ActQuantizer: a copy of what enters it (quantizers may overwrite their input),
-    one per call."""
-    handles = []
-    for q in qmodel.quantizers.values():
-        def hook(module, args, _name=q.name):
-            store.setdefault(_name, []).append(args[0].detach().clone())
-        handles.append(q.register_forward_pre_hook(hook))
-    return handles
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return round(sum(values) / len(values), 2) if values else None
 
 
 def measure(model, dm, methods, weight_bits, act_bits, float_scopes=(), classifier=True) -> dict:
+    """Each method's :meth:`~hqbench.quant.QuantizedModel.layer_report` on the evaluation images, in
+    this script's JSON layout (points by name, then by method)."""
     calib = list(dm.calibration_dataloader())
-    qmodels = {m: quantize(copy.deepcopy(model), calib, method=m.removesuffix("+bc"), float_scopes=float_scopes,
-                           recipe=Recipe(act_bits=act_bits, weight_bits=weight_bits, bias_correction=m.endswith("+bc")))
-               for m in methods}
-    stats = {m: {} for m in methods}
-    logits = {m: [0.0, 0.0, 0] for m in methods}  # signal, noise, correct
-    images = 0
-    for x, y in dm.test_dataloader():
-        images += len(y)
-        for m, qm in qmodels.items():
-            floats = {}
-            qm.set_mode("float")
-            handles = _capture(qm, floats)
-            with torch.no_grad():
-                ref = qm(x)
-            for h in handles:
-                h.remove()
-            qm.set_mode("quant")
-            outs = {}
-            handles = [q.register_forward_hook(lambda mod, a, out, _n=q.name: outs.setdefault(_n, []).append(
-                out.detach().clone())) for q in qm.quantizers.values()]
-            with torch.no_grad():
-                out = qm(x)
-            for h in handles:
-                h.remove()
-            logits[m][0] += float(ref.double().pow(2).sum())
-            logits[m][1] += float((out - ref).double().pow(2).sum())
-            logits[m][2] += int((out.argmax(1) == y).sum()) if classifier else 0
-            for q in qm.quantizers.values():
-                lo, hi = (float(v) for v in q.clip)
-                s = stats[m].setdefault(q.name, {"signal": 0.0, "local": 0.0, "propagated": 0.0, "clipped": 0, "n": 0,
-                                                 "range": [round(lo, 5), round(hi, 5)], "grid": q.grid.describe()})
-                # In quant mode a passthrough op (a detector's Upsample) re-applies its producer's
-                # quantizer, idempotently; pairing calls in order compares the producer's own call.
-                for f, o in zip(floats[q.name], outs[q.name]):
-                    local = fake_quantize(f, q.scale, q.zero_point, q.grid.qmin, q.grid.qmax)
-                    s["signal"] += float(f.double().pow(2).sum())
-                    s["local"] += float((local - f).double().pow(2).sum())
-                    s["propagated"] += float((o - f).double().pow(2).sum())
-                    s["clipped"] += int(((f < lo) | (f > hi)).sum())
-                    s["n"] += f.numel()
-    points = {}
+    points, summary, images = {}, {}, 0
     for m in methods:
-        for name, s in stats[m].items():
-            points.setdefault(name, {})[m] = {
-                "range": s["range"], "grid": s["grid"], "clipped_pct": round(100.0 * s["clipped"] / s["n"], 4),
-                "local_db": round(_sqnr(s["signal"], s["local"]), 2),
-                "propagated_db": round(_sqnr(s["signal"], s["propagated"]), 2)}
-    summary = {m: {**({"top1": round(100.0 * logits[m][2] / images, 2)} if classifier else {}),
-                   "output_db": round(_sqnr(*logits[m][:2]), 2),
-                   "mean_local_db": round(sum(p[m]["local_db"] for p in points.values()) / len(points), 2),
-                   "mean_propagated_db": round(sum(p[m]["propagated_db"] for p in points.values()) / len(points), 2),
-                   "points_with_lower_local_error": sum(
-                       all(p[m]["local_db"] >= p[o]["local_db"] for o in methods) for p in points.values())}
-               for m in methods}
+        qm = quantize(model, calib, method=m.removesuffix("+bc"), float_scopes=float_scopes,
+                      recipe=Recipe(act_bits=act_bits, weight_bits=weight_bits, bias_correction=m.endswith("+bc")))
+        seen = [0, 0]  # images, correct
+
+        def count(batch, ref, out):
+            seen[0] += len(batch[1])
+            seen[1] += int((out.argmax(1) == batch[1]).sum()) if classifier else 0
+
+        report = qm.layer_report(dm.test_dataloader(), on_batch=count)
+        del qm
+        images = seen[0]
+        for p in report.points:
+            points.setdefault(p["name"], {})[m] = {
+                "range": [round(p["clip_lo"], 5), round(p["clip_hi"], 5)], "grid": p["grid"],
+                "clipped_pct": _round(None if p["clipped_share"] is None else 100.0 * p["clipped_share"], 4),
+                "local_db": _round(p["local_db"]), "propagated_db": _round(p["propagated_db"])}
+        summary[m] = {**({"top1": round(100.0 * seen[1] / seen[0], 2)} if classifier else {}),
+                      "output_db": _round(report.output["sqnr_db"])}
+    for m in methods:
+        summary[m].update(
+            mean_local_db=_mean(p[m]["local_db"] for p in points.values()),
+            mean_propagated_db=_mean(p[m]["propagated_db"] for p in points.values()),
+            points_with_lower_local_error=sum(all((p[m]["local_db"] or 0) >= (p[o]["local_db"] or 0) for o in methods)
+                                              for p in points.values()))
     return {"images": images, "points": points, "summary": summary}
 
 

@@ -20,6 +20,7 @@ from .fold import fold_batchnorm, unfold_batchnorm
 from .points import attach_points, guard_unrecorded
 from .graph import Graph, record
 from .grid import QuantGrid
+from .layer_report import LayerReport, layer_report
 from .recipe import Recipe
 from .scheme import Plan, analyse
 from .state import STATE_VERSION, problems, upgrade
@@ -417,6 +418,12 @@ class QuantizedModel(nn.Module):
         self.rounded_weights = {k: v.clone() for k, v in state.get("rounded_weights", {}).items()}
         self.learned_scales = {k: v.clone() for k, v in state.get("learned_scales", {}).items()}
         self.set_mode(QUANT)
+
+    def layer_report(self, batches: Iterable, input_fn: Callable[[Any], tuple] = default_input_fn,
+                     on_batch: Callable[[Any, Any, Any], None] | None = None) -> LayerReport:
+        """Per-point SQNR (local and propagated), MSE, cosine and clipping, per-layer weight SQNR and the
+        output's SQNR over ``batches``: :func:`hqbench.quant.layer_report.layer_report`."""
+        return layer_report(self, batches, input_fn, on_batch)
 
     def summary(self) -> dict:
         """What was quantized how: points with grids and ranges, and layers kept in float."""
