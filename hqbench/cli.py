@@ -17,14 +17,14 @@ USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg jo
   model={models}
         or a source: {sources}   model.weights=PATH
   method={methods}
-  engine={engines}   bits=w8a8,w8a6,w4a8,...   keep_8bit=first,last
+  engine={engines}[,...] agreement=true|false   bits=w8a8,w8a6,w4a8,...   keep_8bit=first,last
   weight_range=minmax|mse  bias_correction=true  weight_rounding=nearest|adaround  draws=K
   data={data} data.root=PATH data.eval_limit=N data.calib_size=N
   seed=N out=results.json redo=true  trainer.KEY=VALUE (passed to lightning.Trainer)
   train.epochs=N train.lr=X train.checkpoint=PATH train.overwrite=true
 A model picks its data unless data= is given. No data.root, HQBENCH_DATA, model= or data=:
 `test` runs the embedded demo. -m sweeps comma lists of other keys (model=a,b seed=0,1: one run
-each; method= and bits= lists run inside one). --cfg job prints the composed config;
+each; method=, bits= and engine= lists run inside one). --cfg job prints the composed config;
 task=NAME --help prints the task's keys. Configs live in tasks/ (a wheel: hqbench/configs/;
 HQBENCH_TASKS=DIR for another folder). hqbench --version prints the version."""
 LIST_HINT = "\nhqbench --list prints this with the registered model sources, methods and engines filled in."
@@ -52,7 +52,7 @@ def usage(registries: bool = True) -> str:
 
 # Optional dependencies by top-level module: which pyproject extra installs each.
 EXTRAS = {"tflite": "tflite", "ultralytics": "detection", "faster_coco_eval": "detection", "onnx": "onnx",
-          "onnxruntime": "onnx", "timm": "efficientnet"}
+          "onnxruntime": "onnx", "timm": "efficientnet", "openvino": "openvino"}
 
 
 def demo_overrides(task: str, overrides: list[str]) -> list[str]:

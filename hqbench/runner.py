@@ -164,6 +164,16 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     return cells
 
 
+def plan_engines(cfg: DictConfig) -> list[str]:
+    """``engine=`` as a list (``engine=fake,onnxruntime,openvino`` runs each of hqbench's cells on each),
+    every name checked against the registry, before any work."""
+    return list(dict.fromkeys(engine_entry(str(e)).name for e in _as_list(cfg.engine, "engine")))
+
+
+def _runs_on_engines(method: str) -> bool:
+    return method not in (FP32, PYTORCH) and not is_peer(method)
+
+
 def _as_list(value, key: str) -> list:
     items = list(value) if OmegaConf.is_list(value) or isinstance(value, (list, tuple)) else [value]
     if not items or any(i is None or str(i) == "" for i in items):
@@ -185,10 +195,11 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     if rank() != 0:  # under DDP every process runs this loop; only rank 0 prints and writes
         console = Console(quiet=True)
     cells = plan_cells(cfg)
-    engine = engine_entry(cfg.engine).name
+    engines = plan_engines(cfg)
     task_cls = task_class(cfg)
-    if engine in task_cls.UNSUPPORTED:
-        raise NotImplementedError(f"engine={engine} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[engine]}")
+    for engine in engines:
+        if engine in task_cls.UNSUPPORTED:
+            raise NotImplementedError(f"engine={engine} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[engine]}")
     draws = cfg.get("draws", 1)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")
@@ -208,10 +219,15 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     # Calibration statistics by (method, seed): observed on the float model, they do not depend on
     # the widths or weight options, so each method calibrates once per draw (issue 15).
     statistics: dict[tuple[str, int], dict] = {}
+    # A cell's quant state by (method, seed, widths, options): every engine after the first runs the
+    # very qparams the first one calibrated, so engines compare on one calibration.
+    states: dict[tuple, dict] = {}
     # FP32 does not depend on the calibration draw: it runs once, with the first seed.
     plan = [(cfg.seed, c) for c in cells] + [(cfg.seed + i, c) for i in range(1, draws) for c in cells if c.method != FP32]
+    # FP32, torch.ao's baseline and the peers run on their own engine, once; hqbench's methods on each engine
+    plan = [(seed, c, e) for seed, c in plan for e in (engines if _runs_on_engines(c.method) else engines[:1])]
     drawn = cfg.seed
-    for seed, cell in plan:
+    for seed, cell, engine in plan:
         if seed != drawn:
             (dm, _), drawn = build_data(cfg, card, seed), seed
         row_engine = FLOAT if cell.method == FP32 else ("fake" if cell.method == PYTORCH else engine)
@@ -223,6 +239,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
                     weights_digest=digest, options=cell.options)
         label = f"{cell.method}" + ("" if cell.method == FP32 else f" w{cell.weight_bits}a{cell.act_bits}")
         label += f" s{seed}" if draws > 1 else ""
+        label += f" [{row_engine}]" if len(engines) > 1 and _runs_on_engines(cell.method) else ""
         done = None if cfg.get("redo", False) else _resumable(cfg.out, base, portable_path(card.weights), console, label)
         if done is not None:
             console.print(f"  {label:>10}: {task.METRIC} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",
@@ -230,7 +247,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
             rows.append(done)
             continue
         try:
-            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command, statistics)
+            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command, statistics, states)
         except PeerUnsupported as err:  # the tool has no such width: say so, never a made-up number
             console.print(f"  {label:>10}: skipped: {err}", soft_wrap=True, markup=False)
             continue
@@ -279,19 +296,24 @@ def _resumable(out, base: dict, weights: str, console: Console, label: str) -> R
 
 
 def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
-              command: str, statistics: dict) -> ResultRow:
+              command: str, statistics: dict, states: dict) -> ResultRow:
     peer = is_peer(cell.method)
     if peer and "peers" in task.UNSUPPORTED:
         raise PeerUnsupported(f"peers do not run task={cfg.task}: {task.UNSUPPORTED['peers']}")
     share = (cell.method, base["seed"])  # one calibration per method and draw, frozen at every width
     reused = share in statistics
+    state_of = (cell.method, base["seed"], cell.weight_bits, cell.act_bits, tuple(sorted(cell.options.items())))
     export = _export_path(cfg, base)
     callbacks = [] if cell.method == FP32 else [PeerCallback(
         cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits, float_scopes=float_scopes)] if peer else [
         QuantizationCallback(
         cell.method, cell.recipe, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])),
-        export=export, export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)))]
+        export=export, export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)),
+        agreement=bool(cfg.get("agreement", True)))]
+    same_state = not peer and cell.method != FP32 and state_of in states
+    if same_state:  # the qparams another engine's row of this cell ran: loaded, not calibrated again
+        callbacks[0].load_state_dict(states[state_of])
     start = time.perf_counter()
     trainer = _trainer(cfg, callbacks)
     try:
@@ -304,6 +326,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     total = time.perf_counter() - start
     if callbacks and getattr(callbacks[0], "statistics", None) is not None:
         statistics[share] = callbacks[0].statistics
+    if isinstance(callbacks[0] if callbacks else None, QuantizationCallback) and callbacks[0].state_dict():
+        states.setdefault(state_of, callbacks[0].state_dict())
     calib = callbacks[0].calib_seconds if callbacks else 0.0
     summary = callbacks[0].summary if callbacks else None
     if cell.method == FP32:
@@ -315,7 +339,9 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     value, extra = task.metric_values(metrics)
     if peer:  # which tool, its version and settings, and the engine the number was measured on
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
-    if reused:  # calib_seconds is then only the range choice (and any weight fitting)
+    if same_state:
+        extra["calibration"] = "quant state of this run's earlier engine for the same cell (the same qparams)"
+    elif reused:  # calib_seconds is then only the range choice (and any weight fitting)
         extra["calibration"] = "statistics shared with an earlier cell of this run (same method and draw)"
     elif getattr(callbacks[0] if callbacks else None, "ranges_taken", False):
         extra["calibration"] = "first pass (ranges) taken from this run's MinMax (B) cell of the same draw"
@@ -328,6 +354,11 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     extra["device"] = runs_on or trainer.strategy.root_device.type
     if export is not None:
         extra["export"] = portable_path(export)
+    quant = callbacks[0] if callbacks and isinstance(callbacks[0], QuantizationCallback) else None
+    if quant is not None and quant.engine_record:  # version, settings, which layers ran in int8, the CPU
+        extra.update(quant.engine_record)
+    if quant is not None and quant.agreement is not None:
+        extra["agreement"] = quant.agreement
     return ResultRow(**base, value=value, calib_seconds=round(calib, 2),
                      eval_seconds=round(eval_seconds, 2), act_range=act_range,
                      extra={**extra, "weights": portable_path(card.weights),

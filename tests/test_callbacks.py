@@ -105,27 +105,38 @@ def test_fp32_and_quantized_in_one_process_agree_closely():
     assert abs(fp32 - int8) <= 0.1
 
 
+@pytest.mark.parametrize("agreement", [False, True], ids=["alone", "agreement"])
 @pytest.mark.parametrize("engine", ["int", "onnxruntime"])
-def test_engines_replace_the_torch_forward_instead_of_running_after_it(engine):
+def test_engines_replace_the_torch_forward_instead_of_running_after_it(engine, agreement):
     """Under a non-torch engine the torch network does not run at test time (it would double the
-    cost); afterwards the module's own forward is back."""
+    cost), unless agreement is measured: then it runs once a batch, as the fake-quant reference,
+    and the callback reports the engine's distance from it. Afterwards the module's own forward is back."""
     if engine == "onnxruntime":
         pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
     module = PositionalModule().eval()
     calls = []
     module.backbone[-1].register_forward_hook(lambda *a: calls.append(1))
-    callback = QuantizationCallback("B", calib_dataloader=_data(1), engine=engine)
+    callback = QuantizationCallback("B", calib_dataloader=_data(1), engine=engine, agreement=agreement)
 
     class Count(L.Callback):
         def on_test_batch_start(self, *args):
             calls.clear()
 
         def on_test_batch_end(self, *args):
-            assert not calls, "the torch network ran under a non-torch engine"
+            assert len(calls) == int(agreement), "the torch network ran under a non-torch engine"
 
     acc = _trainer([callback, Count()]).test(module, _data(2), verbose=False)[0]["acc"]
     assert 0 <= acc <= 1 and "forward" not in module.__dict__
+    if agreement:
+        measured = callback.agreement
+        assert measured["rows"] == 64 and measured["top1_agree"] >= 90
+        # forward divides the logits by a temperature after the last activation point: off any grid,
+        # so they are compared in absolute terms only
+        assert measured["within_1_lsb"] is None and measured["max_abs_diff"] < 1
+        assert callback.engine_record["all_int8"], callback.engine_record
+    else:
+        assert callback.agreement is None
     module(torch.randn(2, 1, 8, 8))
     assert calls  # the float network is back in charge
 

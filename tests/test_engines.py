@@ -42,8 +42,8 @@ def test_the_registry_refuses_what_is_taken_or_peers_only():
         register_engine("int", CountingEngine, description="again")
     with pytest.raises(ValueError, match="'float' is already registered"):
         register_engine("float", CountingEngine, description="FP32's")
-    with pytest.raises(ValueError, match="engine 'openvino' runs only peers' rows so far; valid: fake, int"):
-        engine_entry("openvino")
+    with pytest.raises(ValueError, match="engine 'torch-reference' runs only peers' rows so far; valid: fake, int"):
+        engine_entry("torch-reference")
     with pytest.raises(ValueError, match="engine 'tpu' is unknown; valid: fake, int, onnxruntime"):
         engine_entry("tpu")
     assert set(row_engines()) >= {"float", *(e.name for e in list_engines()), "openvino", "torch-reference"}
@@ -92,3 +92,23 @@ def test_an_engine_from_outside_runs_through_the_cli(counting_engine, no_data, t
     rows = json.loads(out.read_text())
     assert [(r["method"], r["engine"]) for r in rows] == [("fp32", "float"), ("B", "counting")]
     assert [r["device"] for r in rows] == ["cpu", "cpu"]  # where each number was computed
+
+
+@pytest.mark.slow
+def test_engines_in_one_run_share_one_calibration_and_report_their_agreement(no_data, tmp_path, capsys):
+    """issue 29: engine=fake,onnxruntime runs each cell on each engine from the same qparams (the
+    second loads the first's quant state), records what the engine ran in int8 and its distance
+    from fake-quant, and prints the agreement table with McNemar on the same images."""
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "rows.json"
+    assert main(["test", "method=B", "engine=fake,onnxruntime", "data.eval_limit=64", "data.calib_size=32",
+                 f"out={out}"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["method"], r["engine"]) for r in rows] == [("B", "fake"), ("B", "onnxruntime")]
+    fake, ort = rows
+    assert "earlier engine" in ort["calibration"] and ort["act_range"] == fake["act_range"]
+    assert ort["engine_version"].startswith("onnxruntime ") and ort["int8_layers"].split("/")[0] == ort["int8_layers"].split("/")[1]
+    assert ort["agreement"]["rows"] == 64 and ort["agreement"]["top1_agree"] >= 95
+    assert "agreement" not in fake and "engine_version" not in fake
+    printed = capsys.readouterr().out
+    assert "Engines against fake-quant" in printed and "onnxruntime" in printed

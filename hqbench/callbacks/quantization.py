@@ -29,6 +29,7 @@ from ..methods import PYTORCH, row_method
 from ..quant import Recipe, canonical_name, fit_weights, prepare
 from ..quant.baseline import torch_act_grid, torch_ao_ptq
 from ..quant.distributed import is_distributed, recording, shard_batches
+from ..quant.agreement import Agreement, output_steps
 from ..quant.engines import create_engine, engine_entry
 from ..quant.model import QuantizedModel, default_input_fn
 
@@ -74,8 +75,13 @@ class QuantizationCallback(EvaluationStageCallback):
         calib_dataloader: calibration batches; defaults to ``trainer.datamodule.calibration_dataloader()``.
         num_batches: calibration batches per pass (all when None).
         engine: a registered engine (:func:`hqbench.quant.engines.list_engines`): ``"fake"``
-            (fake-quant), ``"int"`` (the integer-only reference executor) or ``"onnxruntime"`` (the
-            calibrated model exported as ONNX QDQ and run by ONNX Runtime).
+            (fake-quant), ``"int"`` (the integer-only reference executor), ``"onnxruntime"`` or
+            ``"openvino"`` (the calibrated model exported as ONNX QDQ and run by that runtime's
+            int8 kernels). ``engine_record`` then holds what the engine says of itself (version,
+            settings, which layers ran in int8).
+        agreement: with an engine other than ``"fake"``, also run the fake-quant model on every
+            batch and measure the engine against it (:class:`hqbench.quant.agreement.Agreement`;
+            ``agreement`` holds its summary after each run). Costs one more forward per batch.
         input_fn: maps a batch to the module's positional inputs (default: ``batch[0]``).
         float_scopes: module names whose functional ops stay float (detector decoding).
         submodule: attribute holding the network, used by the ``"pytorch"`` baseline.
@@ -111,7 +117,8 @@ class QuantizationCallback(EvaluationStageCallback):
                  num_batches: int | None = None, engine: str = "fake", input_fn: Callable[[Any], tuple] = default_input_fn,
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None,
-                 fit_suffix: str = "_quant", export: str | os.PathLike | None = None, export_overwrite: bool = False):
+                 fit_suffix: str = "_quant", export: str | os.PathLike | None = None, export_overwrite: bool = False,
+                 agreement: bool = True):
         engine_entry(engine)  # an unknown engine fails here, naming the valid ones
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -134,6 +141,9 @@ class QuantizationCallback(EvaluationStageCallback):
             raise ValueError("export= writes hqbench's QDQ file; the pytorch baseline is torch.ao's own model")
         self.export, self.export_overwrite, self._example = export, bool(export_overwrite), None
         self.calib_seconds = 0.0
+        self.measure_agreement = bool(agreement)
+        self.engine_record: dict | None = None  # what a non-fake engine records of itself
+        self._agreement: Agreement | None = None
         self._given_statistics, self._given_ranges = statistics, ranges
         self.ranges_taken = False  # whether the last calibration took its first pass from ``ranges``
         self.statistics: dict | None = statistics
@@ -239,6 +249,11 @@ class QuantizationCallback(EvaluationStageCallback):
             self._rename_logged(pl_module)
         self._log_calibration(trainer)
 
+    @property
+    def agreement(self) -> dict | None:
+        """The engine against fake-quant over the batches run since it was attached (None: fake, or off)."""
+        return None if self._agreement is None else self._agreement.summary()
+
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.export is not None and self.qmodel is not None and trainer.is_global_zero:
             from ..quant.export import export_onnx
@@ -274,15 +289,20 @@ class QuantizationCallback(EvaluationStageCallback):
         first and then discard its output, paying for both); the undo list puts it back.
         """
         engine = create_engine(self.engine, qmodel, example)
+        self.engine_record = engine.record() if callable(getattr(engine, "record", None)) else None
+        own = pl_module.__dict__.get("forward")  # an instance-level forward someone set before us
+        fake_forward = own or type(pl_module).forward.__get__(pl_module)  # the quantizers' hooks make it fake-quant
+        self._agreement = Agreement(output_steps(qmodel, example)) if self.measure_agreement else None
 
         def forward(*args, **kwargs):
             if kwargs:  # the replayed graph was recorded without them: refuse rather than ignore them
                 raise NotImplementedError(
                     f"engine={self.engine} replays the graph recorded at calibration, which cannot take forward's "
                     f"keyword arguments {sorted(kwargs)}; use engine=fake, or call forward with positional tensors only")
-            return engine(*args)
-
-        own = pl_module.__dict__.get("forward")  # an instance-level forward someone set before us
+            out = engine(*args)
+            if self._agreement is not None:
+                self._agreement.update(fake_forward(*args), out)
+            return out
 
         def restore() -> None:
             if own is None:

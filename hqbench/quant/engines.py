@@ -101,8 +101,9 @@ register_engine("fake", None, description="fake-quant in torch (float arithmetic
 register_engine("int", "hqbench.quant.integer:IntegerExecutor.from_model",
                 description="hqbench's integer-only reference executor")
 register_engine("onnxruntime", "hqbench.quant.onnx_engine:OnnxRuntimeEngine", extra="onnx", runs_on="cpu",
-                description="ONNX QDQ export run by ONNX Runtime's CPU int8 kernels")
-register_engine("openvino", None, peers_only=True, description="OpenVINO's CPU plugin (int8 kernels)")
+                description="ONNX QDQ export run by ONNX Runtime's CPU int8 kernels (uint8 weights where u8s8 saturates)")
+register_engine("openvino", "hqbench.quant.openvino_engine:OpenVinoEngine", extra="openvino", runs_on="cpu",
+                description="ONNX QDQ export compiled by OpenVINO's CPU plugin (int8 kernels)")
 register_engine("torch-reference", None, peers_only=True,
                 description="torch's reference quantize/dequantize model (simulation in float kernels)")
 

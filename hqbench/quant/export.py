@@ -67,7 +67,7 @@ def check_exportable(qmodel) -> None:
 
 
 def export_onnx(qmodel, path, example_inputs=None, *, opset: int = 17, overwrite: bool = False,
-                dynamic_batch: bool = True, container: str = "uint8") -> dict:
+                dynamic_batch: bool = True, container: str = "uint8", weights: str = "int8") -> dict:
     """Write ``path`` (QDQ ONNX), ``*.qstate.pt`` and ``*.encodings.json``; returns their paths and counts.
 
     ``container="uint8"`` (the default) stores every activation as uint8, signed grids shifted by
@@ -76,6 +76,8 @@ def export_onnx(qmodel, path, example_inputs=None, *, opset: int = 17, overwrite
     natively. ``container="native"`` stores signed grids as int8 (zero point z), unsigned ones as
     uint8, as the scheme holds them; on MobileNetV2 onnxruntime then runs 15 of its 52 convs and all
     10 residual adds in float between DQ and Q (``tests/quant/test_export.py`` counts them).
+    ``weights``: ``"int8"`` (default) or ``"uint8"`` (the same integers + 128, zero point 128), the
+    exact U8U8 kernels for CPUs whose u8s8 kernels saturate (:mod:`hqbench.quant.cpu`).
 
     Raises:
         RuntimeError: a layer was never calibrated. FileExistsError: a target exists and
@@ -94,15 +96,17 @@ def export_onnx(qmodel, path, example_inputs=None, *, opset: int = 17, overwrite
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)}; pass overwrite=True")
     example_inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
     model, order = trace_to_onnx(qmodel, example_inputs, opset, dynamic_batch, container == "uint8")
-    params = quantize_parameters(model, qmodel)
+    params = quantize_parameters(model, qmodel, weights)
     encodings = {"version": ENCODINGS_VERSION, "opset": opset, "method": qmodel.method,
                  "act_bits": qmodel.act_bits, "weight_bits": qmodel.weight_bits,
-                 "container": container, "activations": activation_encodings(model, order), **params}
+                 "container": container, "weight_container": weights, "activations": activation_encodings(model, order), **params}
+    requantized = requantize_reshapes(model)
     atomic_write(paths["onnx"], lambda f: f.write(model.SerializeToString()), binary=True)
     atomic_write(paths["qstate"], lambda f: torch.save(qmodel.quant_state_dict(), f), binary=True)
     atomic_write(paths["encodings"], lambda f: f.write(json.dumps(encodings, indent=1) + "\n"))
-    return {**{k: str(p) for k, p in paths.items()}, "opset": opset,
-            "activation_tensors": len(encodings["activations"]), "weight_tensors": len(encodings["weights"])}
+    return {**{k: str(p) for k, p in paths.items()}, "opset": opset, "container": container, "weights": weights,
+            "activation_tensors": len(encodings["activations"]), "weight_tensors": len(encodings["weights"]),
+            "requantized": requantized}
 
 
 def trace_to_onnx(qmodel, example_inputs: tuple, opset: int, dynamic_batch: bool, all_uint8: bool = False):
@@ -197,6 +201,46 @@ def _qdq_symbolic(g, x, scale, zero_point, quant_min, quant_max, all_uint8: bool
         q = g.op("Clip", q, g.op("Constant", value_t=torch.tensor(qmin + offset, dtype=dtype)),
                  g.op("Constant", value_t=torch.tensor(qmax + offset, dtype=dtype)))
     return g.op("DequantizeLinear", q, scale, zp)
+
+
+# Ops that only move values: a Q/DQ pair after one, on its input's grid, changes nothing
+_RESHAPES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
+_LAYERS = ("Conv", "Gemm", "MatMul")
+
+
+def requantize_reshapes(model) -> int:
+    """Put a ``Q -> DQ`` on the same grid between a reshape of dequantized values and the layer it feeds.
+
+    The tracer writes a classifier as ``DQ -> Flatten -> Gemm``; onnxruntime fuses a Gemm only when a
+    DequantizeLinear feeds it directly, so that Gemm ran in float (MobileNetV2: 52 of 53 layers in
+    int8). Flatten moves values without changing them, so quantizing its output on its input's grid
+    gives the same integers: the rewrite is exact. Returns how many pairs it added.
+    """
+    from onnx import helper
+
+    producer = {o: n for n in model.graph.node for o in n.output}
+    added: dict[str, list] = {}  # reshape output -> its Q, DQ
+    for node in model.graph.node:
+        if node.op_type not in _LAYERS:
+            continue
+        reshape = producer.get(node.input[0])
+        dq = producer.get(reshape.input[0]) if reshape is not None and reshape.op_type in _RESHAPES else None
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3:
+            continue
+        moved = node.input[0]
+        q_out, dq_out = f"{moved}_requantized", f"{moved}_dequantized"
+        added[moved] = [helper.make_node("QuantizeLinear", [moved, dq.input[1], dq.input[2]], [q_out], name=f"{moved}_QuantizeLinear"),
+                  helper.make_node("DequantizeLinear", [q_out, dq.input[1], dq.input[2]], [dq_out],
+                                   name=f"{moved}_DequantizeLinear")]
+        node.input[0] = dq_out
+    if added:  # topological order: each pair right after the reshape it reads
+        nodes = list(model.graph.node)
+        del model.graph.node[:]
+        for n in nodes:
+            model.graph.node.append(n)
+            for out in n.output:
+                model.graph.node.extend(added.get(out, []))
+    return len(added)
 
 
 def activation_encodings(model, order: list[ActQuantizer]) -> dict:

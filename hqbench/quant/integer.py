@@ -110,6 +110,16 @@ class IntegerExecutor:
         # BN and activation nodes fused into a compute layer run inside it.
         self.fused = {bn for _, bn in self.plan.folds} | {a for _, a in self.plan.chains.values() if a}
 
+    def record(self) -> dict:
+        """What the row records (as the exported engines' ``record``): every compute layer runs on integers."""
+        from .. import __version__
+        from .onnx_engine import int8_share
+
+        layers = len(dict.fromkeys(self.plan.compute))
+        return {"engine_version": f"hqbench {__version__}",
+                "engine_settings": {"accumulator": "int32 (exact in float64)", "requantization": "31-bit fixed point"},
+                **int8_share(layers, layers, [])}  # other float ops: the row's float_ops
+
     def _to_int(self, x: torch.Tensor, name: str) -> IntTensor:
         aq = self.q.quantizer(name)
         g = aq.grid

@@ -23,18 +23,26 @@ def value_of(model, name: str):
     raise KeyError(f"{name!r} is neither an initializer nor a Constant of the exported graph")
 
 
-def quantize_parameters(model, qmodel) -> dict:
+WEIGHT_CONTAINERS = ("int8", "uint8")
+
+
+def quantize_parameters(model, qmodel, weights: str = "int8") -> dict:
     """Turn each quantized layer's float weight/bias initializer into int8/int32 + DequantizeLinear.
 
     The integers are read back from the fake-quant values the graph holds (so bias correction and
     weight-range methods need no special case) and checked to dequantize to them bit for bit. The
     DequantizeLinear output keeps the initializer's name, so consumers are untouched.
+    ``weights="uint8"`` stores the same symmetric integers shifted by 128 with zero point 128
+    (same values bit for bit): onnxruntime then runs U8U8 kernels, which widen to 16 bits before
+    multiplying and cannot saturate on CPUs without VNNI (see :mod:`hqbench.quant.cpu`).
     """
+    if weights not in WEIGHT_CONTAINERS:
+        raise ValueError(f"weights container must be one of {WEIGHT_CONTAINERS}, got {weights!r}")
     inits = {i.name: i for i in model.graph.initializer}
     encodings: dict = {"weights": {}, "biases": {}}
     nodes = []
     for name in dict.fromkeys(qmodel.plan.compute):
-        nodes += _layer_parameters(qmodel, name, inits, encodings)
+        nodes += _layer_parameters(qmodel, name, inits, encodings, weights)
     for node, initializers in nodes:
         model.graph.initializer.remove(inits[node.output[0]])
         model.graph.initializer.extend(initializers)
@@ -44,7 +52,7 @@ def quantize_parameters(model, qmodel) -> dict:
     return encodings
 
 
-def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
+def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict, weights: str = "int8") -> list:
     """DequantizeLinear nodes (with initializers) for one layer's weight and bias; fills ``encodings``."""
     bits = qmodel.layer_weight_bits(name)
     qmax = 2 ** (bits - 1) - 1
@@ -63,8 +71,10 @@ def _layer_parameters(qmodel, name: str, inits: dict, encodings: dict) -> list:
             raise RuntimeError(f"layer {name!r}: {name}.bias in the graph is not the model's int32 bias times "
                                "s_in * s_w; the model's fake-quant values and the exporter's scale disagree")
     axis = 0 if s_w.numel() > 1 else None
-    nodes = [_dq_node(f"{name}.weight", w_int, s_w, torch.int8, axis)]
-    encodings["weights"][f"{name}.weight"] = _param_encoding(name, s_w, -qmax, qmax, bits, "int8", axis)
+    offset = 128 if weights == "uint8" else 0
+    nodes = [_dq_node(f"{name}.weight", w_int + offset, s_w, getattr(torch, weights), axis, offset)]
+    encodings["weights"][f"{name}.weight"] = _param_encoding(name, s_w, -qmax, qmax, bits, weights, axis)
+    encodings["weights"][f"{name}.weight"]["container_offset"] = offset
     if widened:
         encodings["weights"][f"{name}.weight"]["widened_channels"] = widened
     if b_int is not None:
@@ -92,12 +102,12 @@ def _integers(held: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, lay
     return ints
 
 
-def _dq_node(tensor: str, ints: torch.Tensor, scale: torch.Tensor, dtype, axis):
+def _dq_node(tensor: str, ints: torch.Tensor, scale: torch.Tensor, dtype, axis, zero_point: int = 0):
     """A DequantizeLinear writing ``tensor`` and its (integers, scale, zero point) initializers."""
     from onnx import helper, numpy_helper
 
     scale = scale.reshape(-1) if axis is not None else scale.reshape(())
-    zero = torch.zeros_like(scale, dtype=dtype)
+    zero = torch.full_like(scale, zero_point, dtype=dtype)
     initializers = [numpy_helper.from_array(ints.to(dtype).numpy(), f"{tensor}_quantized"),
                     numpy_helper.from_array(scale.float().numpy(), f"{tensor}_scale"),
                     numpy_helper.from_array(zero.numpy(), f"{tensor}_zero_point")]

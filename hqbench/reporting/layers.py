@@ -149,11 +149,11 @@ def _device(cfg):
 
 def _cells(cfg, console: Console) -> list:
     """The config's cells of hqbench's own calibrators; fp32 (the reference), pytorch and peers are skipped."""
-    from hqbench.runner import plan_cells
+    from hqbench.runner import plan_cells, plan_engines
 
-    engine = str(cfg.get("engine", "fake"))
-    if engine != "fake":
-        raise ValueError(f"engine={engine}: hqbench analyze measures the fake-quant model; drop engine=")
+    engines = plan_engines(cfg)
+    if engines != ["fake"]:
+        raise ValueError(f"engine={','.join(engines)}: hqbench analyze measures the fake-quant model; drop engine=")
     precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
     if precision != "32-true":
         raise ValueError(f"trainer.precision={precision}: hqbench analyze runs in float32 only")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hqbench.reporting.agreement import agreement_markdown
 from hqbench.reporting.files import read_results, write_all
 from hqbench.reporting.plots import plot_sweep
 from hqbench.reporting.results import ResultRow
@@ -42,6 +43,8 @@ def report_markdown(rows: list[ResultRow]) -> str:
         "Paired tests on the same images (exact McNemar for Top-1, paired bootstrap for mAP):", "",
         pairwise_markdown(rows), "", "Gap to FP32 on the same images (95 % paired bootstrap interval; the test as above):",
         "", gap_markdown(rows), "", "Time the rows record (calibration and evaluation, summed):", "", cost_markdown(rows),
+        *(["", "Engines against fake-quant on the same images and calibration (p: the test as above; LSB: the "
+           "output's grid step):", "", agreement] if (agreement := agreement_markdown(rows)) else []),
         "", "Commands:", "", "```bash", *commands, "```"])
 
 

@@ -298,6 +298,10 @@ def print_tables(
     console = console if console is not None else Console()
     _print(console, paper_table(rows, title, compact=compact))
     _print(console, timing_table(rows))
+    from .agreement import agreement_table
+
+    if (agreement := agreement_table(rows)) is not None:  # engine=fake,onnxruntime,...: each engine against fake
+        _print(console, agreement)
     console.print(Text(notes_line(rows)), soft_wrap=not console.is_terminal)
 
 
