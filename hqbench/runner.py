@@ -239,7 +239,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
                     weights_digest=digest, options=cell.options)
         label = f"{cell.method}" + ("" if cell.method == FP32 else f" w{cell.weight_bits}a{cell.act_bits}")
         label += f" s{seed}" if draws > 1 else ""
-        label += f" [{row_engine}]" if len(engines) > 1 and _runs_on_engines(cell.method) else ""
+        label += f" on {row_engine}" if len(engines) > 1 and _runs_on_engines(cell.method) else ""
         done = None if cfg.get("redo", False) else _resumable(cfg.out, base, portable_path(card.weights), console, label)
         if done is not None:
             console.print(f"  {label:>10}: {task.METRIC} {done.value:6.2f}  (already in {cfg.out}; redo=true reruns it)",

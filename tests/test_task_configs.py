@@ -138,7 +138,7 @@ def test_rows_store_the_same_portable_path_however_the_data_is_named(monkeypatch
 
 
 @pytest.mark.parametrize("override, words", [
-    ("foo=1", "unknown key 'foo'; valid at the top level: adaround, bias_correction, bits, data"),
+    ("foo=1", "unknown key 'foo'; valid at the top level: adaround, agreement, bias_correction, bits, data"),
     ("adaround.steps=5", "unknown key 'adaround.steps'; valid under adaround: activation_loss, batch_size, beta"),
     ("adaround.iters=2.5", "adaround.iters must be an integer, got 2.5"),
     ("data.foo=1", "unknown key 'data.foo'; valid under data: _target_, batch_size, calib_size"),

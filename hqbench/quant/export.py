@@ -141,6 +141,8 @@ def _trace(qmodel, example_inputs: tuple, opset: int, dynamic_batch: bool, all_u
         with torch.no_grad(), warnings.catch_warnings():
             # qparams and shapes are constants by design; the tracer warns about every one of them.
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            # and the exporter's notes on constant folding, which say nothing about the file's numbers
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.onnx")
             with _positional_forward(qmodel.model):
                 torch.onnx.export(qmodel.model, example_inputs, buffer, dynamo=False, opset_version=opset,
                                   input_names=inputs, output_names=outputs, dynamic_axes=axes)
