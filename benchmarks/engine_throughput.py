@@ -30,21 +30,16 @@ import torch
 from hqbench.data.imagenet import ImageNetDataModule
 from hqbench.models import create_model
 from hqbench.peers import create_peer
+from hqbench.peers._common import export_float_onnx
 from hqbench.quant import cpu, quantize
 from hqbench.quant.onnx_engine import OnnxRuntimeEngine, make_session
 from hqbench.quant.openvino_engine import OpenVinoEngine
 
 
-def float_onnx(model, example: torch.Tensor, path: Path) -> Path:
-    with torch.no_grad():
-        torch.onnx.export(model, (example,), path, dynamo=False, opset_version=17, input_names=["input0"],
-                          output_names=["output0"], dynamic_axes={"input0": {0: "batch"}, "output0": {0: "batch"}})
-    return path
-
-
 def ort_float(path: Path, threads: int | None):
     session = make_session(path, threads)
-    return lambda x: session.run(None, {"input0": x.numpy()})[0]
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x.numpy()})[0]
 
 
 def ov_float(path: Path, threads: int | None):
@@ -112,7 +107,7 @@ def main() -> None:
     qmodel = quantize(copy.deepcopy(model), calib, method=args.method, seed=args.seed)
     records = {}
     with tempfile.TemporaryDirectory() as tmp:
-        fp32_path = float_onnx(model, batch[:2], Path(tmp) / "fp32.onnx")
+        fp32_path = export_float_onnx(model, batch[:2], Path(tmp) / "fp32.onnx")  # what the ORT peers quantize
         ort_q = OnnxRuntimeEngine(qmodel, (batch[:2],), threads=args.threads)
         ov_q = OpenVinoEngine(qmodel, (batch[:2],), threads=args.threads)
         records.update({"onnxruntime": ort_q.record(), "openvino": ov_q.record()})

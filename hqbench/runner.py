@@ -324,10 +324,11 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
             raise cause from None
         raise
     total = time.perf_counter() - start
+    quant = callbacks[0] if callbacks and isinstance(callbacks[0], QuantizationCallback) else None
     if callbacks and getattr(callbacks[0], "statistics", None) is not None:
         statistics[share] = callbacks[0].statistics
-    if isinstance(callbacks[0] if callbacks else None, QuantizationCallback) and callbacks[0].state_dict():
-        states.setdefault(state_of, callbacks[0].state_dict())
+    if quant is not None and quant.state_dict():
+        states.setdefault(state_of, quant.state_dict())
     calib = callbacks[0].calib_seconds if callbacks else 0.0
     summary = callbacks[0].summary if callbacks else None
     if cell.method == FP32:
@@ -354,7 +355,6 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     extra["device"] = runs_on or trainer.strategy.root_device.type
     if export is not None:
         extra["export"] = portable_path(export)
-    quant = callbacks[0] if callbacks and isinstance(callbacks[0], QuantizationCallback) else None
     if quant is not None and quant.engine_record:  # version, settings, which layers ran in int8, the CPU
         extra.update(quant.engine_record)
     if quant is not None and quant.agreement is not None:

@@ -101,12 +101,13 @@ def export_onnx(qmodel, path, example_inputs=None, *, opset: int = 17, overwrite
                  "act_bits": qmodel.act_bits, "weight_bits": qmodel.weight_bits,
                  "container": container, "weight_container": weights, "activations": activation_encodings(model, order), **params}
     requantized = requantize_reshapes(model)
+    layers = quantized_layers(model)
     atomic_write(paths["onnx"], lambda f: f.write(model.SerializeToString()), binary=True)
     atomic_write(paths["qstate"], lambda f: torch.save(qmodel.quant_state_dict(), f), binary=True)
     atomic_write(paths["encodings"], lambda f: f.write(json.dumps(encodings, indent=1) + "\n"))
     return {**{k: str(p) for k, p in paths.items()}, "opset": opset, "container": container, "weights": weights,
             "activation_tensors": len(encodings["activations"]), "weight_tensors": len(encodings["weights"]),
-            "requantized": requantized}
+            "requantized": requantized, "quantized_layers": layers}
 
 
 def trace_to_onnx(qmodel, example_inputs: tuple, opset: int, dynamic_batch: bool, all_uint8: bool = False):
@@ -205,9 +206,18 @@ def _qdq_symbolic(g, x, scale, zero_point, quant_min, quant_max, all_uint8: bool
     return g.op("DequantizeLinear", q, scale, zp)
 
 
+# ONNX ops that are a conv or matmul layer (the denominator of an engine's "layers in int8")
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def quantized_layers(model) -> int:
+    """How many conv/matmul layers of a QDQ graph take quantized weights (a DequantizeLinear)."""
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    return sum(1 for n in model.graph.node if n.op_type in LAYER_OPS and len(n.input) > 1 and n.input[1] in dq_outputs)
+
+
 # Ops that only move values: a Q/DQ pair after one, on its input's grid, changes nothing
 _RESHAPES = ("Flatten", "Reshape", "Squeeze", "Unsqueeze")
-_LAYERS = ("Conv", "Gemm", "MatMul")
 
 
 def requantize_reshapes(model) -> int:
@@ -223,7 +233,7 @@ def requantize_reshapes(model) -> int:
     producer = {o: n for n in model.graph.node for o in n.output}
     added: dict[str, list] = {}  # reshape output -> its Q, DQ
     for node in model.graph.node:
-        if node.op_type not in _LAYERS:
+        if node.op_type not in LAYER_OPS:
             continue
         reshape = producer.get(node.input[0])
         dq = producer.get(reshape.input[0]) if reshape is not None and reshape.op_type in _RESHAPES else None

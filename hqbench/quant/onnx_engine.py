@@ -30,8 +30,6 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from . import cpu
 from .export import export_onnx
 
-# ONNX ops that are a conv or matmul layer (the denominator of "layers in int8")
-LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # onnxruntime's kernels after its optimiser: integer ones, and the float ones a layer falls back to
 ORT_INT8_OPS = ("QLinearConv", "QLinearMatMul", "QGemm", "ConvInteger", "MatMulInteger", "MatMulIntegerToFloat",
                 "DynamicQuantizeMatMul", "QLinearConvTranspose")
@@ -62,15 +60,6 @@ def weight_container_for(features: dict | None = None) -> str:
     """``"uint8"`` where the CPU's u8s8 kernels sum in saturating int16 (x86 without VNNI): U8U8
     kernels widen first and stay exact. ``"int8"`` elsewhere, the faster U8S8 path."""
     return "uint8" if (features or cpu.cpu_features())["saturating_u8s8"] else "int8"
-
-
-def exported_layers(path: str | os.PathLike) -> int:
-    """How many conv/matmul layers of an exported QDQ file have quantized weights (a DequantizeLinear)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-    return sum(1 for n in model.graph.node if n.op_type in LAYER_OPS and len(n.input) > 1 and n.input[1] in dq_outputs)
 
 
 def int8_share(int8: int, quantized: int, fallbacks: list[str]) -> dict:
@@ -109,7 +98,7 @@ class ExportedEngine:
         if not all(isinstance(v, torch.Tensor) for v in leaves):
             raise TypeError(f"{type(self).__name__} needs a model whose outputs are all tensors "
                             f"(got {[type(v).__name__ for v in leaves]})")
-        self.quantized_layers = exported_layers(self.path)
+        self.quantized_layers = self.export_info["quantized_layers"]
 
     def auto_weights(self) -> str:
         return "int8"

@@ -11,14 +11,13 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Iterable
 
-import numpy as np
 from rich.table import Table
 
 from ..evidence import Replicates
 from ..methods import FP32, PYTORCH, is_peer, method_title
 from .lines import bits_label, evidence_of, options_label
 from .results import ResultRow
-from .stats import paired_difference_ci, paired_pvalue, pairing_key
+from .stats import discordant_counts, paired_difference_ci, paired_pvalue, pairing_key
 
 ALPHA = 0.05
 
@@ -46,8 +45,7 @@ def agreement_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
             if isinstance(a, Replicates):
                 item["test"] = "paired bootstrap"
             else:
-                a, b = np.asarray(a, bool), np.asarray(b, bool)
-                item["flips"] = (int(np.count_nonzero(b & ~a)), int(np.count_nonzero(~b & a)))  # lost, gained
+                item["flips"] = discordant_counts(b, a)  # (lost, gained): fake right and engine wrong, and back
                 item["test"] = "McNemar"
         out.append(item)
     return out

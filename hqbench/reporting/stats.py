@@ -55,6 +55,16 @@ def _pair(a_correct: Any, b_correct: Any) -> tuple[np.ndarray, np.ndarray]:
     return a, b
 
 
+def discordant_counts(a_correct: Any, b_correct: Any) -> tuple[int, int]:
+    """``(images a gets right and b wrong, images b gets right and a wrong)`` on the same images.
+
+    Raises:
+        ValueError: If the vectors differ in length.
+    """
+    a, b = _pair(a_correct, b_correct)
+    return int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
+
+
 def mcnemar_exact(a_correct: Any, b_correct: Any) -> float:
     """Two-sided exact McNemar p-value that two methods differ on the same images.
 
@@ -64,9 +74,7 @@ def mcnemar_exact(a_correct: Any, b_correct: Any) -> float:
     Raises:
         ValueError: If the vectors differ in length (they must be the same images, same order).
     """
-    a, b = _pair(a_correct, b_correct)
-    n_ab = int(np.count_nonzero(a & ~b))
-    n_ba = int(np.count_nonzero(~a & b))
+    n_ab, n_ba = discordant_counts(a_correct, b_correct)
     if n_ab + n_ba == 0:
         return 1.0
     return min(1.0, float(stats.binomtest(n_ab, n_ab + n_ba, 0.5).pvalue))

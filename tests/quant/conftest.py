@@ -56,6 +56,21 @@ def train_residual_net() -> tuple[nn.Module, float]:
     return net, acc
 
 
+def small_mobilenet_v2() -> nn.Module:
+    """torchvision's MobileNetV2 at width 0.25 for 10 classes, seeded, with trained-looking BN
+    statistics (fresh ones fold to degenerate layers): the export and engine tests' real topology."""
+    import torchvision
+
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=10).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_var.uniform_(0.5, 2), m.running_mean.uniform_(-0.5, 0.5)
+                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    return net
+
+
 @pytest.fixture(scope="session")
 def trained_net() -> tuple[nn.Module, float]:
     return train_residual_net()

@@ -18,7 +18,7 @@ from hqbench.quant.grid import QuantGrid, fake_quantize, fake_quantize_op, fake_
 from hqbench.quant.export import export_onnx
 from hqbench.quant import Recipe
 
-from .conftest import make_dataset
+from .conftest import make_dataset, small_mobilenet_v2
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -299,15 +299,7 @@ def test_the_default_export_runs_every_conv_and_add_in_int8_on_onnxruntime(tmp_p
     """issue 29: the default file was the native container, in which onnxruntime left MobileNetV2's
     projection convs and residual adds in float (uint8 in, int8 out never fuses). The default is now
     the uint8 container: no float Conv or Add left after onnxruntime's optimiser."""
-    import torchvision
-
-    torch.manual_seed(0)
-    net = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=10).eval()
-    with torch.no_grad():  # trained-looking BN statistics (fresh ones fold to degenerate layers)
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2), m.running_mean.uniform_(-0.5, 0.5)
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    net = small_mobilenet_v2()
     calib = [torch.rand(2, 3, 32, 32) * 2 - 1 for _ in range(2)]
     qmodel = quantize(net, calib, method="D")
     default = _ops_onnxruntime_runs(Path(export_onnx(qmodel, tmp_path / "default.onnx", calib[0])["onnx"]), tmp_path)

@@ -9,6 +9,8 @@ from hqbench.quant.agreement import Agreement, output_steps
 from hqbench.quant.cpu import cpu_features
 from hqbench.quant.onnx_engine import OnnxRuntimeEngine, weight_container_for
 
+from .conftest import small_mobilenet_v2
+
 pytest.importorskip("onnxruntime")
 
 ZEN1 = "model name\t: AMD EPYC 7551 32-Core Processor\nflags\t\t: fpu sse sse2 avx avx2 fma bmi2 sha_ni\n"
@@ -26,15 +28,7 @@ def test_the_cpu_says_whether_its_u8s8_kernels_saturate(text, saturating):
 
 
 def _mobilenet():
-    import torchvision
-
-    torch.manual_seed(0)
-    net = torchvision.models.mobilenet_v2(width_mult=0.25, num_classes=10).eval()
-    with torch.no_grad():  # trained-looking BN statistics (fresh ones fold to degenerate layers)
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_var.uniform_(0.5, 2), m.running_mean.uniform_(-0.5, 0.5)
-                m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.3, 0.3)
+    net = small_mobilenet_v2()
     calib = [torch.rand(8, 3, 32, 32) * 2 - 1 for _ in range(2)]
     return quantize(net, calib, method="D"), calib[0]
 
