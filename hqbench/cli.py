@@ -12,12 +12,13 @@ from rich.markup import escape
 
 USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg job] [--help]
        hqbench analyze [key=value ...]   per-layer SQNR of each method into out=DIR (layers.json/.csv/.png)
-       hqbench report RESULTS.json ... [--out MERGED.json] [--plot PNG] [--markdown]
+       hqbench report RESULTS.json ... [--out MERGED.json] [--plot PNG] [--budget-plot PNG] [--markdown]
 
   model={models}
         or a source: {sources}   model.weights=PATH
   method={methods}
   engine={engines}[,...] agreement=true|false   bits=w8a8,w8a6,w4a8,...   keep_8bit=first,last
+  mixed.budget=N|SHARE[,...] mixed.samples=N   (analyze) sensitivity=reverse,one_at_a_time
   weight_range=minmax|mse  bias_correction=true  weight_rounding=nearest|adaround  draws=K
   data={data} data.root=PATH data.eval_limit=N data.calib_size=N
   seed=N out=results.json redo=true  trainer.KEY=VALUE (passed to lightning.Trainer)
@@ -190,7 +191,7 @@ def _dispatch(command: str, task: str, overrides: list[str], console: Console, l
             console.print(OmegaConf.to_yaml(compose(task, job)), markup=False, highlight=False, end="")
         return []
     if command == "analyze":
-        from .reporting.layers import analyze
+        from .reporting.analyze import analyze
 
         if multirun:
             raise ValueError("hqbench analyze runs once; -m sweeps are for hqbench test")
@@ -249,10 +250,13 @@ def _report(args: list[str], console: Console) -> int:
     parser.add_argument("results", nargs="+", help="results JSON files (a sweep's jobs' files, say)")
     parser.add_argument("--out", help="write the merged rows here (JSON, with CSV and Markdown beside it)")
     parser.add_argument("--plot", help="also draw the metric against bit width here (PNG)")
+    parser.add_argument("--budget-plot", help="also draw the metric against the activation points at 8 bits "
+                                              "(keep_8bit, mixed.budget) here (PNG)")
     parser.add_argument("--markdown", action="store_true", help="the Markdown report docs/RESULTS.md quotes")
     parsed = parser.parse_args(args)
     try:
-        report(parsed.results, out=parsed.out, plot=parsed.plot, markdown=parsed.markdown, console=console)
+        report(parsed.results, out=parsed.out, plot=parsed.plot, markdown=parsed.markdown, console=console,
+               budget_plot=parsed.budget_plot)
     except (ValueError, FileNotFoundError, FileExistsError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return 1

@@ -1,6 +1,6 @@
 """``hqbench test -m ...``: a sweep through Hydra's own multirun, so its launchers fan it out.
 
-The same ``key=value`` syntax as a single run. A comma list on ``method``, ``bits``, ``engine`` or ``keep_8bit``
+The same ``key=value`` syntax as a single run. A comma list on ``method``, ``bits``, ``engine``, ``keep_8bit`` or ``mixed.budget``
 is one value (they sweep inside a job, which calibrates each method once per draw and freezes every
 width from it); a comma list on any other key is a sweep axis, one job per combination (Hydra's
 basic sweeper). ``hydra/launcher=joblib`` (``hydra-joblib-launcher``), ``submitit_local`` /
@@ -31,8 +31,8 @@ from .config import model_sources, quote_list
 
 # Keys whose comma lists are one value even under -m: method, bits and engine sweep inside one job
 # already (engines share one calibration, so they compare on the same qparams), and
-# keep_8bit=first,last names two layers.
-LIST_KEYS = ("method", "bits", "engine", "keep_8bit")
+# keep_8bit=first,last names two layers; mixed.budget's budgets share one ranking of the points.
+LIST_KEYS = ("method", "bits", "engine", "keep_8bit", "mixed.budget")
 _COMMAND = "HQBENCH_COMMAND"  # the command line, for the rows of jobs run in other processes
 
 

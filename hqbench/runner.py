@@ -146,7 +146,11 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     """
     methods = [row_method(str(m)) for m in _as_list(cfg.method, "method")]
     widths = [parse_bit_widths(b) for b in _as_list(cfg.get("bits", "w8a8"), "bits")]
+    budget = OmegaConf.select(cfg, "mixed.budget", default=None)
+    budgets = [None] if budget is None else _as_list(budget, "mixed.budget")
     recipe = config_recipe(cfg)  # checked once, before any work
+    samples = OmegaConf.select(cfg, "mixed.samples", default=None)
+    recipes = [recipe.replace(mixed_budget=b, mixed_samples=samples) for b in budgets]  # each checked here too
     cells = []
     for method in dict.fromkeys(methods):
         if method == FP32:
@@ -160,8 +164,9 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                 check_installed(method)  # one line naming the extra, before any work
                 cells.append(Cell(method, Recipe(w, a)))
             else:
-                cells.append(Cell(method, recipe.replace(weight_bits=w, act_bits=a)))
-    return cells
+                cells += [Cell(method, r.replace(weight_bits=w, act_bits=a)) for r in recipes]
+    # one cell per row key: budget 0 is the cell without a budget, and at 8-bit activations every budget is
+    return list({(c.method, c.weight_bits, c.act_bits, tuple(c.options.items())): c for c in reversed(cells)}.values())[::-1]
 
 
 def plan_engines(cfg: DictConfig) -> list[str]:
@@ -222,6 +227,8 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     # A cell's quant state by (method, seed, widths, options): every engine after the first runs the
     # very qparams the first one calibrated, so engines compare on one calibration.
     states: dict[tuple, dict] = {}
+    # Mixed precision's ranking of the points by (method, seed, widths, other options): one per budget sweep.
+    rankings: dict[tuple, list[str]] = {}
     # FP32 does not depend on the calibration draw: it runs once, with the first seed.
     plan = [(cfg.seed, c) for c in cells] + [(cfg.seed + i, c) for i in range(1, draws) for c in cells if c.method != FP32]
     # FP32, torch.ao's baseline and the peers run on their own engine, once; hqbench's methods on each engine
@@ -247,7 +254,8 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
             rows.append(done)
             continue
         try:
-            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command, statistics, states)
+            row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command, statistics, states,
+                            rankings)
         except PeerUnsupported as err:  # the tool has no such width: say so, never a made-up number
             console.print(f"  {label:>10}: skipped: {err}", soft_wrap=True, markup=False)
             continue
@@ -296,13 +304,15 @@ def _resumable(out, base: dict, weights: str, console: Console, label: str) -> R
 
 
 def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
-              command: str, statistics: dict, states: dict) -> ResultRow:
+              command: str, statistics: dict, states: dict, rankings: dict) -> ResultRow:
     peer = is_peer(cell.method)
     if peer and "peers" in task.UNSUPPORTED:
         raise PeerUnsupported(f"peers do not run task={cfg.task}: {task.UNSUPPORTED['peers']}")
     share = (cell.method, base["seed"])  # one calibration per method and draw, frozen at every width
     reused = share in statistics
     state_of = (cell.method, base["seed"], cell.weight_bits, cell.act_bits, tuple(sorted(cell.options.items())))
+    # mixed precision: the points' ranking does not depend on the budget, so every budget shares one
+    ranked_as = (*state_of[:4], tuple(sorted((k, v) for k, v in cell.options.items() if k != "mixed_budget")))
     export = _export_path(cfg, base)
     callbacks = [] if cell.method == FP32 else [PeerCallback(
         cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits, float_scopes=float_scopes)] if peer else [
@@ -310,7 +320,7 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         cell.method, cell.recipe, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
         statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])),
         export=export, export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)),
-        agreement=bool(cfg.get("agreement", True)))]
+        agreement=bool(cfg.get("agreement", True)), ranking=rankings.get(ranked_as))]
     same_state = not peer and cell.method != FP32 and state_of in states
     if same_state:  # the qparams another engine's row of this cell ran: loaded, not calibrated again
         callbacks[0].load_state_dict(states[state_of])
@@ -329,6 +339,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         statistics[share] = callbacks[0].statistics
     if quant is not None and quant.state_dict():
         states.setdefault(state_of, quant.state_dict())
+    if quant is not None and quant.ranking is not None:
+        rankings.setdefault(ranked_as, quant.ranking)
     calib = callbacks[0].calib_seconds if callbacks else 0.0
     summary = callbacks[0].summary if callbacks else None
     if cell.method == FP32:
@@ -359,6 +371,8 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         extra.update(quant.engine_record)
     if quant is not None and quant.agreement is not None:
         extra["agreement"] = quant.agreement
+    if quant is not None:  # which points this row ran at 8 bits (mixed precision's promoted: so it can be rerun)
+        extra.update(quant.bits_record)
     return ResultRow(**base, value=value, calib_seconds=round(calib, 2),
                      eval_seconds=round(eval_seconds, 2), act_range=act_range,
                      extra={**extra, "weights": portable_path(card.weights),

@@ -71,3 +71,32 @@ def test_out_must_be_a_folder(no_data, tmp_path, capsys):
     (tmp_path / "file.json").write_text("[]")
     assert main(["analyze", *DEMO, "method=B", "bits=w8a4", f"out={tmp_path / 'file.json'}"]) == 1
     assert "is a file" in capsys.readouterr().out
+
+
+def test_analyze_ranks_the_points_both_ways_with_paired_intervals(no_data, tmp_path, capsys):
+    """issue 30 item 2: sensitivity=reverse,one_at_a_time ranks every point on the calibration
+    images, each with its Top-1 change against the reference on the same images."""
+    out = tmp_path / "analysis"
+    assert main(["analyze", *DEMO, "method=B", "bits=w8a4", "sensitivity=reverse,one_at_a_time", f"out={out}"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())  # titles wrap at the console's width
+    assert "most sensitive points, all quantized, one point restored to 8 bits" in printed
+    assert "all float, one point quantized" in printed
+    doc = json.loads((out / "sensitivity.json").read_text())
+    assert doc["samples"] == "calibration images" and [r["direction"] for r in doc["reports"]] == ["reverse", "one_at_a_time"]
+    reverse, single = doc["reports"]
+    points = len(reverse["points"])
+    assert reverse["passes"] == points + 2 and single["passes"] == points + 1 and reverse["samples"] == 16
+    assert len(reverse["reference"]["outcomes"]) == 16
+    gains = [r["gain_db"] for r in reverse["ranked"]]
+    assert gains == sorted(gains, reverse=True) and len(gains) == points
+    for row in reverse["ranked"]:  # Top-1 of the model with that point restored, against the quantized one
+        assert row["change_lo"] <= row["metric_change"] <= row["change_hi"] and 0 <= row["p"] <= 1
+    assert all(r["sqnr_db"] is not None and r["gain_db"] == -r["sqnr_db"] for r in single["ranked"])
+    with open(out / "sensitivity.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 2 * points
+
+
+def test_a_bad_sensitivity_direction_is_one_line(no_data, tmp_path, capsys):
+    assert main(["analyze", *DEMO, "method=D", "sensitivity=sideways", f"out={tmp_path / 'a'}"]) == 1
+    assert "sensitivity: unknown direction 'sideways'; valid: reverse, one_at_a_time" in capsys.readouterr().out
+    assert not (tmp_path / "a").exists()

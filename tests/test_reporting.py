@@ -9,6 +9,7 @@ import sys
 from io import StringIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
@@ -276,3 +277,32 @@ def test_narrow_terminal_folds_labels_not_numbers(rows):
     print_tables([*rows, _row("efficientnet_lite0", "D", 74.0)], console=console)
     out = console.file.getvalue()
     assert "…" not in out and "71.33*" in out and "74.00" in out and "74.00*" not in out  # 74.00: alone
+
+
+def test_the_budget_table_tests_each_budget_against_first_last_on_the_same_images(tmp_path):
+    """issue 30 item 4: rows of one method that differ only in their 8-bit rule are one curve, each
+    tested against keep_8bit=first,last with McNemar on the same images; the PNG is drawn."""
+    from hqbench.evidence import encode_outcomes
+    from hqbench.reporting.budget import budget_markdown, budget_rows, plot_budget
+    from hqbench.reporting.stats import mcnemar_exact
+
+    rng = np.random.default_rng(0)
+    base = rng.random(400) < 0.3
+    fixed = base | (rng.random(400) < 0.2)
+    mixed = fixed | (rng.random(400) < 0.3)
+
+    def row(outcomes, points, **options):
+        return _row("m", "D", 100 * outcomes.mean(), weight_bits=8, act_bits=4, n_eval=400, options=options,
+                    extra={"outcomes": encode_outcomes(outcomes), "points_8bit": f"{points}/64"})
+
+    rows = [_row("m", "fp32", 79.0, n_eval=400), row(base, 0), row(fixed, 4, keep_8bit="first+last"),
+            row(mixed, 4, mixed_budget="4")]
+    items = budget_rows(rows)
+    assert [(i["rule"], i["points_8bit"]) for i in items] == [("none", 0), ("first/last", 4), ("mixed 4", 4)]
+    vs = items[2]["vs_fixed"]
+    assert vs["p"] == mcnemar_exact(mixed, fixed) and vs["diff"] == pytest.approx(100 * (mixed.mean() - fixed.mean()))
+    assert vs["ci"][0] < vs["diff"] < vs["ci"][1] and items[1]["vs_fixed"] is None
+    assert items[0]["fp32"] == pytest.approx(100 * base.mean() - 79.0)
+    assert "| m | Activation Redistribution w8a4 | mixed 4 | 4/64 |" in budget_markdown(rows)
+    assert plot_budget(rows, tmp_path / "b.png").stat().st_size > 1000
+    assert budget_markdown(rows[:2]) == ""  # nothing but the plain rule: no table

@@ -19,7 +19,7 @@ from torch.utils._pytree import tree_map
 
 from ._stages import EvaluationStageCallback
 from ..peers import PeerResult, check_installed, create_peer, peer_entry
-from ..quant.model import default_input_fn
+from ..quant.forward import default_input_fn
 
 
 class PeerModule(nn.Module):

@@ -31,7 +31,9 @@ from ..quant.baseline import torch_act_grid, torch_ao_ptq
 from ..quant.distributed import is_distributed, recording, shard_batches
 from ..quant.agreement import Agreement, output_steps
 from ..quant.engines import create_engine, engine_entry
-from ..quant.model import QuantizedModel, default_input_fn
+from ..quant.forward import default_input_fn
+from ..quant.model import QuantizedModel
+from ..quant.sensitivity import first_samples, promote
 
 
 def _quiet(*args) -> None:
@@ -102,6 +104,9 @@ class QuantizationCallback(EvaluationStageCallback):
         export: write the calibrated model at each test's end as ONNX QDQ to this ``.onnx`` path,
             with its ``.qstate.pt`` and ``.encodings.json`` (:func:`hqbench.quant.export.export_onnx`,
             rank 0 only); an existing file is an error unless ``export_overwrite``.
+        ranking: a recipe with ``mixed_budget``: the points ranked by sensitivity (``callback.ranking``
+            of an earlier run of the same method, calibration and widths, e.g. at another budget), so
+            the promotion skips measuring it. Same conditions as ``statistics``.
         fit_suffix: appended to the name of every metric the module logs while a validation inside
             ``fit`` runs quantized (``val_acc`` -> ``val_acc_quant``), so quantized validation is never
             mistaken for the float model's; ``""`` keeps the names.
@@ -118,7 +123,7 @@ class QuantizationCallback(EvaluationStageCallback):
                  float_scopes: tuple[str, ...] = (), submodule: str = "model", pytorch_via: str = "fx",
                  recalibrate: bool = True, statistics: dict | None = None, ranges: dict | None = None,
                  fit_suffix: str = "_quant", export: str | os.PathLike | None = None, export_overwrite: bool = False,
-                 agreement: bool = True):
+                 agreement: bool = True, ranking: list[str] | None = None):
         engine_entry(engine)  # an unknown engine fails here, naming the valid ones
         if pytorch_via not in ("fx", "hooks"):
             raise ValueError(f"unknown pytorch_via {pytorch_via!r}; valid: fx, hooks")
@@ -133,7 +138,7 @@ class QuantizationCallback(EvaluationStageCallback):
             torch_act_grid(self.recipe.act_bits)  # refuse widths torch's quint8 observers cannot hold, now
             if not self.recipe.runs_torch_defaults():
                 raise ValueError("the pytorch baseline is torch's own recipe: keep_8bit, weight_range, "
-                                 "bias_correction and weight_rounding apply to hqbench's methods only")
+                                 "bias_correction, weight_rounding and mixed.budget apply to hqbench's methods only")
         self.calib_dataloader, self.num_batches, self.engine = calib_dataloader, num_batches, engine
         self.input_fn, self.float_scopes, self.submodule = input_fn, tuple(float_scopes), submodule
         self.pytorch_via, self.fit_suffix = pytorch_via, str(fit_suffix)
@@ -144,10 +149,13 @@ class QuantizationCallback(EvaluationStageCallback):
         self.measure_agreement = bool(agreement)
         self.engine_record: dict | None = None  # what a non-fake engine records of itself
         self._agreement: Agreement | None = None
-        self._given_statistics, self._given_ranges = statistics, ranges
+        self._given_statistics, self._given_ranges, self._given_ranking = statistics, ranges, ranking
+        self.ranking: list[str] | None = ranking  # mixed precision: the points by sensitivity, most first
+        self.promoted: list[str] | None = None  # the points the last calibration promoted to 8 bits
         self.ranges_taken = False  # whether the last calibration took its first pass from ``ranges``
         self.statistics: dict | None = statistics
         self.summary: dict | None = None  # what the last activation quantized, kept after restore
+        self.bits_record: dict = {}  # below 8 bits: which points the last activation ran at 8 bits, kept after restore
         self.qmodel: QuantizedModel | None = None
         self._saved_state: dict | None = None
         self._from_checkpoint = False  # ranges came from load_state_dict: use them once before recalibrating
@@ -207,12 +215,16 @@ class QuantizationCallback(EvaluationStageCallback):
             method, act_grid = ("histogram", torch_act_grid(self.recipe.act_bits)) if hooks_baseline else (self.method, None)
             needs_data = self._saved_state is None or (self.recalibrate and not self._from_checkpoint)
             shared = needs_data and self._given_statistics is not None
-            # A restored state, or shared statistics with nothing to fit, needs one batch: to record the graph.
-            full = needs_data and (not shared or self.recipe.fits_weights)
+            ranks = needs_data and self.recipe.promotes and self._given_ranking is None
+            # A restored state, or shared statistics with nothing to fit or rank, needs one batch: to record the graph.
+            full = needs_data and (not shared or self.recipe.fits_weights or ranks)
             batches = self._batches_on(trainer, pl_module.device, limit=None if full else 1)
             example = self.input_fn(batches[0])
             self._example = example
-            qmodel = prepare(pl_module, example, method, self.recipe, inplace=True, float_scopes=self.float_scopes,
+            recipe = self.recipe
+            if not needs_data and recipe.promotes:  # the points a mixed-precision state promoted
+                recipe = recipe.replace(point_bits=[tuple(p) for p in self._saved_state.get("point_bits", [])])
+            qmodel = prepare(pl_module, example, method, recipe, inplace=True, float_scopes=self.float_scopes,
                              act_grid=act_grid)
             self._undo.append(qmodel.remove)
             if shared:
@@ -230,6 +242,13 @@ class QuantizationCallback(EvaluationStageCallback):
                                      on_pass_end=on_pass_end, ranges=ranges)
                 self.ranges_taken = qmodel.passes_left(ranges) < qmodel.num_passes
                 self.statistics = qmodel.calibration_statistics()
+            if needs_data and self.recipe.promotes:  # on every batch, on every rank: the same points everywhere
+                with _progress(f"ranking points {self.letter}", None) as update:
+                    promotion = promote(qmodel, first_samples(batches, self.recipe.mixed_samples, self.input_fn),
+                                        self.input_fn, self.recipe.mixed_budget,
+                                        ranking=self._given_ranking,
+                                        on_point=None if update is _quiet else update)
+                self.ranking, self.promoted = promotion.ranking, promotion.promoted
             if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
                 if self.recipe.fits_weights:  # no bar flashes for a recipe with nothing to fit
@@ -244,10 +263,26 @@ class QuantizationCallback(EvaluationStageCallback):
                 self._attach_engine(pl_module, qmodel, example)
             self.qmodel = qmodel
             self.summary = qmodel.summary()
+            self.bits_record = {} if hooks_baseline else self._bits_record(qmodel)
         self.calib_seconds = time.perf_counter() - start
         if trainer.state.fn == "fit" and self.fit_suffix:
             self._rename_logged(pl_module)
         self._log_calibration(trainer)
+
+    def _bits_record(self, qmodel: QuantizedModel) -> dict:
+        """Below 8-bit activations, the row fields of who runs at 8 bits: how many of all the points
+        (``keep_8bit``'s, ``point_bits``' and mixed precision's), and the points mixed precision
+        promoted, most sensitive first (from the state when it was loaded)."""
+        if self.recipe.act_bits >= 8:
+            return {}
+        grids = [q.grid.bits for q in qmodel.quantizers.values()]
+        record = {"points_8bit": f"{sum(b >= 8 for b in grids)}/{len(grids)}"}
+        if self.recipe.promotes:
+            own = dict(self.recipe.point_bits)
+            order = {n: i for i, n in enumerate(self.ranking or [])}
+            record["promoted"] = ",".join(sorted((n for n, _ in qmodel.recipe.point_bits if n not in own),
+                                                 key=lambda n: order.get(n, len(order))))
+        return record
 
     @property
     def agreement(self) -> dict | None:

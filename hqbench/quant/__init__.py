@@ -44,7 +44,8 @@ from .bias_correction import correct_bias
 from .bits import check_bits, format_bit_widths, parse_bit_widths
 from .calibrators import canonical_name, create_calibrator, list_calibrators, register_calibrator
 from .grid import TORCH_X86_ACT_GRID, QuantGrid, range_to_qparams
-from .model import QuantizedModel, default_input_fn
+from .forward import default_input_fn
+from .model import QuantizedModel
 from .recipe import ADAROUND_DEFAULTS, KEEP_8BIT, WEIGHT_ROUNDINGS, AdaRoundSettings, Recipe
 
 

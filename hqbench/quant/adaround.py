@@ -57,7 +57,8 @@ from torch import nn
 
 from .blocks import Block, BlockReplay, Params, block_reach, find_blocks
 from .fake import QUANT
-from .model import QuantizedModel, default_input_fn, forward_until
+from .forward import default_input_fn, forward_until
+from .model import QuantizedModel
 from .recipe import AdaRoundSettings
 from .samples import _BlockSamples, _crops_match, _layer_samples, _replays
 from .scheme import SIGNED_ACTIVATIONS, UNSIGNED_ACTIVATIONS

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from .fake import OBSERVE, QUANT
-from .model import QuantizedModel, default_input_fn, forward_until
+from .forward import default_input_fn, forward_until
+from .model import QuantizedModel
 
 logger = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]  # on_progress(done, total, what)

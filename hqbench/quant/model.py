@@ -17,6 +17,7 @@ from .calibrators import canonical_name, create_calibrator
 from .calibrators.base import RangeThenHistogram
 from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
+from .forward import default_input_fn, model_device
 from .points import attach_points, guard_unrecorded
 from .graph import Graph, record
 from .grid import QuantGrid
@@ -30,55 +31,6 @@ from .weights import fit_bias, quantize_weight, weight_scale
 
 def _key(name: str) -> str:
     return name.replace(".", "/")  # ModuleDict keys may not contain "."
-
-
-def default_input_fn(batch: Any) -> tuple:
-    """Model inputs from a loader batch: a tensor, or the first element of ``(x, y, ...)``."""
-    if isinstance(batch, torch.Tensor):
-        return (batch,)
-    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
-        return (batch[0],)
-    raise TypeError(f"cannot find the model input in a batch of type {type(batch).__name__}; pass input_fn=")
-
-
-def model_device(model: nn.Module, example_inputs: tuple = ()) -> torch.device:
-    """Where ``model`` runs: its first parameter's (or buffer's) device, else its first input's, else the CPU."""
-    for t in itertools.chain(model.parameters(), model.buffers(), example_inputs):
-        if isinstance(t, torch.Tensor):
-            return t.device
-    return torch.device("cpu")
-
-
-class _Reached(Exception):
-    """Raised by :func:`forward_until`'s hook: the forward has run the module it waits for."""
-
-
-def forward_until(model: nn.Module, batches: Iterable, input_fn: Callable[[Any], tuple],
-                  module: nn.Module | None = None) -> int:
-    """Run ``model`` over ``batches``; returns how many ran.
-
-    With ``module``, each forward stops right after that module's first call, once its own hooks
-    have run: the layers after it would cost time and change nothing for a layer-by-layer method.
-    The stop is an exception raised by a forward hook of ``module`` itself, so torch still runs the
-    always-call hooks of every module it unwinds through (the op tracker's depth and scope, the
-    function-hook mode's exit): the next forward starts clean.
-    """
-    def stop(m, args, out):
-        raise _Reached
-
-    handle = None if module is None else module.register_forward_hook(stop)  # after the module's other hooks
-    seen = 0
-    try:
-        for batch in batches:
-            try:
-                model(*input_fn(batch))
-            except _Reached:
-                pass
-            seen += 1
-    finally:
-        if handle is not None:
-            handle.remove()
-    return seen
 
 
 class QuantizedModel(nn.Module):
@@ -108,19 +60,13 @@ class QuantizedModel(nn.Module):
         kept_layers, kept_points = self._kept(self.keep_8bit)
         self._layer_bits = {n: max(8, self.weight_bits) if n in kept_layers else self.weight_bits
                             for n in self.plan.compute}
-        point_bits = dict(recipe.point_bits)
-        unknown = sorted(set(point_bits) - set(self.plan.points))
-        if unknown:
-            raise ValueError(f"point_bits: {unknown[0]!r} is not a quantization point of this model "
-                             f"(points: {', '.join(list(self.plan.points)[:5])}, ...)")
-        grids = {p.name: QuantGrid(point_bits[p.name], p.grid.signed) if p.name in point_bits
-                 else QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in kept_points else p.grid
-                 for p in self.plan.points.values()}
+        self._kept_points, self._act_grid = kept_points, act_grid
+        grids = self._grids(recipe)
         # Quantizers and their calibrators' buffers are made on the model's device (a CUDA model
         # gets CUDA statistics), whatever torch's default device is.
         with torch.device(model_device(model, example_inputs)):
             self.quantizers = nn.ModuleDict(
-                {_key(name): ActQuantizer(name, create_calibrator(self.method), act_grid or grid)
+                {_key(name): ActQuantizer(name, create_calibrator(self.method), grid)
                  for name, grid in grids.items()}
             )
         # Per-channel output-mean shift subtracted from each layer's bias in quant mode (bias correction).
@@ -149,6 +95,46 @@ class QuantizedModel(nn.Module):
         points = {self.plan.compute_inputs[n] for n in layers if n in self.plan.compute_inputs}
         points |= {self.plan.chains[n][0] for n in layers}
         return layers, points & set(self.plan.points)
+
+    def _grids(self, recipe: Recipe) -> dict[str, QuantGrid]:
+        """Each point's grid under ``recipe``: its ``point_bits`` entry, else 8 bits where ``keep_8bit``
+        keeps it, else the plan's grid at ``act_bits``."""
+        if self._act_grid is not None:  # torch's baseline grid on every point (the pytorch column)
+            return {name: self._act_grid for name in self.plan.points}
+        point_bits = dict(recipe.point_bits)
+        unknown = sorted(set(point_bits) - set(self.plan.points))
+        if unknown:
+            raise ValueError(f"point_bits: {unknown[0]!r} is not a quantization point of this model "
+                             f"(points: {', '.join(list(self.plan.points)[:5])}, ...)")
+        return {p.name: QuantGrid(point_bits[p.name], p.grid.signed) if p.name in point_bits
+                else QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in self._kept_points else p.grid
+                for p in self.plan.points.values()}
+
+    def set_point_bits(self, point_bits: Mapping[str, int]) -> None:
+        """Mixed precision after calibration: the recipe's ``point_bits`` become ``point_bits``, and
+        every point whose grid changes is frozen again on its new grid from the statistics its
+        calibrator kept (no pass over the data). In quant mode the weights are re-quantized too (a
+        bias's int32 scale is its input point's scale times the weight's).
+
+        Raises:
+            ValueError: a name that is no point of this model.
+            RuntimeError: a point to change holds no statistics (its state was loaded, not calibrated).
+        """
+        if self._act_grid is not None:
+            raise ValueError("set_point_bits: this model runs one fixed grid on every point (act_grid)")
+        recipe = self.recipe.replace(point_bits=dict(point_bits))
+        grids = self._grids(recipe)
+        changed = [q for q in self.quantizers.values() if grids[q.name] != q.grid]
+        for q in changed:
+            if not q.calibrator.has_data():
+                raise RuntimeError(f"layer {q.name!r}: its calibrator holds no statistics (a loaded state); "
+                                   "calibrate before changing its bits")
+        self.recipe = recipe
+        for q in changed:
+            q.grid = grids[q.name]
+            q.freeze()
+        if self._mode == QUANT:
+            self.set_mode(QUANT)
 
     # ----------------------------------------------------------------- hooks
     def quantizer(self, name: str) -> ActQuantizer:

@@ -147,6 +147,24 @@ def _keep_8bit(keep: object) -> tuple[str, ...]:
     return tuple(k for k in KEEP_8BIT if k in items)
 
 
+def _mixed_budget(budget: object) -> int | float | None:
+    """``mixed_budget``: a count of points (an integer >= 0) or a share of them (a float in [0, 1]);
+    0 promotes nothing, so it is the recipe without it (None)."""
+    if budget is None or budget == "none":
+        return None
+    if isinstance(budget, str):
+        try:
+            budget = float(budget) if any(c in budget for c in ".eE") else int(budget)
+        except ValueError:
+            raise ValueError(f"mixed_budget must be a count of points or a share in [0, 1], got {budget!r}") from None
+    if _is_int(budget) and budget >= 0:
+        return budget or None
+    if isinstance(budget, float) and 0.0 <= budget <= 1.0:
+        return budget or None
+    raise ValueError(f"mixed_budget must be a count of points (an integer >= 0) or a share in [0, 1] "
+                     f"(a float), got {budget!r}")
+
+
 def _choice(key: str, value: object, valid: tuple[str, ...]) -> str:
     if value not in valid:
         raise ValueError(f"unknown {key} {value!r}; valid: {', '.join(valid)}")
@@ -173,6 +191,14 @@ class Recipe:
         point_bits: activation bits per quantization point, overriding ``act_bits`` there
             (``{"features.3": 8}``; mixed precision). Names are checked against the model by
             :class:`~hqbench.quant.model.QuantizedModel`.
+        mixed_budget: mixed precision chosen by sensitivity: after calibration, this many activation
+            points (an integer) or this share of them (a float in [0, 1], rounded down) are promoted
+            to 8 bits, the ones whose restoration to 8 bits gains the most output SQNR on the
+            calibration data (:func:`hqbench.quant.sensitivity.promote`), beyond any ``keep_8bit``
+            keeps. The chosen points end up in ``point_bits``. Like ``keep_8bit``, it keys a row only
+            below 8-bit activations. None (or 0): none.
+        mixed_samples: rank the points on the first this many calibration samples (None: all of them);
+            the ranking costs one forward over them per point.
         profile: a deployment profile's name (a target's constraints), recorded; None: none.
 
     Raises:
@@ -189,6 +215,8 @@ class Recipe:
     adaround: AdaRoundSettings = field(default_factory=AdaRoundSettings)
     precision: str = DEFAULT_PRECISION
     point_bits: tuple[tuple[str, int], ...] = ()
+    mixed_budget: int | float | None = None
+    mixed_samples: int | None = None
     profile: str | None = None
 
     def __post_init__(self) -> None:
@@ -211,6 +239,10 @@ class Recipe:
         put("precision", "32-true" if str(self.precision) == "32" else str(self.precision))
         pairs = self.point_bits.items() if isinstance(self.point_bits, Mapping) else self.point_bits
         put("point_bits", tuple(sorted((str(n), check_bits(b, f"point_bits[{n!r}]")) for n, b in pairs)))
+        put("mixed_budget", _mixed_budget(self.mixed_budget))
+        if self.mixed_samples is not None and not (_is_int(self.mixed_samples) and self.mixed_samples >= 1):
+            raise ValueError(f"mixed_samples must be a positive integer or null (all calibration samples), "
+                             f"got {self.mixed_samples!r}")
         if self.profile is not None and not isinstance(self.profile, str):
             raise ValueError(f"profile must be a name or null, got {self.profile!r}")
 
@@ -228,6 +260,11 @@ class Recipe:
         """Whether a weight-side step (AdaRound, bias correction) runs after calibration."""
         return self.weight_rounding != "nearest" or self.bias_correction
 
+    @property
+    def promotes(self) -> bool:
+        """Whether calibration is followed by a mixed-precision promotion (``mixed_budget``, below 8 bits)."""
+        return self.mixed_budget is not None and self.act_bits < 8
+
     def runs_torch_defaults(self) -> bool:
         """Whether only the widths and the precision differ from the defaults (what torch's own
         recipe, the PyTorch column, can take)."""
@@ -243,6 +280,8 @@ class Recipe:
             "bias_correction": "true" if self.bias_correction else None,
             "keep_8bit": "+".join(self.keep_8bit) if self.weight_bits < 8 or self.act_bits < 8 else None,
             "point_bits": ",".join(f"{n}={b}" for n, b in self.point_bits) or None,
+            "mixed_budget": str(self.mixed_budget) if self.promotes else None,
+            "mixed_samples": str(self.mixed_samples) if self.promotes and self.mixed_samples is not None else None,
             "profile": self.profile,
             "precision": self.precision if self.precision != DEFAULT_PRECISION else None,
         }
@@ -265,7 +304,7 @@ _OPTION_READERS: dict[str, Callable[[str], Any]] = {
     "weight_range": str, "weight_per_channel": lambda v: v != "false", "weight_rounding": str,
     "adaround": AdaRoundSettings.from_text, "bias_correction": lambda v: v == "true", "keep_8bit": str,
     "point_bits": lambda v: tuple((n, int(b)) for n, _, b in (p.rpartition("=") for p in v.split(","))),
-    "profile": str, "precision": str,
+    "mixed_budget": _mixed_budget, "mixed_samples": int, "profile": str, "precision": str,
 }
 
 __all__ = ["ADAROUND_DEFAULTS", "AdaRoundSettings", "KEEP_8BIT", "Recipe", "WEIGHT_RANGES", "WEIGHT_ROUNDINGS"]

@@ -1,6 +1,6 @@
 """Per-layer error reports (:mod:`hqbench.quant.layer_report`): JSON and CSV files, a terminal table
-of the worst points, a figure of propagated SQNR against depth; and ``hqbench analyze``, which
-calibrates every method of a task config and reports each on the held-out evaluation images.
+of the worst points, a figure of propagated SQNR against depth (``hqbench analyze``:
+:mod:`hqbench.reporting.analyze`).
 
 Reports are keyed by a label: the method's row name (``"D"``), with the widths when several are
 compared (``"D w8a4"``).
@@ -16,10 +16,9 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
-from hqbench.methods import FP32, PYTORCH, is_peer, method_title, row_method
+from hqbench.methods import method_title, row_method
 from hqbench.paths import atomic_write
 from hqbench.quant.layer_report import LayerReport
 from hqbench.reporting.plots import _method_style
@@ -137,95 +136,3 @@ def write_layers(reports: dict[str, LayerReport], folder: str | os.PathLike[str]
     folder = Path(folder)
     return [write_json(reports, folder / FILES[0], meta), write_csv(reports, folder / FILES[1]),
             plot_depth(reports, folder / FILES[2], title)]
-
-
-# ------------------------------------------------------------------ hqbench analyze
-def _device(cfg):
-    import torch
-
-    accelerator = str(cfg.get("trainer", {}).get("accelerator", "auto"))
-    return torch.device("cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
-
-
-def _cells(cfg, console: Console) -> list:
-    """The config's cells of hqbench's own calibrators; fp32 (the reference), pytorch and peers are skipped."""
-    from hqbench.runner import plan_cells, plan_engines
-
-    engines = plan_engines(cfg)
-    if engines != ["fake"]:
-        raise ValueError(f"engine={','.join(engines)}: hqbench analyze measures the fake-quant model; drop engine=")
-    precision = str(cfg.get("trainer", {}).get("precision", "32-true"))
-    if precision != "32-true":
-        raise ValueError(f"trainer.precision={precision}: hqbench analyze runs in float32 only")
-    cells = plan_cells(cfg)
-    skipped = list(dict.fromkeys(c.method for c in cells if c.method in (FP32, PYTORCH) or is_peer(c.method)))
-    cells = [c for c in cells if c.method not in skipped]
-    if not cells:
-        raise ValueError("hqbench analyze: no hqbench calibrator among method=; give e.g. method=A,B,C,D")
-    if skipped:
-        console.print(f"analyze: skipping {', '.join(skipped)} (the float model is the reference; "
-                      "pytorch and peers have no hqbench quantization points)", markup=False, soft_wrap=True)
-    return cells
-
-
-def _calibrated(task, calib: list, cell, float_scopes, input_fn, statistics: dict):
-    """``task`` quantized as a table cell is (a copy): calibrated once per method, frozen at each width
-    from the same statistics, then the recipe's weight-side steps."""
-    from hqbench.quant import fit_weights, prepare, quantize
-
-    if cell.method in statistics:
-        qmodel = prepare(task, input_fn(calib[0]), cell.method, cell.recipe, float_scopes=float_scopes)
-        qmodel.calibrate_from(statistics[cell.method])
-        return fit_weights(qmodel, calib, input_fn=input_fn)
-    qmodel = quantize(task, calib, method=cell.method, recipe=cell.recipe, float_scopes=float_scopes,
-                      input_fn=input_fn)
-    statistics[cell.method] = qmodel.calibration_statistics()
-    return qmodel
-
-
-def analyze(cfg, console: Console | None = None, command: str = "") -> dict[str, LayerReport]:
-    """``hqbench analyze``: each method and width of ``cfg`` calibrated on the task's calibration
-    images, its layer report on the evaluation images; prints the worst points of each and writes
-    :data:`FILES` to ``cfg.out`` (a folder; none when null). Returns the reports by label."""
-    import lightning as L
-    from hydra.utils import instantiate
-
-    from hqbench.data.resolve import build_data
-    from hqbench.models import create_model
-    from hqbench.quant import default_input_fn
-    from hqbench.runner import portable_path, provenance
-
-    console = console or Console()
-    cells = _cells(cfg, console)
-    folder = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
-    if folder is not None and folder.exists() and not folder.is_dir():
-        raise FileExistsError(f"out={cfg.out} is a file; hqbench analyze writes {', '.join(FILES)} into a folder")
-    L.seed_everything(cfg.seed, verbose=False)
-    model, card = create_model(cfg.model.name, weights=cfg.model.weights)
-    dm, source = build_data(cfg, card)
-    device = _device(cfg)
-    task = instantiate(cfg.module, _partial_=True)(model, card).to(device).eval()
-
-    def input_fn(batch) -> tuple:
-        return tuple(t.to(device) for t in default_input_fn(batch))
-
-    calib = list(dm.calibration_dataloader())
-    console.print(f"[bold]{card.name}[/]: layer report of {', '.join(dict.fromkeys(c.method for c in cells))} on "
-                  f"{len(dm.eval_files)} eval images, calibrated on {len(dm.calibration_files)} (seed {cfg.seed})",
-                  soft_wrap=True)
-    with_widths = len({(c.recipe.weight_bits, c.recipe.act_bits) for c in cells}) > 1
-    reports, statistics = {}, {}
-    for cell in cells:
-        qmodel = _calibrated(task, calib, cell, task.float_scopes, input_fn, statistics)
-        report = qmodel.layer_report(dm.test_dataloader(), input_fn)
-        del qmodel  # a copy of the model per cell: one at a time
-        label = report_label(report, with_widths)
-        reports[label] = report
-        console.print(worst_table(report))
-    if folder is not None:
-        meta = {"task": cfg.task, "model": card.name, "dataset": portable_path(source), "n_eval": len(dm.eval_files),
-                "n_calib": len(dm.calibration_files), "seed": cfg.seed, "engine": "fake",
-                "options": cells[0].options, **provenance(command)}
-        written = write_layers(reports, folder, meta, title=f"{card.name}: propagated SQNR per activation point")
-        console.print(f"written {', '.join(str(p) for p in written)}", markup=False, soft_wrap=True)
-    return reports

@@ -30,7 +30,8 @@ FP32 = "fp32"
 ALPHA = 0.05
 #: How known run options appear in line labels; other keys show as ``key=value``.
 _OPTION_ABBREV: dict[str, str] = {"weight_range": "{v}", "bias_correction": "bc", "keep_8bit": "8bit:{v}",
-                                  "precision": "{v}", "adaround": "ada({v})"}
+                                  "precision": "{v}", "adaround": "ada({v})",
+                                  "mixed_budget": "mixed:{v}"}
 
 
 @dataclass

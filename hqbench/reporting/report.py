@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from hqbench.reporting.agreement import agreement_markdown
+from hqbench.reporting.budget import budget_markdown, plot_budget
 from hqbench.reporting.files import read_results, write_all
 from hqbench.reporting.plots import plot_sweep
 from hqbench.reporting.results import ResultRow
@@ -45,12 +46,15 @@ def report_markdown(rows: list[ResultRow]) -> str:
         "", gap_markdown(rows), "", "Time the rows record (calibration and evaluation, summed):", "", cost_markdown(rows),
         *(["", "Engines against fake-quant on the same images and calibration (p: the test as above; LSB: the "
            "output's grid step):", "", agreement] if (agreement := agreement_markdown(rows)) else []),
+        *(["", "Activation points at 8 bits (keep_8bit, mixed.budget) and the metric they buy:", "", budget]
+          if (budget := budget_markdown(rows)) else []),
         "", "Commands:", "", "```bash", *commands, "```"])
 
 
 def report(paths: list[str], *, out: str | None = None, plot: str | None = None, markdown: bool = False,
-           console=None) -> list[ResultRow]:
-    """Merge ``paths``; print the tables (or the Markdown report); write ``out`` (JSON, CSV, MD) and ``plot``.
+           console=None, budget_plot: str | None = None) -> list[ResultRow]:
+    """Merge ``paths``; print the tables (or the Markdown report); write ``out`` (JSON, CSV, MD), ``plot``
+    (the metric against bit width) and ``budget_plot`` (against the 8-bit activation points).
 
     Raises:
         FileExistsError: ``out`` exists and is not one of ``paths`` (a user's file is never replaced).
@@ -68,6 +72,8 @@ def report(paths: list[str], *, out: str | None = None, plot: str | None = None,
         write_all(rows, out)
     if plot is not None:
         print(f"\nplot: {plot_sweep(rows, Path(plot))}")
+    if budget_plot is not None:
+        print(f"\nbudget plot: {plot_budget(rows, Path(budget_plot))}")
     return rows
 
 

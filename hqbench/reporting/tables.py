@@ -302,6 +302,10 @@ def print_tables(
 
     if (agreement := agreement_table(rows)) is not None:  # engine=fake,onnxruntime,...: each engine against fake
         _print(console, agreement)
+    from .budget import budget_table
+
+    if (budget := budget_table(rows)) is not None:  # keep_8bit and mixed.budget: the 8-bit points and what they buy
+        _print(console, budget)
     console.print(Text(notes_line(rows)), soft_wrap=not console.is_terminal)
 
 

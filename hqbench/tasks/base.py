@@ -1,6 +1,6 @@
 """BenchmarkTask: the contract between a task's LightningModule and the runner, declared once.
 
-A task class declares what the runner reads, as class attributes and two methods:
+A task class declares what the runner reads, as class attributes and three methods:
 
 - ``METRIC``: the row's headline metric, logged as ``test/<METRIC>`` (a fraction); required.
 - ``EXTRA_METRICS``: also recorded in the row, from ``test/<name>``.
@@ -12,6 +12,8 @@ A task class declares what the runner reads, as class attributes and two methods
   replicates) for the ``METRIC`` of the last test run; none by default. Evidence is bound to the
   metric it was made for: a subclass that declares another ``METRIC`` and no evidence of its own
   has none, instead of inheriting its parent's (Top-1 intervals beside another metric).
+- ``sample_scores(batch, output)``: ``METRIC``'s score per sample of one forward (Top-1 correct),
+  for the paired intervals of ``hqbench analyze``'s sensitivity ranking; None by default (mAP).
 - ``fit(cfg, console, command) -> Path``: ``hqbench train``; refused by default.
 
 Its constructor takes ``(model, card, **the task YAML's module keys)``.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
 import lightning as L
+import torch
 
 PYTORCH_ROUTES = ("fx", "hooks")
 
@@ -63,6 +66,11 @@ class BenchmarkTask(L.LightningModule):
     def paired_evidence(self, n_eval: int | None = None) -> dict:
         """Evidence for paired tests on ``METRIC`` from the last test run; none by default."""
         return {}
+
+    def sample_scores(self, batch: Any, output: Any) -> torch.Tensor | None:
+        """``METRIC``'s per-sample score of ``output`` (this module's forward on ``batch``), for the paired
+        intervals of a sensitivity ranking; None where the metric does not split per sample (mAP)."""
+        return None
 
     def metric_values(self, logged: Mapping[str, Any]) -> tuple[float, dict[str, float]]:
         """``METRIC`` and ``EXTRA_METRICS`` in percent, from what ``Trainer.test`` returned.

@@ -152,6 +152,10 @@ class ClassificationTask(BenchmarkTask):
         """``{"outcomes": ...}`` for the result row: the encoded :meth:`outcomes` (McNemar tests)."""
         return {"outcomes": encode_outcomes(self.outcomes(n_eval).cpu().numpy())}
 
+    def sample_scores(self, batch, output: torch.Tensor) -> torch.Tensor:
+        """Top-1 correct (1.0 / 0.0) per image of a ``(images, labels)`` batch."""
+        return (output.argmax(1) == batch[1]).float()
+
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Logits for a batch of ``(images, labels)`` or of images alone."""
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
