@@ -134,6 +134,7 @@ def config_recipe(cfg: DictConfig) -> Recipe:
                   weight_rounding=str(cfg.get("weight_rounding", "nearest")),
                   bias_correction=cfg.get("bias_correction", False),
                   adaround=AdaRoundSettings.from_mapping(cfg.get("adaround")),
+                  mixed_samples=OmegaConf.select(cfg, "mixed.samples", default=None),
                   precision=str(cfg.get("trainer", {}).get("precision", "32-true")))
 
 
@@ -149,8 +150,7 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     budget = OmegaConf.select(cfg, "mixed.budget", default=None)
     budgets = [None] if budget is None else _as_list(budget, "mixed.budget")
     recipe = config_recipe(cfg)  # checked once, before any work
-    samples = OmegaConf.select(cfg, "mixed.samples", default=None)
-    recipes = [recipe.replace(mixed_budget=b, mixed_samples=samples) for b in budgets]  # each checked here too
+    recipes = [recipe.replace(mixed_budget=b) for b in budgets]  # each budget checked here too
     cells = []
     for method in dict.fromkeys(methods):
         if method == FP32:
@@ -165,8 +165,11 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
                 cells.append(Cell(method, Recipe(w, a)))
             else:
                 cells += [Cell(method, r.replace(weight_bits=w, act_bits=a)) for r in recipes]
-    # one cell per row key: budget 0 is the cell without a budget, and at 8-bit activations every budget is
-    return list({(c.method, c.weight_bits, c.act_bits, tuple(c.options.items())): c for c in reversed(cells)}.values())[::-1]
+    # one cell per row key, the first: budget 0 is the cell without a budget, and at 8-bit activations every budget is
+    unique: dict[tuple, Cell] = {}
+    for c in cells:
+        unique.setdefault((c.method, c.weight_bits, c.act_bits, tuple(c.options.items())), c)
+    return list(unique.values())
 
 
 def plan_engines(cfg: DictConfig) -> list[str]:

@@ -151,7 +151,6 @@ class QuantizationCallback(EvaluationStageCallback):
         self._agreement: Agreement | None = None
         self._given_statistics, self._given_ranges, self._given_ranking = statistics, ranges, ranking
         self.ranking: list[str] | None = ranking  # mixed precision: the points by sensitivity, most first
-        self.promoted: list[str] | None = None  # the points the last calibration promoted to 8 bits
         self.ranges_taken = False  # whether the last calibration took its first pass from ``ranges``
         self.statistics: dict | None = statistics
         self.summary: dict | None = None  # what the last activation quantized, kept after restore
@@ -248,7 +247,7 @@ class QuantizationCallback(EvaluationStageCallback):
                                         self.input_fn, self.recipe.mixed_budget,
                                         ranking=self._given_ranking,
                                         on_point=None if update is _quiet else update)
-                self.ranking, self.promoted = promotion.ranking, promotion.promoted
+                self.ranking = promotion.ranking
             if needs_data:
                 # AdaRound and bias correction run on every batch, on every rank: the same result everywhere.
                 if self.recipe.fits_weights:  # no bar flashes for a recipe with nothing to fit

@@ -16,6 +16,7 @@ from rich.table import Table
 from ..evidence import Replicates
 from ..methods import FP32, PYTORCH, is_peer, method_title
 from .lines import bits_label, evidence_of, options_label
+from .render import markdown_rows, rich_table
 from .results import ResultRow
 from .stats import discordant_counts, paired_difference_ci, paired_pvalue, pairing_key
 
@@ -80,24 +81,15 @@ def agreement_table(rows: Iterable[ResultRow]) -> Table | None:
     items = agreement_rows(rows)
     if not items:
         return None
-    table = Table(title="Engines against fake-quant (same calibration, same images)",
-                  caption="p: McNemar (Top-1) or paired bootstrap (mAP), * p<0.05; lost/gained: images the engine "
-                          "gets wrong/right that fake-quant gets right/wrong; LSB: the output's grid step")
-    for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i < 3 else "right")
-    for item in items:
-        table.add_row(*_cells(item))
-    return table
+    return rich_table(HEADERS, [_cells(item) for item in items], "Engines against fake-quant (same calibration, same images)",
+                      "p: McNemar (Top-1) or paired bootstrap (mAP), * p<0.05; lost/gained: images the engine gets "
+                      "wrong/right that fake-quant gets right/wrong; LSB: the output's grid step", n_text=3)
 
 
 def agreement_markdown(rows: Iterable[ResultRow]) -> str:
     """The same table in Markdown ("" when no row has a fake twin)."""
     items = agreement_rows(rows)
-    if not items:
-        return ""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cells(item)) + " |" for item in items]
-    return "\n".join(lines) + "\n"
+    return markdown_rows(HEADERS, [_cells(item) for item in items]) if items else ""
 
 
 __all__ = ["agreement_markdown", "agreement_rows", "agreement_table"]

@@ -88,6 +88,7 @@ def analyze(cfg, console: Console | None = None, command: str = "") -> dict[str,
 
     console = console or Console()
     cells = _cells(cfg, console)
+    directions = _directions(cfg)
     folder = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
     if folder is not None and folder.exists() and not folder.is_dir():
         raise FileExistsError(f"out={cfg.out} is a file; hqbench analyze writes {', '.join(FILES)} into a folder")
@@ -106,7 +107,6 @@ def analyze(cfg, console: Console | None = None, command: str = "") -> dict[str,
     def score(batch, output):  # the task's per-sample metric, for the sensitivity's paired intervals
         return task.sample_scores(on_device(batch), output)
 
-    directions = _directions(cfg)
     calib = list(dm.calibration_dataloader())
     console.print(f"[bold]{card.name}[/]: layer report of {', '.join(dict.fromkeys(c.method for c in cells))} on "
                   f"{len(dm.eval_files)} eval images, calibrated on {len(dm.calibration_files)} (seed {cfg.seed})",

@@ -18,6 +18,7 @@ from rich.table import Table
 from ..methods import FP32, method_title
 from ..paths import atomic_write
 from .lines import bits_label, evidence_of, options_label
+from .render import markdown_rows, rich_table
 from .results import ResultRow
 from .stats import bootstrap_ci, evidence_value, paired_difference_ci, paired_pvalue, pairing_key
 
@@ -95,27 +96,23 @@ _CAPTION = ("vs first/last: paired difference to keep_8bit=first,last of the sam
             "(Top-1) or paired bootstrap (mAP) p, * p<0.05")
 
 
+def _shown(rows: Iterable[ResultRow]) -> list[dict]:
+    """:func:`budget_rows`, or none when no row has more than the plain rule."""
+    items = budget_rows(rows)
+    return items if any(i["rule"] != "none" for i in items) else []
+
+
 def budget_table(rows: Iterable[ResultRow]) -> Table | None:
     """The rich table of :func:`budget_rows`, or None when no row has more than the plain rule."""
-    items = budget_rows(rows)
-    if not any(i["rule"] != "none" for i in items):
-        return None
-    table = Table(title="8-bit activation points: the fixed rule and mixed precision", caption=_CAPTION)
-    for i, h in enumerate(HEADERS):
-        table.add_column(h, justify="left" if i < 3 else "right")
-    for item in items:
-        table.add_row(*_cells(item))
-    return table
+    items = _shown(rows)
+    return rich_table(HEADERS, [_cells(i) for i in items], "8-bit activation points: the fixed rule and mixed precision",
+                      _CAPTION, n_text=3) if items else None
 
 
 def budget_markdown(rows: Iterable[ResultRow]) -> str:
     """The same table in Markdown ("" when there is none)."""
-    items = budget_rows(rows)
-    if not any(i["rule"] != "none" for i in items):
-        return ""
-    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    lines += ["| " + " | ".join(_cells(item)) + " |" for item in items]
-    return "\n".join(lines) + "\n\n" + _CAPTION + "\n"
+    items = _shown(rows)
+    return markdown_rows(HEADERS, [_cells(i) for i in items]) + "\n" + _CAPTION + "\n" if items else ""
 
 
 def plot_budget(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
