@@ -15,6 +15,7 @@ _LAZY = {
     "prepare": ("hqbench.quant", "prepare"),
     "Recipe": ("hqbench.quant", "Recipe"),
     "QuantizationCallback": ("hqbench.callbacks.quantization", "QuantizationCallback"),
+    "QATCallback": ("hqbench.callbacks.qat", "QATCallback"),
     "create_model": ("hqbench.models", "create_model"),
 }
 

@@ -24,12 +24,13 @@ from .methods import FP32, PYTORCH, is_peer, row_method
 from .models import create_model, state_digest
 from .paths import repo_root
 from .peers import PeerUnsupported, check_installed, peer_entry
-from .quant import AdaRoundSettings, Recipe, parse_bit_widths
+from .quant import Recipe, parse_bit_widths
 from .quant.baseline import torch_act_grid
 from .quant.engines import FLOAT, engine_entry
 from .reporting import ResultRow, append_row, find_row
 from .reporting.results import FLOAT_BITS
-from .tasks.base import BenchmarkTask, quiet_lightning
+from .tasks.base import BenchmarkTask, config_recipe, quiet_lightning
+from .tasks.qat_training import QATState, read_qat_state
 
 REPO = repo_root()  # None when hqbench runs from an installed wheel
 
@@ -123,21 +124,6 @@ class Cell:
         return self.recipe.to_options()
 
 
-def config_recipe(cfg: DictConfig) -> Recipe:
-    """The recipe a task config's quantization keys describe, at W8A8 (cells set their widths).
-
-    The trainer's precision is part of it: other than float32 (64-true: fake-quant sums exactly, as
-    integer kernels do) it changes every torch-run number, FP32's too.
-    """
-    return Recipe(keep_8bit=cfg.get("keep_8bit"),
-                  weight_range=str(cfg.get("weight_range", "minmax")),
-                  weight_rounding=str(cfg.get("weight_rounding", "nearest")),
-                  bias_correction=cfg.get("bias_correction", False),
-                  adaround=AdaRoundSettings.from_mapping(cfg.get("adaround")),
-                  mixed_samples=OmegaConf.select(cfg, "mixed.samples", default=None),
-                  precision=str(cfg.get("trainer", {}).get("precision", "32-true")))
-
-
 def plan_cells(cfg: DictConfig) -> list[Cell]:
     """Methods x bit widths from the config, validated up front (one line per bad key).
 
@@ -195,26 +181,15 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
     Each finished row is merged into ``cfg.out`` at once (under a lock); a row already there with
     the same key is reused, not rerun, unless ``redo=true``.
     """
-    strategy = str(cfg.trainer.get("strategy", ""))
-    if "spawn" in strategy:  # spawned workers' per-image outcomes and summaries never come back to this process
-        raise ValueError(f"trainer.strategy={strategy}: use trainer.strategy=ddp (processes started by Lightning's "
-                         "launcher, or torchrun); spawn strategies lose the per-image results rows need")
     console = console or Console()
     if rank() != 0:  # under DDP every process runs this loop; only rank 0 prints and writes
         console = Console(quiet=True)
-    cells = plan_cells(cfg)
-    engines = plan_engines(cfg)
-    task_cls = task_class(cfg)
-    for engine in engines:
-        if engine in task_cls.UNSUPPORTED:
-            raise NotImplementedError(f"engine={engine} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[engine]}")
-    draws = cfg.get("draws", 1)
-    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
-        raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")
+    cells, engines, draws = plan_cells(cfg), plan_engines(cfg), _check_run(cfg)
     quiet_lightning()
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights)
     digest = state_digest(model)  # keys every row: another weights file under the same model name is another row
+    qat = read_qat_state(cfg.model.weights)  # weights hqbench train fine-tuned quantization-aware, with their state
     dm, source = build_data(cfg, card)
     dataset = portable_path(source)
     console.print(f"[bold]{cfg.model.name}[/]: weights {portable_path(card.weights)}; data {dataset} "
@@ -243,10 +218,11 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         row_engine = FLOAT if cell.method == FP32 else ("fake" if cell.method == PYTORCH else engine)
         if is_peer(cell.method):  # a peer runs on its own tool's engine
             row_engine = peer_entry(cell.method).engine
+        trained = _trained_as(qat, cell)
         base = dict(task=cfg.task, model=card.name, dataset=dataset, method=cell.method, metric=task.METRIC,
                     n_eval=len(dm.eval_files), n_calib=0 if cell.method == FP32 else len(dm.calibration_files),
-                    seed=seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits,
-                    weights_digest=digest, options=cell.options)
+                    seed=seed, engine=row_engine, weight_bits=cell.weight_bits, act_bits=cell.act_bits, weights_digest=digest,
+                    options=cell.options if trained is None else {**cell.options, "qat": trained.option})
         label = f"{cell.method}" + ("" if cell.method == FP32 else f" w{cell.weight_bits}a{cell.act_bits}")
         label += f" s{seed}" if draws > 1 else ""
         label += f" on {row_engine}" if len(engines) > 1 and _runs_on_engines(cell.method) else ""
@@ -258,7 +234,7 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
             continue
         try:
             row = _run_cell(cfg, task, dm, cell, row_engine, float_scopes, base, card, command, statistics, states,
-                            rankings)
+                            rankings, trained)
         except PeerUnsupported as err:  # the tool has no such width: say so, never a made-up number
             console.print(f"  {label:>10}: skipped: {err}", soft_wrap=True, markup=False)
             continue
@@ -269,6 +245,36 @@ def run(cfg: DictConfig, console: Console | None = None, command: str = "") -> l
         if cfg.out and rank() == 0:
             append_row(row, cfg.out, siblings=True)
     return rows
+
+
+def _check_run(cfg: DictConfig) -> int:
+    """The run-wide settings checked before any work: the strategy, the engines against the task, and
+    the calibration draws (returned)."""
+    strategy = str(cfg.trainer.get("strategy", ""))
+    if "spawn" in strategy:  # spawned workers' per-image outcomes and summaries never come back to this process
+        raise ValueError(f"trainer.strategy={strategy}: use trainer.strategy=ddp (processes started by Lightning's "
+                         "launcher, or torchrun); spawn strategies lose the per-image results rows need")
+    task_cls = task_class(cfg)
+    for engine in plan_engines(cfg):
+        if engine in task_cls.UNSUPPORTED:
+            raise NotImplementedError(f"engine={engine} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[engine]}")
+    draws = cfg.get("draws", 1)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")
+    return draws
+
+
+def _trained_as(qat: QATState | None, cell: Cell) -> QATState | None:
+    """The weights' QAT state when ``cell`` is the one they were trained as: it runs that state, not a
+    calibration, as a row whose key carries ``qat=...``."""
+    return qat if qat is not None and _runs_on_engines(cell.method) and qat.matches(cell.method, cell.recipe) else None
+
+
+def _trained_extra(trained: QATState) -> dict:
+    record = {**trained.record, **{k: portable_path(trained.record[k]) for k in ("start", "model_weights")
+                                   if trained.record.get(k) is not None}}
+    return {"calibration": f"trained quantized state {portable_path(trained.path)} (QAT), not recalibrated",
+            "qat": record}
 
 
 def rank() -> int:
@@ -307,7 +313,7 @@ def _resumable(out, base: dict, weights: str, console: Console, label: str) -> R
 
 
 def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, card,
-              command: str, statistics: dict, states: dict, rankings: dict) -> ResultRow:
+              command: str, statistics: dict, states: dict, rankings: dict, trained=None) -> ResultRow:
     peer = is_peer(cell.method)
     if peer and "peers" in task.UNSUPPORTED:
         raise PeerUnsupported(f"peers do not run task={cfg.task}: {task.UNSUPPORTED['peers']}")
@@ -324,9 +330,11 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
         statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])),
         export=export, export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)),
         agreement=bool(cfg.get("agreement", True)), ranking=rankings.get(ranked_as))]
-    same_state = not peer and cell.method != FP32 and state_of in states
+    same_state = not peer and cell.method != FP32 and state_of in states and trained is None
     if same_state:  # the qparams another engine's row of this cell ran: loaded, not calibrated again
         callbacks[0].load_state_dict(states[state_of])
+    if trained is not None:  # the state quantization-aware training left: loaded, never recalibrated
+        callbacks[0].load_state_dict(trained.state)
     start = time.perf_counter()
     trainer = _trainer(cfg, callbacks)
     try:
@@ -355,7 +363,9 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     value, extra = task.metric_values(metrics)
     if peer:  # which tool, its version and settings, and the engine the number was measured on
         extra.update({"peer_" + k if k in ("version", "settings") else k: v for k, v in callbacks[0].record.items()})
-    if same_state:
+    if trained is not None:
+        extra.update(_trained_extra(trained))
+    elif same_state:
         extra["calibration"] = "quant state of this run's earlier engine for the same cell (the same qparams)"
     elif reused:  # calib_seconds is then only the range choice (and any weight fitting)
         extra["calibration"] = "statistics shared with an earlier cell of this run (same method and draw)"

@@ -1,4 +1,5 @@
 from .peers import PeerCallback
+from .qat import QATCallback
 from .quantization import QuantizationCallback
 
-__all__ = ["PeerCallback", "QuantizationCallback"]
+__all__ = ["PeerCallback", "QATCallback", "QuantizationCallback"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
 
 from hqbench.data.base import BenchmarkDataModule, check_sizes, positive_int, seeded_draw
 from hqbench.data.images import read_image
@@ -200,7 +201,12 @@ class ImageNetDataModule(BenchmarkDataModule):
             )
         return samples
 
-    def _loader(self, samples: list[tuple[Path, int]]) -> DataLoader:
+    def train_dataloader(self) -> DataLoader:
+        """Every image of ``train/`` (the calibration images among them), shuffled by Lightning's seed,
+        with the evaluation preprocessing and a random horizontal flip: what ``hqbench train`` fine-tunes on."""
+        return self._loader(self._scan("train"), train=True)
+
+    def _loader(self, samples: list[tuple[Path, int]], train: bool = False) -> DataLoader:
         if self.card is None:
             raise RuntimeError(
                 "ImageNetDataModule has no ModelCard; call set_card(card) with the card returned "
@@ -210,6 +216,9 @@ class ImageNetDataModule(BenchmarkDataModule):
             data = (f"data.num_classes is {self._num_classes}" if self._num_classes is not None
                     else f"{self.class_source} lists {self.num_classes}")
             raise ValueError(f"model {self.card.name!r} has {self.card.num_classes} classes but {data}")
-        dataset = ImageListDataset(samples, build_transform(self.card), channel_mode(self.card))
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False,
+        transform = build_transform(self.card)
+        if train:  # the flip acts on the decoded image, before resizing and normalising
+            transform = T.Compose([T.RandomHorizontalFlip(), *transform.transforms])
+        dataset = ImageListDataset(samples, transform, channel_mode(self.card))
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=train,
                           num_workers=self.num_workers)

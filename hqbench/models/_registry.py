@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 from collections.abc import Callable
+from dataclasses import replace
 
 from torch import nn
 
+from hqbench.models._weights import load_fitting_state, read_state_dict, trained_over
 from hqbench.models.card import ModelCard
 
 ModelFactory = Callable[[str | None], tuple[nn.Module, ModelCard]]
@@ -115,6 +117,12 @@ def create_model(name: str, weights: str | None = None) -> tuple[nn.Module, Mode
     if not isinstance(name, str) or not name:
         raise ValueError(f"no model named (got {name!r}); pass model=NAME ({', '.join(list_models())}) "
                          f"or model=PREFIX:SPEC ({', '.join(s + '...' for s in list_sources())})")
+    fine_tuned = trained_over(weights)
+    if fine_tuned is not None:  # QAT weights over the model its training started from
+        path, base = fine_tuned
+        model, card = create_model(name, base)
+        load_fitting_state(model, read_state_dict(path), name, path)
+        return model.eval(), replace(card, weights=str(path))
     prefix, colon, spec = name.partition(":")
     if name in _MODELS:
         model, card = _MODELS[name](weights)

@@ -57,6 +57,30 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+TRAINED_STATE_SUFFIX = ".qat.pt"  # beside weights hqbench train fine-tuned quantization-aware
+
+
+def trained_over(weights: str | None) -> tuple[Path, str | None] | None:
+    """For weights ``hqbench train ... train.qat=true`` wrote (a state dict with a ``.qat.pt`` state
+    beside it): the file, and the source its architecture was built from (``model.weights`` of the
+    training run; None: the model's default). None for any other weights.
+
+    A TFLite model's architecture is its flatbuffer, so fine-tuned weights are a state dict loaded
+    over the model built from its own source.
+    """
+    if weights is None or weights == "random":
+        return None
+    path = Path(weights).expanduser()
+    side = path.with_name(path.name + TRAINED_STATE_SUFFIX)
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        record = torch.load(side, map_location="cpu", weights_only=True)["record"]
+        return path, record["model_weights"]
+    except Exception as err:
+        raise ValueError(f"{side}: not a QAT state hqbench train wrote ({type(err).__name__}: {err})") from None
+
+
 def load_fitting_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], owner: str, path: Path) -> None:
     """Load ``state`` into ``model`` only if every key and shape fits; otherwise nothing is loaded.
 

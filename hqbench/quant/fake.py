@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import nn
 
 from .calibrators import Calibrator
-from .grid import QuantGrid, _exporting, fake_quantize, range_to_qparams
+from .grid import _EPS, QuantGrid, _exporting, fake_quantize, range_to_qparams
 
 OBSERVE, QUANT, OFF = "observe", "quant", "off"
 
@@ -38,12 +39,62 @@ class ActQuantizer(nn.Module):
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("clip", torch.zeros(2))  # the chosen [lo, hi], for reports
         self.register_buffer("calibrated", torch.tensor(False))
+        self._training: str | None = None  # quantization-aware training: "fixed" or "learned" scale
+
+    def start_training(self, learn_scale: bool) -> nn.Parameter | None:
+        """Quantization-aware training from the frozen qparams: quant mode passes gradients straight
+        through the rounding (zero outside the clip range). ``learn_scale``: the scale is trained
+        (LSQ's gradient, Esser et al., ICLR 2020) as the parameter ``log_scale``, returned for the
+        optimizer: in the log domain an optimizer's step changes every point's scale by the same
+        share, whatever its size (Adam's steps do not depend on the gradient's). The zero point
+        stays, so the hybrid scheme's grids (unsigned at zero after a ReLU, signed with the
+        redistribution zero point elsewhere) are kept. The ``scale`` buffer follows the parameter
+        at every forward, so the state always holds the scale in use."""
+        self.check_calibrated()
+        if self._training is not None:
+            raise RuntimeError(f"layer {self.name!r} is training already")
+        self._training = "learned" if learn_scale else "fixed"
+        if not learn_scale:
+            return None
+        self.log_scale = nn.Parameter(self.scale.detach().clamp(min=_EPS).log())
+        return self.log_scale
+
+    def stop_training(self) -> None:
+        """Back to post-training quant mode, keeping the trained scale (in the ``scale`` buffer)."""
+        if self._training == "learned":
+            with torch.no_grad():
+                self.scale.copy_(self._parameters.pop("log_scale").exp().clamp(min=_EPS))
+            self._forget_zero_point()
+        self._training = None
+
+    def sync_scale(self) -> torch.Tensor:
+        """The trained scale (from ``log_scale``, with its gradient), copied into the ``scale`` buffer."""
+        scale = self.log_scale.exp().clamp(min=_EPS)
+        with torch.no_grad():
+            self.scale.copy_(scale)
+        return scale
+
+    def _train_forward(self, x: torch.Tensor) -> torch.Tensor:
+        zero_point = self._buffers["zero_point"]
+        if self._training == "learned":
+            scale = self.sync_scale()
+            if not torch.is_grad_enabled():
+                return fake_quantize(x, self.scale, zero_point, self.grid.qmin, self.grid.qmax)
+            # LSQ's gradient scale 1/sqrt(features * qmax) (it matters to SGD; Adam normalises it away).
+            factor = 1.0 / math.sqrt(max(1, x[0].numel()) * self.grid.qmax)
+            return torch._fake_quantize_learnable_per_tensor_affine(
+                x.float(), scale.reshape(1), zero_point.reshape(1).float(), self.grid.qmin, self.grid.qmax,
+                factor).to(x.dtype)
+        return torch.fake_quantize_per_tensor_affine(x.float(), self.scale.float(), zero_point.to(torch.int32),
+                                                     self.grid.qmin, self.grid.qmax).to(x.dtype)
 
     def forward(self, x: torch.Tensor, owned: bool = False) -> torch.Tensor:
         """``owned``: the caller vouches that nothing else reads ``x`` unquantized, so quant mode
         may overwrite it (see ``points._owned``); otherwise ``x`` is never modified."""
         mode = self._mode
         if mode == QUANT:
+            if self._training is not None:
+                return self._train_forward(x)
             scale, zero_point = self._buffers["scale"], self._buffers["zero_point"]
             if _exporting() or (x.requires_grad and torch.is_grad_enabled()):
                 return fake_quantize(x, scale, zero_point, self.grid.qmin, self.grid.qmax)

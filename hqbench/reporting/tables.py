@@ -306,6 +306,10 @@ def print_tables(
 
     if (budget := budget_table(rows)) is not None:  # keep_8bit and mixed.budget: the 8-bit points and what they buy
         _print(console, budget)
+    from .qat import qat_table
+
+    if (qat := qat_table(rows)) is not None:  # rows of QAT weights against post-training
+        _print(console, qat)
     console.print(Text(notes_line(rows)), soft_wrap=not console.is_terminal)
 
 

@@ -28,6 +28,9 @@ from typing import Any, ClassVar, Mapping
 
 import lightning as L
 import torch
+from omegaconf import OmegaConf
+
+from hqbench.quant import AdaRoundSettings, Recipe
 
 PYTORCH_ROUTES = ("fx", "hooks")
 
@@ -103,6 +106,21 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*quantized tensor creation functions.*are deprecated.*")
 
 
+def config_recipe(cfg) -> Recipe:
+    """The recipe a task config's quantization keys describe, at W8A8 (cells set their widths).
+
+    The trainer's precision is part of it: other than float32 (64-true: fake-quant sums exactly, as
+    integer kernels do) it changes every torch-run number, FP32's too.
+    """
+    return Recipe(keep_8bit=cfg.get("keep_8bit"),
+                  weight_range=str(cfg.get("weight_range", "minmax")),
+                  weight_rounding=str(cfg.get("weight_rounding", "nearest")),
+                  bias_correction=cfg.get("bias_correction", False),
+                  adaround=AdaRoundSettings.from_mapping(cfg.get("adaround")),
+                  mixed_samples=OmegaConf.select(cfg, "mixed.samples", default=None),
+                  precision=str(cfg.get("trainer", {}).get("precision", "32-true")))
+
+
 def training_output(cfg) -> Path:
     """Where ``hqbench train`` writes: ``train.checkpoint``, or ``outputs/<model>.pt`` in the working folder.
 
@@ -116,4 +134,4 @@ def training_output(cfg) -> Path:
     return out
 
 
-__all__ = ["BenchmarkTask", "MissingMetricError", "quiet_lightning", "training_output"]
+__all__ = ["BenchmarkTask", "MissingMetricError", "config_recipe", "quiet_lightning", "training_output"]

@@ -164,7 +164,12 @@ class ClassificationTask(BenchmarkTask):
     @classmethod
     def fit(cls, cfg, console, command: str = "") -> Path:
         """Train ``cfg.model`` (from random init unless model.weights is set) with ``Trainer.fit`` on the
-        data's training split; write half-precision weights and a Markdown card beside them."""
+        data's training split; write half-precision weights and a Markdown card beside them. With
+        ``train.qat=true``: quantization-aware fine-tuning instead (:mod:`hqbench.tasks.qat_training`)."""
+        if cfg.train.get("qat", False):
+            from hqbench.tasks.qat_training import fit_qat
+
+            return fit_qat(cfg, console, command)
         out = training_output(cfg)
         quiet_lightning()
         L.seed_everything(cfg.seed, verbose=False)

@@ -98,6 +98,10 @@ class DetectionTask(BenchmarkTask):
     @classmethod
     def fit(cls, cfg, console, command: str = "") -> Path:
         """``hqbench train``: fine-tune with ultralytics' trainer (its loss, augmentation, EMA)."""
+        if cfg.train.get("qat", False):
+            raise NotImplementedError("train.qat: the detector trains through ultralytics' own loop (its loss, "
+                                      "augmentation and EMA), which QATCallback cannot join; quantization-aware "
+                                      "training is for task=classification")
         from hqbench.tasks.yolo_training import fit_detector  # ultralytics, only when training
 
         return fit_detector(cfg, console, command)
