@@ -311,17 +311,21 @@ def test_export_dir_writes_each_quantized_cell_named_by_its_key_and_never_replac
 
 def test_mixed_budgets_share_one_ranking_and_every_engine_runs_the_promoted_points(tmp_path):
     """issue 30: mixed.budget=0,2,0.1 is three cells of one ranking (measured once, on the calibration
-    data); a row names the points it promoted, and engine=int runs them from the same state."""
+    data); a row names the points it promoted, and engine=int and onnxruntime run them from the same state."""
     out = tmp_path / "r.json"
-    assert main(["test", *SMALL, "method=B", "bits=w8a4", "mixed.budget=0,2,0.1", "engine=fake,int", f"out={out}"]) == 0
+    assert main(["test", *SMALL, "method=B", "bits=w8a4", "mixed.budget=0,2,0.1", "engine=fake,int,onnxruntime",
+                 f"out={out}"]) == 0
     rows = {(r["options"].get("mixed_budget"), r["engine"]): r for r in _rows(out)}
-    assert sorted(rows, key=str) == sorted([(b, e) for b in (None, "2", "0.1") for e in ("fake", "int")], key=str)
+    engines = ("fake", "int", "onnxruntime")
+    assert sorted(rows, key=str) == sorted([(b, e) for b in (None, "2", "0.1") for e in engines], key=str)
     two, share = rows[("2", "fake")]["promoted"].split(","), rows[("0.1", "fake")]["promoted"].split(",")
     assert len(two) == 2 and share[:2] == two and 2 < len(share) <= 6  # 0.1 of 64 points: at most 6
     assert rows[("2", "fake")]["points_8bit"] == "2/64"
     assert "shared" in rows[("0.1", "fake")]["calibration"]
     for budget in ("2", "0.1"):
-        fake, integer = rows[(budget, "fake")], rows[(budget, "int")]
-        assert integer["promoted"] == fake["promoted"] and "earlier engine" in integer["calibration"]
-        assert integer["agreement"]["top1_agree"] >= 95
+        fake = rows[(budget, "fake")]
+        for engine in ("int", "onnxruntime"):
+            row = rows[(budget, engine)]
+            assert row["promoted"] == fake["promoted"] and "earlier engine" in row["calibration"]
+            assert row["agreement"]["top1_agree"] >= 95, (engine, row["agreement"])
     assert "promoted" not in rows[(None, "fake")] and rows[(None, "fake")]["points_8bit"] == "0/64"
