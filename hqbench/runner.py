@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from . import __version__
-from .callbacks import PeerCallback, QuantizationCallback
+from .callbacks import PeerCallback, QATCallback, QuantizationCallback
 from .data.resolve import build_data
 from .methods import FP32, PYTORCH, is_peer, row_method
 from .models import create_model, state_digest
@@ -323,13 +323,14 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     # mixed precision: the points' ranking does not depend on the budget, so every budget shares one
     ranked_as = (*state_of[:4], tuple(sorted((k, v) for k, v in cell.options.items() if k != "mixed_budget")))
     export = _export_path(cfg, base)
+    shared = dict(engine=engine, float_scopes=float_scopes, export=export, agreement=bool(cfg.get("agreement", True)),
+                  export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)))
     callbacks = [] if cell.method == FP32 else [PeerCallback(
         cell.method, weight_bits=cell.weight_bits, act_bits=cell.act_bits, float_scopes=float_scopes)] if peer else [
         QuantizationCallback(
-        cell.method, cell.recipe, engine=engine, float_scopes=float_scopes, pytorch_via=task.PYTORCH_VIA,
-        statistics=statistics.get(share), ranges=statistics.get((row_method("minmax"), base["seed"])),
-        export=export, export_overwrite=bool(OmegaConf.select(cfg, "export.overwrite", default=False)),
-        agreement=bool(cfg.get("agreement", True)), ranking=rankings.get(ranked_as))]
+        cell.method, cell.recipe, pytorch_via=task.PYTORCH_VIA, statistics=statistics.get(share),
+        ranges=statistics.get((row_method("minmax"), base["seed"])), ranking=rankings.get(ranked_as), **shared)
+        if trained is None else QATCallback(cell.method, cell.recipe, **shared)]  # QAT quantized the task's network
     same_state = not peer and cell.method != FP32 and state_of in states and trained is None
     if same_state:  # the qparams another engine's row of this cell ran: loaded, not calibrated again
         callbacks[0].load_state_dict(states[state_of])

@@ -20,10 +20,10 @@ W4A4 = Recipe(act_bits=4, weight_bits=4)
 
 
 class Classifier(L.LightningModule):
-    def __init__(self, net=None, lr: float = 1e-3):
+    def __init__(self, net=None, lr: float = 1e-3, sgd: bool = False):
         super().__init__()
         self.model = net if net is not None else ResidualNet()
-        self.lr = lr
+        self.lr, self.sgd = lr, sgd
         self.losses: list[float] = []
         self.correct = self.seen = 0
 
@@ -50,7 +50,7 @@ class Classifier(L.LightningModule):
         return self.correct / self.seen
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return (torch.optim.SGD if self.sgd else torch.optim.Adam)(self.parameters(), lr=self.lr)
 
 
 def _loader(n: int, seed: int, batch_size: int = 64) -> DataLoader:
@@ -122,7 +122,7 @@ def test_checkpoint_holds_the_trained_state_and_resuming_continues_exactly(train
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=True)
     state = next(v for k, v in checkpoint["callbacks"].items() if k.startswith("QATCallback"))
     assert state["qat"]["steps"] == 16 and state["method"] == "minmax" and state["act_bits"] == 4
-    assert set(state["learned_scales"]) == {f"model.{n}" for n in ("stem.0", "expand.0", "project.0", "branch_a.0",
+    assert set(state["learned_scales"]) == {n for n in ("stem.0", "expand.0", "project.0", "branch_a.0",
                                                                    "branch_b.0", "head")}
     fresh = Classifier(ResidualNet())
     fresh.load_state_dict(checkpoint["state_dict"])  # strict: the model's own layout

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..methods import PYTORCH
 from ..quant import Recipe, prepare
+from ..quant.distributed import is_distributed
 from ..quant.qat import QuantTraining
 from .quantization import QuantizationCallback
 
@@ -40,18 +41,21 @@ class QATCallback(QuantizationCallback):
             the calibrated ranges and trains the weights alone.
         distill: weight of distillation from the float model, in ``[0, 1]``: the loss is
             ``(1 - distill) * module_loss + distill * T^2 * KL(teacher || student)`` on the logits of
-            ``pl_module.<submodule>``, whose call inside ``training_step`` gives the student's logits
-            and inputs. The teacher is the float network as ``fit`` first found it, and its
-            weights are in the callback's state, so a resumed ``fit`` distils from the same one.
+            the network, whose call inside ``training_step`` gives the student's logits and inputs.
+            The teacher is the float network as ``fit`` first found it, and its weights are in the
+            callback's state, so a resumed ``fit`` distils from the same one.
         temperature: the distillation temperature ``T``.
         scale_lr_factor: the learning rate of the parameters QAT adds (the scales, and the biases
             folding gave to bias-less layers) as a multiple of the optimizer's: in the log domain
             an Adam step moves a scale by about ``lr``, which at a fine-tuning lr barely moves it.
         **kwargs: :class:`QuantizationCallback`'s (calibration data, engine for test, ...).
+            ``submodule`` names the network QAT quantizes and trains (default ``pl_module.model``);
+            it is called with ``input_fn(batch)``, and an engine replaces its ``forward``.
 
     Validation inside ``fit`` runs the model being trained (with ``fit_suffix`` on the logged
-    names). Under DDP it refuses to start: the folded BatchNorms' parameters go unused and the new
-    parameters' gradients would not be reduced.
+    names). Under DDP every rank calibrates on all the calibration batches and the parameters QAT
+    adds have their gradients averaged after each backward; a model with BatchNorm needs
+    ``strategy="ddp_find_unused_parameters_true"`` (folded, BN's own parameters get no gradient).
     """
 
     def __init__(self, method: str = "D", recipe: Recipe | None = None, *, learn_scales: bool = True,
@@ -77,6 +81,7 @@ class QATCallback(QuantizationCallback):
         self._teacher_state: dict | None = None
         self._teacher: torch.nn.Module | None = None
         self._fit_undo: list = []
+        self._unreduced: list = []  # parameters QAT added that DDP does not reduce
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -96,19 +101,30 @@ class QATCallback(QuantizationCallback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         if self.training is not None:  # the trained weights, in the layout a fresh model loads
             self.steps = trainer.global_step
-            checkpoint["state_dict"] = self.training.float_state_dict()
+            prefix = self.submodule + "."
+            state = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefix)}
+            checkpoint["state_dict"] = {**state, **{prefix + k: v for k, v in self.training.float_state_dict().items()}}
+
+    def _quantized(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The network, ``pl_module.<submodule>``: under DDP, Lightning calls the LightningModule itself
+        with ``training_step``'s arguments, which hooks on it would take for the network's inputs."""
+        network = getattr(pl_module, self.submodule, None)
+        if not isinstance(network, torch.nn.Module):
+            raise ValueError(f"QATCallback trains the network at pl_module.{self.submodule}, which is not a module; "
+                             "pass submodule=")
+        return network
 
     # -------------------------------------------------------------- training
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.world_size > 1:
-            raise NotImplementedError("QATCallback under DDP is not supported yet: train on one process")
         self._restore()
+        wrapped = {id(p) for p in pl_module.parameters()}  # what DDP (set up before this hook) reduces
         if self.distill:
             self._start_distillation(pl_module)
         batches = self._batches_on(trainer, pl_module.device, limit=None if self._saved_state is None else 1)
         example = self.input_fn(batches[0])
-        modes = [(m, m.training) for m in pl_module.modules()]  # prepare() leaves the model in eval mode
-        qmodel = prepare(pl_module, example, self.method, self.recipe, inplace=True, float_scopes=self.float_scopes)
+        network = self._quantized(pl_module)
+        modes = [(m, m.training) for m in network.modules()]  # prepare() leaves the model in eval mode
+        qmodel = prepare(network, example, self.method, self.recipe, inplace=True, float_scopes=self.float_scopes)
         try:
             if self._saved_state is None:
                 qmodel.calibrate(batches, input_fn=self.input_fn)
@@ -123,6 +139,33 @@ class QATCallback(QuantizationCallback):
             raise
         self.qmodel, self._example, self._from_checkpoint = qmodel, example, False
         self._add_to_optimizer(trainer, self.training.parameters, self.scale_lr_factor)
+        self._unreduced = [p for p in self.training.parameters if id(p) not in wrapped]
+        if trainer.world_size > 1:
+            self._check_ddp(trainer, qmodel)
+
+    def _check_ddp(self, trainer: L.Trainer, qmodel) -> None:
+        """Every rank calibrated on all the calibration batches (the same qparams); the parameters
+        QAT added are reduced in :meth:`on_after_backward`. Folded BatchNorms' parameters get no
+        gradient, which DDP refuses unless it looks for unused parameters."""
+        if not is_distributed():
+            raise RuntimeError(f"trainer.world_size is {trainer.world_size} but no torch.distributed process group runs")
+        finds = getattr(trainer.strategy, "_ddp_kwargs", {}).get("find_unused_parameters", False)
+        ddp = trainer.strategy.model
+        if isinstance(ddp, torch.nn.parallel.DistributedDataParallel) and not any(True for _ in ddp.module.buffers()):
+            ddp.broadcast_buffers = False  # folding took the last buffers (BN's): DDP would broadcast an empty list
+        if qmodel._folds and not finds:
+            self._stop_training(trainer, trainer.lightning_module)
+            raise ValueError("QATCallback under DDP folds BatchNorm into the convs, so BN's parameters get no gradient: "
+                             "use strategy='ddp_find_unused_parameters_true' (or DDPStrategy(find_unused_parameters=True))")
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Under DDP, average the gradients of the parameters DDP did not wrap (it only reduces its own)."""
+        if trainer.world_size <= 1 or self.training is None:
+            return
+        for p in self._unreduced:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(trainer.world_size)
 
     @staticmethod
     def _add_to_optimizer(trainer: L.Trainer, parameters: list, factor: float) -> None:
@@ -143,9 +186,7 @@ class QATCallback(QuantizationCallback):
                 base.append(base[0] * factor)
 
     def _start_distillation(self, pl_module: L.LightningModule) -> None:
-        network = getattr(pl_module, self.submodule, None)
-        if not isinstance(network, torch.nn.Module):
-            raise ValueError(f"distill needs the network at pl_module.{self.submodule}; pass submodule=")
+        network = self._quantized(pl_module)
         if self._teacher is None:
             teacher = copy.deepcopy(network)
             if self._teacher_state is not None:  # a resumed fit: the teacher of the first one
@@ -189,7 +230,7 @@ class QATCallback(QuantizationCallback):
             self._saved_state = qmodel.quant_state_dict()
             self.summary = qmodel.summary()
             qmodel.remove()
-            pl_module.load_state_dict(weights)
+            self._quantized(pl_module).load_state_dict(weights)
         self.qmodel = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:

@@ -223,7 +223,7 @@ class QuantizationCallback(EvaluationStageCallback):
             recipe = self.recipe
             if not needs_data and recipe.promotes:  # the points a mixed-precision state promoted
                 recipe = recipe.replace(point_bits=[tuple(p) for p in self._saved_state.get("point_bits", [])])
-            qmodel = prepare(pl_module, example, method, recipe, inplace=True, float_scopes=self.float_scopes,
+            qmodel = prepare(self._quantized(pl_module), example, method, recipe, inplace=True, float_scopes=self.float_scopes,
                              act_grid=act_grid)
             self._undo.append(qmodel.remove)
             if shared:
@@ -316,12 +316,17 @@ class QuantizationCallback(EvaluationStageCallback):
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 
+    def _quantized(self, pl_module: L.LightningModule) -> torch.nn.Module:
+        """The module quantizers hook onto: the LightningModule itself, so any ``forward`` works."""
+        return pl_module
+
     def _attach_engine(self, pl_module: L.LightningModule, qmodel: QuantizedModel, example: tuple) -> None:
-        """Route the module's forward through the engine *instead of* torch.
+        """Route the quantized module's forward through the engine *instead of* torch.
 
         The engine replaces ``forward`` on the instance (a forward hook would run the torch network
         first and then discard its output, paying for both); the undo list puts it back.
         """
+        pl_module = self._quantized(pl_module)
         engine = create_engine(self.engine, qmodel, example)
         self.engine_record = engine.record() if callable(getattr(engine, "record", None)) else None
         own = pl_module.__dict__.get("forward")  # an instance-level forward someone set before us

@@ -12,7 +12,6 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrize import type_before_parametrizations  # a layer in training
 
 from .calibrators import canonical_name, create_calibrator
 from .calibrators.base import RangeThenHistogram
@@ -383,7 +382,7 @@ class QuantizedModel(nn.Module):
         and weight shape (names alone match across a ReLU and a LeakyReLU model)."""
         layers = {n: self.model.get_submodule(n) for n in self.plan.compute}
         return {"points": {q.name: [self.plan.points[q.name].producer, q.grid.describe()] for q in self.quantizers.values()},
-                "layers": {n: [type_before_parametrizations(m).__name__, list(m.weight.shape)] for n, m in layers.items()}}
+                "layers": {n: [type(m).__name__, list(m.weight.shape)] for n, m in layers.items()}}
 
     def load_quant_state_dict(self, state: dict) -> None:
         """Restore qparams saved by :meth:`quant_state_dict` and switch to ``quant`` mode.

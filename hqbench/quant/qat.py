@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .fake import QUANT
 from .grid import _EPS
@@ -30,7 +29,7 @@ from .weights import weight_scale
 
 
 class _WeightFakeQuant(nn.Module):
-    """The parametrization a layer's weight goes through while training: symmetric per-channel (or
+    """What a layer's weight goes through while training: symmetric per-channel (or
     per-tensor) fake-quant on ``bits`` bits with straight-through gradients; the scale learnt or fixed."""
 
     def __init__(self, scale: torch.Tensor, bits: int, learn: bool):
@@ -80,6 +79,35 @@ class _BiasFakeQuant(nn.Module):
         return (b + (torch.round(b / s_acc) * s_acc - b).detach()).to(bias.dtype)
 
 
+class _Swap:
+    """For the duration of one forward, a layer's weight and bias are their fake-quantized values.
+
+    The float parameters stay registered under their own names between forwards (state dicts,
+    optimizers and DDP see them unchanged) and are swapped for the quantized tensors in
+    ``_parameters`` only while the layer runs, as ``torch.func.functional_call`` does. A torch
+    parametrization would re-register the parameter (``set_``), and DDP, which wrapped the model
+    before ``fit`` began, would no longer reduce its gradient.
+    """
+
+    def __init__(self, module: nn.Module, quantized: dict[str, nn.Module]):
+        self.quantized, self.held = quantized, {}
+        self.handles = [module.register_forward_pre_hook(self.swap_in),
+                        module.register_forward_hook(self.swap_out, always_call=True)]
+
+    def swap_in(self, module: nn.Module, args) -> None:
+        for name, fq in self.quantized.items():
+            self.held[name] = module._parameters[name]
+            module._parameters[name] = fq(self.held[name])
+
+    def swap_out(self, module: nn.Module, args, output) -> None:
+        module._parameters.update(self.held)
+        self.held = {}
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
 class QuantTraining:
     """A calibrated model switched to quantization-aware training (see the module's docstring).
 
@@ -109,16 +137,17 @@ class QuantTraining:
         self.parameters: list[nn.Parameter] = [r.conv.bias for r in qmodel._folds if not r.had_bias]
         modules = dict(qmodel.model.named_modules())
         self._weights: dict[str, _WeightFakeQuant] = {}
+        self._swaps: list[_Swap] = []
         for name in qmodel.plan.compute:
             module, bits = modules[name], qmodel.layer_weight_bits(name)
             scale = qmodel.learned_scales.get(name)
             if scale is None:
                 scale = weight_scale(module.weight.detach(), bits, qmodel.weight_per_channel, qmodel.weight_range)
             fq = _WeightFakeQuant(scale.to(module.weight), bits, self.learn_scales)
-            parametrize.register_parametrization(module, "weight", fq)
+            quantized = {"weight": fq}
             if module.bias is not None:
-                bias = _BiasFakeQuant(qmodel.quantizer(qmodel.plan.compute_inputs[name]), fq)
-                parametrize.register_parametrization(module, "bias", bias)
+                quantized["bias"] = _BiasFakeQuant(qmodel.quantizer(qmodel.plan.compute_inputs[name]), fq)
+            self._swaps.append(_Swap(module, quantized))
             self._weights[name] = fq
             if self.learn_scales:
                 self.parameters.append(fq.log_scale)
@@ -145,11 +174,6 @@ class QuantTraining:
         """
         qmodel = self.qmodel
         state = qmodel.model.state_dict()
-        for key in [k for k in state if ".parametrizations." in k]:
-            value = state.pop(key)
-            if key.endswith(".original"):  # the trained float tensor, back under its own name
-                module, _, rest = key.partition(".parametrizations.")
-                state[f"{module}.{rest.removesuffix('.original')}"] = value
         for rec, (conv_name, bn_name) in zip(qmodel._folds, qmodel.plan.folds):
             bias = state.pop(f"{conv_name}.bias")
             if rec.had_bias:
@@ -188,14 +212,11 @@ class QuantTraining:
         (``learned_scales`` for weights), and the model is in quant mode."""
         qmodel = self.qmodel
         scales = self.weight_scales()
-        modules = dict(qmodel.model.named_modules())
-        with torch.no_grad():
-            for name in self._weights:
-                for tensor in list(modules[name].parametrizations):
-                    parametrize.remove_parametrizations(modules[name], tensor, leave_parametrized=False)
-            for q in qmodel.quantizers.values():
-                q.stop_training()
-        self._weights = {}
+        for swap in self._swaps:
+            swap.remove()
+        for q in qmodel.quantizers.values():
+            q.stop_training()
+        self._weights, self._swaps = {}, []
         qmodel._mode = "float"
         qmodel.learned_scales = scales
         qmodel.set_mode(QUANT)
