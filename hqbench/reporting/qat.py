@@ -28,7 +28,8 @@ def _versus(mine: ResultRow, other: ResultRow | None) -> dict | None:
     if a is None or b is None or pairing_key(a) != pairing_key(b):
         return None
     return {"diff": evidence_value(a) - evidence_value(b), "ci": paired_difference_ci(a, b), "p": paired_pvalue(a, b),
-            "method": other.method, "options": options_label(other.options), "value": other.value}
+            "method": other.method, "options": options_label({k: v for k, v in other.options.items() if k != "qat"}),
+            "value": other.value}
 
 
 def qat_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
