@@ -25,8 +25,10 @@ def test_committed_rows_read_back_into_the_same_options(path):
     for row in rows:
         if row.method == FP32 or is_peer(row.method):
             continue
-        recipe = Recipe.from_options(row.weight_bits, row.act_bits, row.options)
-        assert recipe.to_options() == row.options, (path.name, row.method, row.options)
+        # ``qat=`` names the trained weights a row ran (hqbench.tasks.qat_training), not a recipe setting
+        options = {k: v for k, v in row.options.items() if k != "qat"}
+        recipe = Recipe.from_options(row.weight_bits, row.act_bits, options)
+        assert recipe.to_options() == options, (path.name, row.method, row.options)
 
 
 def test_a_recipe_is_checked_once_and_frozen():
