@@ -81,7 +81,6 @@ class QATCallback(QuantizationCallback):
         self._teacher_state: dict | None = None
         self._teacher: torch.nn.Module | None = None
         self._fit_undo: list = []
-        self._unreduced: list = []  # parameters QAT added that DDP does not reduce
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
@@ -117,7 +116,6 @@ class QATCallback(QuantizationCallback):
     # -------------------------------------------------------------- training
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
-        wrapped = {id(p) for p in pl_module.parameters()}  # what DDP (set up before this hook) reduces
         if self.distill:
             self._start_distillation(pl_module)
         batches = self._batches_on(trainer, pl_module.device, limit=None if self._saved_state is None else 1)
@@ -139,7 +137,6 @@ class QATCallback(QuantizationCallback):
             raise
         self.qmodel, self._example, self._from_checkpoint = qmodel, example, False
         self._add_to_optimizer(trainer, self.training.parameters, self.scale_lr_factor)
-        self._unreduced = [p for p in self.training.parameters if id(p) not in wrapped]
         if trainer.world_size > 1:
             self._check_ddp(trainer, qmodel)
 
@@ -159,10 +156,11 @@ class QATCallback(QuantizationCallback):
                              "use strategy='ddp_find_unused_parameters_true' (or DDPStrategy(find_unused_parameters=True))")
 
     def on_after_backward(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Under DDP, average the gradients of the parameters DDP did not wrap (it only reduces its own)."""
+        """Under DDP, average the gradients of the parameters QAT added: every one of them (scales,
+        the biases folding creates) is new since DDP wrapped the model, and DDP reduces only its own."""
         if trainer.world_size <= 1 or self.training is None:
             return
-        for p in self._unreduced:
+        for p in self.training.parameters:
             if p.grad is not None:
                 torch.distributed.all_reduce(p.grad)
                 p.grad.div_(trainer.world_size)
@@ -174,12 +172,10 @@ class QATCallback(QuantizationCallback):
         if not trainer.optimizers:
             raise RuntimeError("QATCallback needs an optimizer: configure_optimizers returned none")
         optimizer = trainer.optimizers[0]
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        new = [p for p in parameters if id(p) not in held]
-        if not new:
+        if not parameters:  # fixed scales on a model without BN: nothing was added
             return
         group = {k: v * factor if k in _LR_KEYS else v for k, v in optimizer.param_groups[0].items() if k != "params"}
-        optimizer.add_param_group({**group, "params": new, "weight_decay": 0.0})
+        optimizer.add_param_group({**group, "params": list(parameters), "weight_decay": 0.0})
         for config in trainer.lr_scheduler_configs:
             base = getattr(config.scheduler, "base_lrs", None)
             if getattr(config.scheduler, "optimizer", None) is optimizer and base is not None:

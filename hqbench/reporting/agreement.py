@@ -16,7 +16,7 @@ from rich.table import Table
 from ..evidence import Replicates
 from ..methods import FP32, PYTORCH, is_peer, method_title
 from .lines import bits_label, evidence_of, options_label
-from .render import markdown_rows, rich_table
+from .render import TableSpec
 from .results import ResultRow
 from .stats import discordant_counts, paired_difference_ci, paired_pvalue, pairing_key
 
@@ -72,24 +72,23 @@ def _cells(item: dict) -> list[str]:
             _fmt(item["within_1_lsb"]), _fmt(item["worst_lsb"], "{:g}"), item["int8_layers"] or "-"]
 
 
-HEADERS = ["Model", "Method", "Engine", "fake", "engine", "diff [95 % CI]", "lost / gained", "p",
-           "top-1 agree %", "≤1 LSB %", "worst LSB", "int8 layers"]
+TABLE = TableSpec(
+    "Engines against fake-quant (same calibration, same images)",
+    ("Model", "Method", "Engine", "fake", "engine", "diff [95 % CI]", "lost / gained", "p", "top-1 agree %",
+     "≤1 LSB %", "worst LSB", "int8 layers"),
+    "p: McNemar (Top-1) or paired bootstrap (mAP), * p<0.05; lost/gained: images the engine gets wrong/right that "
+    "fake-quant gets right/wrong; LSB: the output's grid step",
+    n_text=3)
 
 
 def agreement_table(rows: Iterable[ResultRow]) -> Table | None:
     """The rich table of :func:`agreement_rows`, or None when no row has a fake twin."""
-    items = agreement_rows(rows)
-    if not items:
-        return None
-    return rich_table(HEADERS, [_cells(item) for item in items], "Engines against fake-quant (same calibration, same images)",
-                      "p: McNemar (Top-1) or paired bootstrap (mAP), * p<0.05; lost/gained: images the engine gets "
-                      "wrong/right that fake-quant gets right/wrong; LSB: the output's grid step", n_text=3)
+    return TABLE.rich([_cells(item) for item in agreement_rows(rows)])
 
 
 def agreement_markdown(rows: Iterable[ResultRow]) -> str:
     """The same table in Markdown ("" when no row has a fake twin)."""
-    items = agreement_rows(rows)
-    return markdown_rows(HEADERS, [_cells(item) for item in items]) if items else ""
+    return TABLE.markdown([_cells(item) for item in agreement_rows(rows)])
 
 
 __all__ = ["agreement_markdown", "agreement_rows", "agreement_table"]

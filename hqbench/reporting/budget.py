@@ -18,7 +18,7 @@ from rich.table import Table
 from ..methods import FP32, method_title
 from ..paths import atomic_write
 from .lines import bits_label, evidence_of, options_label
-from .render import markdown_rows, rich_table
+from .render import TableSpec
 from .results import ResultRow
 from .stats import bootstrap_ci, evidence_value, paired_difference_ci, paired_pvalue, pairing_key
 
@@ -91,9 +91,12 @@ def _cells(item: dict) -> list[str]:
             "-" if item["fp32"] is None else f"{item['fp32']:+.2f}", fixed]
 
 
-HEADERS = ["Model", "Method", "8-bit rule", "8-bit points", "metric [95 % CI]", "vs FP32", "vs first/last [95 % CI]"]
-_CAPTION = ("vs first/last: paired difference to keep_8bit=first,last of the same method on the same images, McNemar "
-            "(Top-1) or paired bootstrap (mAP) p, * p<0.05")
+TABLE = TableSpec(
+    "8-bit activation points: the fixed rule and mixed precision",
+    ("Model", "Method", "8-bit rule", "8-bit points", "metric [95 % CI]", "vs FP32", "vs first/last [95 % CI]"),
+    ("vs first/last: paired difference to keep_8bit=first,last of the same method on the same images, McNemar "
+            "(Top-1) or paired bootstrap (mAP) p, * p<0.05"),
+    n_text=3)
 
 
 def _shown(rows: Iterable[ResultRow]) -> list[dict]:
@@ -104,15 +107,12 @@ def _shown(rows: Iterable[ResultRow]) -> list[dict]:
 
 def budget_table(rows: Iterable[ResultRow]) -> Table | None:
     """The rich table of :func:`budget_rows`, or None when no row has more than the plain rule."""
-    items = _shown(rows)
-    return rich_table(HEADERS, [_cells(i) for i in items], "8-bit activation points: the fixed rule and mixed precision",
-                      _CAPTION, n_text=3) if items else None
+    return TABLE.rich([_cells(i) for i in _shown(rows)])
 
 
 def budget_markdown(rows: Iterable[ResultRow]) -> str:
     """The same table in Markdown ("" when there is none)."""
-    items = _shown(rows)
-    return markdown_rows(HEADERS, [_cells(i) for i in items]) + "\n" + _CAPTION + "\n" if items else ""
+    return TABLE.markdown([_cells(i) for i in _shown(rows)])
 
 
 def plot_budget(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from ..methods import FP32, method_title
 from .lines import bits_label, evidence_of, options_label
-from .render import markdown_rows, rich_table
+from .render import TableSpec
 from .results import ResultRow
 from .stats import bootstrap_ci, evidence_value, paired_difference_ci, paired_pvalue, pairing_key
 
@@ -74,23 +74,23 @@ def _cells(item: dict) -> list[str]:
             _test(item["vs_start"]), _test(item["vs_best_ptq"], named=True), _test(item["vs_best_qat"], named=True)]
 
 
-HEADERS = ["Model", "Start", "QAT", "metric [95 % CI]", "vs its start", "vs best post-training", "vs best QAT start"]
-_CAPTION = ("paired differences on the same images with 95 % intervals and McNemar (Top-1) or paired bootstrap (mAP) "
+TABLE = TableSpec(
+    "Quantization-aware training against post-training",
+    ("Model", "Start", "QAT", "metric [95 % CI]", "vs its start", "vs best post-training", "vs best QAT start"),
+    ("paired differences on the same images with 95 % intervals and McNemar (Top-1) or paired bootstrap (mAP) "
             "p, * p<0.05; its start: the post-training cell QAT began from; best QAT start: the best row trained alike "
-            "from another calibrator")
+            "from another calibrator"),
+    n_text=3)
 
 
 def qat_table(rows: Iterable[ResultRow]) -> Table | None:
     """The rich table of :func:`qat_rows`, or None when there is no QAT row."""
-    items = qat_rows(rows)
-    return rich_table(HEADERS, [_cells(i) for i in items], "Quantization-aware training against post-training",
-                      _CAPTION, n_text=3) if items else None
+    return TABLE.rich([_cells(i) for i in qat_rows(rows)])
 
 
 def qat_markdown(rows: Iterable[ResultRow]) -> str:
     """The same table in Markdown ("" when there is no QAT row)."""
-    items = qat_rows(rows)
-    return markdown_rows(HEADERS, [_cells(i) for i in items]) + "\n" + _CAPTION + "\n" if items else ""
+    return TABLE.markdown([_cells(i) for i in qat_rows(rows)])
 
 
 __all__ = ["qat_markdown", "qat_rows", "qat_table"]

@@ -1,23 +1,38 @@
 """One table, two renderings: a rich ``Table`` for the terminal and GitHub Markdown for docs, from the
-same header and rows of text cells (the engine-agreement and 8-bit-points tables)."""
+same header and rows of text cells (the engine-agreement, 8-bit-points and QAT tables)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from rich.table import Table
 
 
-def rich_table(headers: list[str], body: list[list[str]], title: str, caption: str, n_text: int) -> Table:
-    """The first ``n_text`` columns left-aligned labels, the rest right-aligned numbers."""
-    table = Table(title=title, caption=caption)
-    for i, header in enumerate(headers):
-        table.add_column(header, justify="left" if i < n_text else "right")
-    for cells in body:
-        table.add_row(*cells)
-    return table
+@dataclass(frozen=True)
+class TableSpec:
+    """A table's fixed parts. The first ``n_text`` columns are left-aligned labels, the rest
+    right-aligned numbers; both renderings carry the caption."""
 
+    title: str
+    headers: tuple[str, ...]
+    caption: str
+    n_text: int
 
-def markdown_rows(headers: list[str], body: list[list[str]]) -> str:
-    """The header, its rule and one line per row, each line ending in a newline."""
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cells) + " |" for cells in body]
-    return "\n".join(lines) + "\n"
+    def rich(self, body: list[list[str]]) -> Table | None:
+        """The terminal table, or None when there are no rows."""
+        if not body:
+            return None
+        table = Table(title=self.title, caption=self.caption)
+        for i, header in enumerate(self.headers):
+            table.add_column(header, justify="left" if i < self.n_text else "right")
+        for cells in body:
+            table.add_row(*cells)
+        return table
+
+    def markdown(self, body: list[list[str]]) -> str:
+        """The header, its rule, one line per row and the caption; "" when there are no rows."""
+        if not body:
+            return ""
+        lines = ["| " + " | ".join(self.headers) + " |", "|" + "---|" * len(self.headers)]
+        lines += ["| " + " | ".join(cells) + " |" for cells in body]
+        return "\n".join(lines) + "\n\n" + self.caption + "\n"
