@@ -116,13 +116,14 @@ def _best(counts, edges, lo, hi, grid, p, chunk: int = 2048) -> tuple[float, flo
 
 
 def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, steps: int = 256,
-                 p: float = 2.0) -> tuple[float, float]:
+                 p: float = 2.0, cover: tuple[float, float] | None = None) -> tuple[float, float]:
     """The clip range with the least expected error ``|x - Q(x)|**p`` for ``grid``.
 
     A tensor that is one-sided (all values >= 0 or <= 0) gets a 1-D search over its one free end;
     a two-sided tensor a joint search over both ends: a coarse ``steps/4``-squared sweep, then a
     fine sweep around the best coarse cell. Unlike torch's greedy search this never stops at a
-    local increase and always uses the grid's true number of levels.
+    local increase and always uses the grid's true number of levels. With ``cover=(a, b)`` only
+    ranges that contain ``[a, b]`` are candidates (each candidate end is pushed out to it).
 
     >>> counts = torch.ones(100); edges = torch.linspace(0, 1, 101)
     >>> lo, hi = search_range(counts, edges, QuantGrid(signed=False))
@@ -130,12 +131,18 @@ def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, ste
     (0.0, 1.0)
     """
     data_lo, data_hi = float(edges[0]), float(edges[-1])
+
+    def best(c, e, lo, hi, g, p):  # with a cover, each candidate's ends pushed out to contain it
+        if cover is not None:
+            lo, hi = torch.clamp(lo, max=min(cover[0], 0.0)), torch.clamp(hi, min=max(cover[1], 0.0))
+        return _best(c, e, lo, hi, g, p)
+
     fractions = torch.linspace(1.0 / steps, 1.0, steps, dtype=torch.float64)
     if data_lo >= 0 or data_hi <= 0:
         ends = fractions * (data_hi if data_hi > 0 else data_lo)
         zeros = torch.zeros_like(ends)
         lo, hi = (zeros, ends) if data_hi > 0 else (ends, zeros)
-        best_lo, best_hi, _ = _best(counts, edges, lo, hi, grid, p)
+        best_lo, best_hi, _ = best(counts, edges, lo, hi, grid, p)
         return best_lo, best_hi
     n_coarse = max(steps // 8, 4)
     coarse = torch.linspace(1.0 / n_coarse, 1.0, n_coarse, dtype=torch.float64)
@@ -145,12 +152,12 @@ def search_range(counts: torch.Tensor, edges: torch.Tensor, grid: QuantGrid, ste
         coarse_counts, coarse_edges = counts.reshape(-1, 4).sum(dim=1), edges[::4]
     else:
         coarse_counts, coarse_edges = counts, edges
-    best_lo, best_hi, _ = _best(coarse_counts, coarse_edges, fl.reshape(-1) * data_lo, fh.reshape(-1) * data_hi, grid, p)
+    best_lo, best_hi, _ = best(coarse_counts, coarse_edges, fl.reshape(-1) * data_lo, fh.reshape(-1) * data_hi, grid, p)
     # Refine within one coarse step on each side of the coarse optimum.
     step = 1.0 / n_coarse
     f_lo, f_hi = best_lo / data_lo, best_hi / data_hi
     fine_lo = torch.linspace(max(f_lo - step, step / 8), min(f_lo + step, 1.0), 17, dtype=torch.float64)
     fine_hi = torch.linspace(max(f_hi - step, step / 8), min(f_hi + step, 1.0), 17, dtype=torch.float64)
     gl, gh = torch.meshgrid(fine_lo, fine_hi, indexing="ij")
-    best_lo, best_hi, _ = _best(counts, edges, gl.reshape(-1) * data_lo, gh.reshape(-1) * data_hi, grid, p)
+    best_lo, best_hi, _ = best(counts, edges, gl.reshape(-1) * data_lo, gh.reshape(-1) * data_hi, grid, p)
     return best_lo, best_hi

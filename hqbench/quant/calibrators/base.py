@@ -76,6 +76,23 @@ def bincount_histogram(x: torch.Tensor, bins: int, lo: float, hi: float) -> torc
     return torch.bincount(index, minlength=bins).double()
 
 
+def histogram_quantile(counts: torch.Tensor, lo: float, hi: float, q: float) -> float:
+    """The ``q`` quantile of the values a histogram on equal bins over ``[lo, hi]`` holds, linear
+    inside its bin (so within one bin width of the exact one).
+
+    Value ``j`` of the ``n`` sorted ones fills the cumulative count ``(j, j + 1]``; like
+    ``torch.quantile`` the quantile is at rank ``q * (n - 1)``, here the middle of its count.
+    """
+    bins = len(counts)
+    cdf = torch.cumsum(counts, 0)
+    target = q * (float(cdf[-1]) - 1.0) + 0.5
+    k = min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=cdf.dtype, device=cdf.device))), bins - 1)
+    below = float(cdf[k - 1]) if k > 0 else 0.0
+    inside = float(counts[k])
+    frac = (target - below) / inside if inside > 0 else 1.0
+    return lo + (k + min(max(frac, 0.0), 1.0)) * (hi - lo) / bins
+
+
 class Calibrator(nn.Module):
     """Base class. Subclasses implement :meth:`observe` and :meth:`compute_range`.
 

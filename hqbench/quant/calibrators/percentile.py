@@ -15,7 +15,7 @@ import torch
 
 from ..grid import QuantGrid
 from .registry import register_calibrator
-from .base import RangeThenHistogram, histogram_counts
+from .base import RangeThenHistogram, histogram_counts, histogram_quantile
 
 
 class Percentile(RangeThenHistogram):
@@ -42,29 +42,13 @@ class Percentile(RangeThenHistogram):
             x = x.float().reshape(-1)
             self.histogram += histogram_counts(x, self.bins, float(self.min_val), float(self.max_val))
 
-    def _quantile(self, q: float) -> float:
-        """The ``q`` quantile read off the histogram (linear inside the bin).
-
-        Value ``j`` of the ``n`` sorted ones fills the cumulative count ``(j, j + 1]``; like
-        ``torch.quantile`` the quantile is at rank ``q * (n - 1)``, here the middle of its count.
-        """
-        lo, hi = float(self.min_val), float(self.max_val)
-        cdf = torch.cumsum(self.histogram, 0)
-        target = q * (float(cdf[-1]) - 1.0) + 0.5
-        k = min(int(torch.searchsorted(cdf, torch.tensor([target], dtype=torch.float64))), self.bins - 1)
-        below = float(cdf[k - 1]) if k > 0 else 0.0
-        inside = float(self.histogram[k])
-        frac = (target - below) / inside if inside > 0 else 1.0
-        width = (hi - lo) / self.bins
-        return lo + (k + min(max(frac, 0.0), 1.0)) * width
-
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = float(self.min_val), float(self.max_val)
         if hi <= lo or self.histogram.sum() == 0 or self.percentile == 100.0:  # nothing to clip
             return self.min_val.clone(), self.max_val.clone()
         p = self.percentile / 100.0
-        new_lo = lo if lo >= 0 else min(self._quantile(1.0 - p), 0.0)
-        new_hi = hi if hi <= 0 else max(self._quantile(p), 0.0)
+        new_lo = lo if lo >= 0 else min(histogram_quantile(self.histogram, lo, hi, 1.0 - p), 0.0)
+        new_hi = hi if hi <= 0 else max(histogram_quantile(self.histogram, lo, hi, p), 0.0)
         return torch.tensor(new_lo), torch.tensor(new_hi)
 
 

@@ -26,7 +26,7 @@ class ActivationRedistribution(RangeThenHistogram):
         steps: candidate resolution of the range search.
         p: exponent of the error minimised, ``E|x - Q(x)|**p``; 2 is the mean squared error.
             Larger ``p`` weighs clipping errors more. On held-out ImageNet *training* images
-            (benchmarks/select_redistribution_norm.py, docs/RESULTS.md) p in 2..4 differed by no
+            (benchmarks/select_option.py, docs/RESULTS.md) p in 2..4 differed by no
             more than 5 of 500 images, so the default stays the MSE.
     """
 
