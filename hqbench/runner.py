@@ -25,6 +25,7 @@ from .models import create_model, state_digest
 from .paths import repo_root
 from .peers import PeerUnsupported, check_installed, peer_entry
 from .quant import Recipe, parse_bit_widths
+from .quant.profiles import PAPER
 from .quant.baseline import torch_act_grid
 from .quant.engines import FLOAT, engine_entry
 from .reporting import ResultRow, append_row, find_row
@@ -135,8 +136,9 @@ def plan_cells(cfg: DictConfig) -> list[Cell]:
     widths = [parse_bit_widths(b) for b in _as_list(cfg.get("bits", "w8a8"), "bits")]
     budget = OmegaConf.select(cfg, "mixed.budget", default=None)
     budgets = [None] if budget is None else _as_list(budget, "mixed.budget")
+    profiles = _as_list(cfg.get("profile", PAPER), "profile")
     recipe = config_recipe(cfg)  # checked once, before any work
-    recipes = [recipe.replace(mixed_budget=b) for b in budgets]  # each budget checked here too
+    recipes = [recipe.replace(mixed_budget=b, profile=str(p)) for p in profiles for b in budgets]  # each checked here
     cells = []
     for method in dict.fromkeys(methods):
         if method == FP32:

@@ -131,6 +131,24 @@ def test_keep_8bit_reaches_every_low_bit_cell():
     assert cells[1].recipe.keep_8bit == ("first", "last")
 
 
+def test_profiles_sweep_as_one_run_each_row_keyed_by_its_profile(tmp_path):
+    """``profile=paper,tflite-int8`` is two cells of one run: the paper's row keeps its old key (no
+    option), the other records its profile, stores every point signed, and runs on ``engine=int``."""
+    from hqbench.config import compose
+    from hqbench.runner import plan_cells
+
+    out = tmp_path / "profiles.json"
+    assert main(["test", *SMALL, "method=fp32,D", "profile=paper,tflite-int8", "engine=fake,int", f"out={out}"]) == 0
+    rows = {(r["method"], r["engine"], r["options"].get("profile")): r for r in _rows(out)}
+    assert set(rows) == {("fp32", "float", None), ("D", "fake", None), ("D", "int", None),
+                         ("D", "fake", "tflite-int8"), ("D", "int", "tflite-int8")}
+    assert rows["D", "fake", None]["act_range"] == "-128..127 & 0..255"
+    assert rows["D", "fake", "tflite-int8"]["act_range"] == "-128..127"
+    assert rows["D", "int", "tflite-int8"]["agreement"]["top1_agree"] >= 95.0
+    with pytest.raises(ValueError, match="unknown profile 'tensorrt'"):
+        plan_cells(compose("classification", ["method=D", "profile=paper,tensorrt"]))
+
+
 def _append_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
         row = ResultRow("classification", f"m{writer}", "d", "B", "top1", float(i), 10, 5, i, 0.0, 0.0, "0..255", "fake")

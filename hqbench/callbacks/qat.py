@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..methods import PYTORCH
 from ..quant import Recipe, prepare
 from ..quant.distributed import is_distributed
-from ..quant.qat import QuantTraining
+from ..quant.qat import QuantTraining, check_learnable
 from .quantization import QuantizationCallback
 
 
@@ -74,6 +74,7 @@ class QATCallback(QuantizationCallback):
             raise ValueError(f"temperature must be positive, got {temperature!r}")
         if not float(scale_lr_factor) > 0:
             raise ValueError(f"scale_lr_factor must be positive, got {scale_lr_factor!r}")
+        check_learnable(self.recipe, learn_scales)
         self.learn_scales, self.distill, self.temperature = bool(learn_scales), float(distill), float(temperature)
         self.scale_lr_factor = float(scale_lr_factor)
         self.training: QuantTraining | None = None  # while fit trains

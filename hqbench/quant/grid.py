@@ -23,10 +23,14 @@ class QuantGrid:
 
     ``signed=False`` is the hybrid scheme's unsigned grid for non-negative producers (0..255,
     zero point 0); ``signed=True`` the shifted-asymmetric grid (-128..127 with a zero point).
+    Deployment profiles (:mod:`hqbench.quant.profiles`) constrain it further: ``symmetric`` fixes a
+    signed grid's zero point at 0, ``pow2`` rounds the scale up to a power of two.
     """
 
     bits: int = 8
     signed: bool = True
+    symmetric: bool = False
+    pow2: bool = False
 
     def __post_init__(self) -> None:
         check_bits(self.bits, "grid bits")
@@ -44,8 +48,9 @@ class QuantGrid:
         return self.qmax - self.qmin + 1
 
     def describe(self) -> str:
-        """Integer range as written in result tables, e.g. ``"0..255"``."""
-        return f"{self.qmin}..{self.qmax}"
+        """Integer range as written in result tables, e.g. ``"0..255"``, ``"-128..127 sym pow2"``."""
+        marks = (" sym" if self.symmetric and self.signed else "") + (" pow2" if self.pow2 else "")
+        return f"{self.qmin}..{self.qmax}{marks}"
 
 
 # torch.ao's default x86 activations: quint8 with reduce_range=True, i.e. affine 0..127 everywhere.
@@ -64,11 +69,24 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid) -> tup
     """
     lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
     hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
-    scale = (hi - lo) / float(grid.qmax - grid.qmin)
+    if grid.symmetric and grid.signed:  # torch.ao's symmetric qint8: zero point 0, half the levels each side
+        scale = torch.maximum(-lo, hi) / (float(grid.qmax - grid.qmin) / 2)
+    else:
+        scale = (hi - lo) / float(grid.qmax - grid.qmin)
     scale = torch.clamp(scale, min=_EPS)
+    if grid.pow2:
+        scale = pow2_ceil(scale)
+    if grid.symmetric and grid.signed:
+        return scale, torch.zeros_like(scale, dtype=torch.int64)
     zero_point = grid.qmin - torch.round(lo / scale).to(torch.int64)
     zero_point = torch.clamp(zero_point, grid.qmin, grid.qmax)
     return scale, zero_point
+
+
+def pow2_ceil(scale: torch.Tensor) -> torch.Tensor:
+    """The smallest power of two >= ``scale``: a shift instead of a multiplier on integer-only hardware,
+    never a narrower range than asked for."""
+    return torch.exp2(torch.ceil(torch.log2(scale.double()))).to(scale.dtype)
 
 
 def _exporting() -> bool:

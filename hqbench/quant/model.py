@@ -19,8 +19,9 @@ from .fake import OBSERVE, OFF, QUANT, ActQuantizer
 from .fold import fold_batchnorm, unfold_batchnorm
 from .forward import default_input_fn, model_device
 from .points import attach_points, guard_unrecorded
+from .profiles import get_profile
 from .graph import Graph, record
-from .grid import QuantGrid
+from .grid import QuantGrid, pow2_ceil
 from .layer_report import LayerReport, layer_report
 from .recipe import Recipe
 from .scheme import Plan, analyse
@@ -98,7 +99,7 @@ class QuantizedModel(nn.Module):
 
     def _grids(self, recipe: Recipe) -> dict[str, QuantGrid]:
         """Each point's grid under ``recipe``: its ``point_bits`` entry, else 8 bits where ``keep_8bit``
-        keeps it, else the plan's grid at ``act_bits``."""
+        keeps it, else the plan's grid at ``act_bits``; each as the recipe's profile stores it."""
         if self._act_grid is not None:  # torch's baseline grid on every point (the pytorch column)
             return {name: self._act_grid for name in self.plan.points}
         point_bits = dict(recipe.point_bits)
@@ -106,8 +107,10 @@ class QuantizedModel(nn.Module):
         if unknown:
             raise ValueError(f"point_bits: {unknown[0]!r} is not a quantization point of this model "
                              f"(points: {', '.join(list(self.plan.points)[:5])}, ...)")
-        return {p.name: QuantGrid(point_bits[p.name], p.grid.signed) if p.name in point_bits
-                else QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in self._kept_points else p.grid
+        profile = get_profile(recipe.profile)
+        return {p.name: profile.grid(QuantGrid(point_bits[p.name], p.grid.signed) if p.name in point_bits
+                                     else QuantGrid(max(8, self.act_bits), p.grid.signed) if p.name in self._kept_points
+                                     else p.grid)
                 for p in self.plan.points.values()}
 
     def set_point_bits(self, point_bits: Mapping[str, int]) -> None:
@@ -178,8 +181,10 @@ class QuantizedModel(nn.Module):
                     s_in = None if bias is None else self.quantizer(self.plan.compute_inputs[name]).scale
                     scale = self.learned_scales.get(name)
                     if scale is None:
-                        scale = weight_scale(weight, bits, self.weight_per_channel, self.weight_range)
+                        scale = self.base_weight_scale(weight, bits)
                     scale, widened = fit_bias(scale.to(weight), bias, s_in)
+                    if widened and self.pow2_scales:  # widened for the int32 bias: up to the next power of two
+                        scale = pow2_ceil(scale)
                     self._weight_scales[name] = scale
                     if widened:
                         self.widened_channels[name] = widened
@@ -206,6 +211,17 @@ class QuantizedModel(nn.Module):
         for q in self.quantizers.values():
             q.mode = OFF if mode == "float" else mode
         self._mode = mode
+
+    @property
+    def pow2_scales(self) -> bool:
+        """Whether the recipe's profile stores power-of-two scales (weights too)."""
+        return get_profile(self.recipe.profile).pow2
+
+    def base_weight_scale(self, weight: torch.Tensor, bits: int) -> torch.Tensor:
+        """The weight scale the recipe chooses before any int32-bias widening: its range method,
+        per channel or per tensor, a power of two where the profile says so."""
+        scale = weight_scale(weight, bits, self.weight_per_channel, self.weight_range)
+        return pow2_ceil(scale) if self.pow2_scales else scale
 
     def layer_weight_bits(self, name: str) -> int:
         """Weight bits of compute layer ``name`` (8 where ``keep_8bit`` keeps it)."""
@@ -421,6 +437,7 @@ class QuantizedModel(nn.Module):
                                 "clip": [round(float(v), 6) for v in q.clip]} for q in self.quantizers.values()},
             "float_ops": dict(self.plan.float_ops),
             "weights": f"int{self.weight_bits} symmetric per-{'channel' if self.weight_per_channel else 'tensor'}"
+                       + (", power-of-two scales" if self.pow2_scales else "")
                        + (f", {self.weight_range} range" if self.weight_range != "minmax" else "")
                        + (f", {'+'.join(self.keep_8bit)} kept at 8 bits" if self.keep_8bit else ""),
         }

@@ -25,7 +25,8 @@ from torch import nn
 from .fake import QUANT
 from .grid import _EPS
 from .model import QuantizedModel
-from .weights import weight_scale
+from .profiles import get_profile
+from .recipe import Recipe
 
 
 class _WeightFakeQuant(nn.Module):
@@ -108,6 +109,17 @@ class _Swap:
             handle.remove()
 
 
+def check_learnable(recipe: Recipe, learn_scales: bool) -> None:
+    """Learnt scales are no powers of two: refused under a profile that stores those.
+
+    Raises:
+        ValueError: ``learn_scales`` with such a profile, naming both.
+    """
+    if learn_scales and get_profile(recipe.profile).pow2:
+        raise ValueError(f"profile={recipe.profile} stores power-of-two scales, which learnt scales are not: "
+                         "train with fixed scales (learn_scales=False, train.learn_scales=false)")
+
+
 class QuantTraining:
     """A calibrated model switched to quantization-aware training (see the module's docstring).
 
@@ -132,6 +144,7 @@ class QuantTraining:
             raise ValueError("quantization-aware training runs hqbench's own grids at up to 8 bits")
         for q in qmodel.quantizers.values():
             q.check_calibrated()
+        check_learnable(qmodel.recipe, learn_scales)
         self.qmodel, self.learn_scales = qmodel, bool(learn_scales)
         qmodel.set_mode("float")  # the folded float weights back in their layers
         self.parameters: list[nn.Parameter] = [r.conv.bias for r in qmodel._folds if not r.had_bias]
@@ -142,7 +155,7 @@ class QuantTraining:
             module, bits = modules[name], qmodel.layer_weight_bits(name)
             scale = qmodel.learned_scales.get(name)
             if scale is None:
-                scale = weight_scale(module.weight.detach(), bits, qmodel.weight_per_channel, qmodel.weight_range)
+                scale = qmodel.base_weight_scale(module.weight.detach(), bits)
             fq = _WeightFakeQuant(scale.to(module.weight), bits, self.learn_scales)
             quantized = {"weight": fq}
             if module.bias is not None:
@@ -223,4 +236,4 @@ class QuantTraining:
         return qmodel
 
 
-__all__ = ["QuantTraining"]
+__all__ = ["QuantTraining", "check_learnable"]

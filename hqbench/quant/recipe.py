@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .bits import check_bits, format_bit_widths
+from .profiles import PAPER, get_profile
 from .weights import WEIGHT_METHODS as WEIGHT_RANGES
 
 WEIGHT_ROUNDINGS = ("nearest", "adaround")
@@ -199,7 +200,8 @@ class Recipe:
             below 8-bit activations. None (or 0): none.
         mixed_samples: rank the points on the first this many calibration samples (None: all of them);
             the ranking costs one forward over them per point.
-        profile: a deployment profile's name (a target's constraints), recorded; None: none.
+        profile: a deployment profile (:mod:`hqbench.quant.profiles`): the target's constraints on
+            every point's grid and on the weight scales. None (or ``"paper"``): the paper's hybrid scheme.
 
     Raises:
         ValueError: one line naming the bad setting, at construction.
@@ -245,6 +247,10 @@ class Recipe:
                              f"got {self.mixed_samples!r}")
         if self.profile is not None and not isinstance(self.profile, str):
             raise ValueError(f"profile must be a name or null, got {self.profile!r}")
+        put("profile", None if self.profile in (None, PAPER) else get_profile(self.profile).name)
+        if self.profile is not None and get_profile(self.profile).pow2 and adaround.learn_scale:
+            raise ValueError(f"profile={self.profile} stores power-of-two weight scales; adaround.learn_scale=true "
+                             "learns scales that are not: drop one")
 
     @property
     def bits(self) -> str:

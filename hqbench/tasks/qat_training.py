@@ -26,6 +26,7 @@ from hqbench.models._weights import TRAINED_STATE_SUFFIX
 from hqbench.paths import atomic_write
 from hqbench.peers import is_peer
 from hqbench.quant import Recipe, canonical_name, parse_bit_widths
+from hqbench.quant.profiles import PAPER
 from hqbench.tasks.base import config_recipe, quiet_lightning, training_output
 
 
@@ -49,7 +50,8 @@ class QATState:
         s = self.state
         return (canonical_name(method) == s["method"] and (recipe.weight_bits, recipe.act_bits) ==
                 (s["weight_bits"], s["act_bits"]) and list(recipe.keep_8bit) == list(s["keep_8bit"])
-                and recipe.weight_range == s["weight_range"] and not recipe.fits_weights and not recipe.promotes)
+                and recipe.weight_range == s["weight_range"] and recipe.profile == self.record.get("profile")
+                and not recipe.fits_weights and not recipe.promotes)
 
     @property
     def option(self) -> str:
@@ -114,7 +116,8 @@ def fit_qat(cfg, console, command: str = "") -> Path:
         raise ValueError(f"train.qat: method={method} has no hqbench calibrator to start from; use A, B, C, D or "
                          "another registered calibrator")
     weight_bits, act_bits = parse_bit_widths(_one(cfg.get("bits", "w8a8"), "bits"))
-    recipe = config_recipe(cfg).replace(weight_bits=weight_bits, act_bits=act_bits)
+    recipe = config_recipe(cfg).replace(weight_bits=weight_bits, act_bits=act_bits,
+                                        profile=str(_one(cfg.get("profile", PAPER), "profile")))
     out = training_output(cfg)
     if qat_state_path(out).exists() and not cfg.train.get("overwrite", False):
         raise FileExistsError(f"{qat_state_path(out)} exists; pass train.checkpoint=NEW_PATH, or train.overwrite=true")
@@ -140,7 +143,7 @@ def fit_qat(cfg, console, command: str = "") -> Path:
               "images": len(train.dataset), "lr": float(cfg.train.lr), "optimizer": str(cfg.train.optimizer),
               "distill": bool(cfg.train.distill), "temperature": float(cfg.train.temperature),
               "learn_scales": bool(cfg.train.learn_scales), "scale_lr_factor": float(cfg.train.scale_lr_factor),
-              "steps": callback.steps, "seconds": round(seconds, 1),
+              "profile": recipe.profile, "steps": callback.steps, "seconds": round(seconds, 1),
               "start": str(card.weights), "metric": task.METRIC, "value": round(value, 4),
               "model_weights": None if cfg.model.weights is None else str(Path(cfg.model.weights).expanduser().resolve())}
     state = {k: v for k, v in callback.state_dict().items() if k != "qat"}  # the teacher stays out of it

@@ -6,9 +6,9 @@ criterion halves the range of the signed points (residual sums, projection outpu
 0.5-1.1 % of their values, the largest-magnitude activations of the network. On MobileNetV2-TFLite
 that buys accuracy; on EfficientNet-Lite0, whose decisions depend on those rare values, it costs
 3-12 Top-1 points against Histogram. This calibrator keeps D's search and its statistics, and adds
-one constraint on signed grids: the range must contain the ``tail`` and ``100 - tail`` percentiles,
-so at most ``tail`` percent of the values are clipped at each end. Unsigned points (after a ReLU)
-keep D's range exactly. D itself is unchanged.
+one constraint on signed points (a signed grid, or negative values seen): the range must contain
+the ``tail`` and ``100 - tail`` percentiles, so at most ``tail`` percent of the values are clipped
+at each end. Non-negative points (after a ReLU) keep D's range exactly. D itself is unchanged.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .registry import register_calibrator
 
 
 class GuardedRedistribution(ActivationRedistribution):
-    """D's error-minimising range, constrained on signed grids to clip at most ``tail`` % per end.
+    """D's error-minimising range, constrained on signed points to clip at most ``tail`` % per end.
 
     Args:
         tail: the largest share of a signed point's values, in percent, clipped at either end;
@@ -55,7 +55,9 @@ class GuardedRedistribution(ActivationRedistribution):
 
     def compute_range(self, grid: QuantGrid) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = float(self.min_val), float(self.max_val)
-        if not grid.signed or hi <= lo or self.histogram.sum() == 0:
+        # The points that can hold negative values: a signed grid, or (a profile storing every point
+        # unsigned) negative values seen. Under the paper's scheme, the signed grids.
+        if not (grid.signed or lo < 0) or hi <= lo or self.histogram.sum() == 0:
             return super().compute_range(grid)
         edges = torch.linspace(lo, hi, self.bins + 1, dtype=torch.float64)
         best_lo, best_hi = search_range(self.histogram, edges, grid, self.steps, self.p, cover=self.kept_range())
