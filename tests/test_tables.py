@@ -224,3 +224,17 @@ def test_the_cost_table_sums_the_rows_time_with_adaround_apart():
     assert cells["without AdaRound"] == ["2", "0.00 h", "0.00 h", "0.01 h"]  # 2 + 16 s
     assert cells["with AdaRound"] == ["1", "1.00 h", "0.00 h", "1.00 h"]
     assert cells["all"] == ["3", "1.00 h", "0.01 h", "1.01 h"]
+
+
+def test_rows_from_before_weight_digests_join_the_rows_of_their_weights_file():
+    """A pre-digest row naming the same weights file as rows of one digest is one of them (the runner
+    would migrate it); a pre-digest row of another file stays apart, labelled name@?."""
+    def row(method, digest, weights):
+        return _row(method, _BASE, weights_digest=digest, extra={"weights": weights})
+
+    rows = [row("fp32", "", "a.pt"), row("B", "", "a.pt"), row("D", "abcdef0123", "a.pt")]
+    md = markdown_table(rows)
+    assert "| mnv2 | top1 |" in md and "@" not in md.split("Notes")[0]  # one model, one line
+    rows.append(row("C", "", "b.pt"))
+    md = markdown_table(rows)
+    assert "| mnv2@abcdef01 | top1 |" in md and "| mnv2@? | top1 |" in md

@@ -123,12 +123,15 @@ def build_lines(rows: Sequence[ResultRow]) -> list[Line]:
     evaluated on as many images when there is one. A (task, model, dataset, metric) with only
     an FP32 row still gets a line. A row repeating a (line, method, seed) replaces the earlier.
     Rows of one model name measured with different weights (``weights_digest``) are different
-    models, labelled ``name@digest`` (``name@?`` for rows written before digests were recorded).
+    models, labelled ``name@digest`` (``name@?`` for rows written before digests were recorded). A
+    row written before digests that names the same weights file as rows of one digest is one of
+    them, as the runner would migrate it (:func:`hqbench.runner._resumable`).
     """
-    multi_weights = _multi(rows, lambda r: (r.task, r.model), lambda r: r.weights_digest)
+    digest = _digests(rows)
+    multi_weights = _multi(rows, lambda r: (r.task, r.model), digest)
 
     def _group(row: ResultRow) -> tuple[str, str, str, str]:
-        model = row.model + (f"@{row.weights_digest[:8] or '?'}" if (row.task, row.model) in multi_weights else "")
+        model = row.model + (f"@{digest(row)[:8] or '?'}" if (row.task, row.model) in multi_weights else "")
         return (row.task, model, row.dataset, row.metric)
 
     multi_dataset = _multi(rows, lambda r: _group(r)[:2], lambda r: r.dataset)
@@ -171,6 +174,21 @@ def _quantised(rows: Sequence[ResultRow]) -> list[ResultRow]:
 
 def _add(draws: list[ResultRow], row: ResultRow) -> None:
     draws[:] = sorted([d for d in draws if d.seed != row.seed] + [row], key=lambda d: d.seed)
+
+
+def _digests(rows: Sequence[ResultRow]) -> Any:
+    """``row -> weights digest``, a pre-digest row taking the one digest recorded for its weights file."""
+    known = {}
+    for r in rows:
+        if r.weights_digest:
+            known.setdefault((r.task, r.model, r.extra.get("weights")), set()).add(r.weights_digest)
+
+    def digest(r: ResultRow) -> str:
+        if r.weights_digest:
+            return r.weights_digest
+        same = known.get((r.task, r.model, r.extra.get("weights")), set())
+        return next(iter(same)) if len(same) == 1 else ""
+    return digest
 
 
 def _multi(rows: Sequence[ResultRow], by: Any, what: Any) -> set:
