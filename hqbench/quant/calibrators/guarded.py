@@ -1,14 +1,18 @@
 """D with guarded tails: Activation Redistribution's search, never clipping more than a set share
 of a signed point's values.
 
-Why it exists (docs/RESULTS.md, "error per layer"): at 4-bit activations D's per-tensor error
-criterion halves the range of the signed points (residual sums, projection outputs) and clips
-0.5-1.1 % of their values, the largest-magnitude activations of the network. On MobileNetV2-TFLite
-that buys accuracy; on EfficientNet-Lite0, whose decisions depend on those rare values, it costs
-3-12 Top-1 points against Histogram. This calibrator keeps D's search and its statistics, and adds
-one constraint on signed points (a signed grid, or negative values seen): the range must contain
-the ``tail`` and ``100 - tail`` percentiles, so at most ``tail`` percent of the values are clipped
-at each end. Non-negative points (after a ReLU) keep D's range exactly. D itself is unchanged.
+Why it exists (docs/RESULTS.md, "the per-layer report"): at 4-bit activations D's per-tensor
+error criterion halves the range of the signed points (residual sums, projection outputs, the
+logits) and clips about 1 % of their values, the largest-magnitude ones. Clipping the top logits
+makes the largest ones equal and costs the arg-max: without 8-bit ends D falls 9-12 Top-1 points
+behind Histogram on EfficientNet-Lite0 and MobileNetV1. With ``keep_8bit=first,last`` (the logits
+at 8 bits) D's clipping elsewhere is a gain and D beats this calibrator.
+
+A calibrator sees one point's values, not whether they are the network's output, so this one keeps
+D's search and statistics and constrains every signed point (a signed grid, or negative values
+seen): the range must contain the ``tail`` and ``100 - tail`` percentiles, so at most ``tail``
+percent of the values are clipped at each end. Non-negative points (after a ReLU) keep D's range
+exactly. D itself is unchanged.
 """
 
 from __future__ import annotations
