@@ -238,3 +238,18 @@ def test_rows_from_before_weight_digests_join_the_rows_of_their_weights_file():
     rows.append(row("C", "", "b.pt"))
     md = markdown_table(rows)
     assert "| mnv2@abcdef01 | top1 |" in md and "| mnv2@? | top1 |" in md
+
+
+def test_each_profile_row_is_tested_against_the_same_cell_under_the_papers_scheme():
+    from hqbench.reporting.profiles import profile_markdown, profile_rows
+
+    rows = [_row("D", _BASE, weight_bits=8, act_bits=4), _row("D", _flip(to_wrong=40), weight_bits=8, act_bits=4,
+                                                               options={"profile": "integer-pow2"}),
+            _row("B", _BASE, options={"profile": "openvino"})]  # no paper cell for it: no test
+    pow2, ov = profile_rows(rows)
+    assert pow2["profile"] == "integer-pow2" and pow2["paper"] == rows[0].value
+    assert pow2["vs_paper"]["diff"] == pytest.approx(-4.0) and pow2["vs_paper"]["p"] < 1e-9
+    assert ov["vs_paper"] is None
+    md = profile_markdown(rows)
+    assert "| mnv2 | Activation Redistribution w8a4 | integer-pow2 |" in md and "p<0.05" in md
+    assert profile_markdown(rows[:1]) == ""

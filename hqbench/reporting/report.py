@@ -17,6 +17,7 @@ from hqbench.reporting.agreement import agreement_markdown
 from hqbench.reporting.budget import budget_markdown, plot_budget
 from hqbench.reporting.files import read_results, write_all
 from hqbench.reporting.plots import plot_sweep
+from hqbench.reporting.profiles import profile_markdown
 from hqbench.reporting.qat import qat_markdown
 from hqbench.reporting.results import ResultRow
 from hqbench.reporting.tables import cost_markdown, gap_markdown, markdown_table, notes_line, pairwise_markdown
@@ -51,6 +52,8 @@ def report_markdown(rows: list[ResultRow]) -> str:
           if (budget := budget_markdown(rows)) else []),
         *(["", "Quantization-aware training against post-training on the same images:", "", qat]
           if (qat := qat_markdown(rows)) else []),
+        *(["", "Deployment profiles against the paper's scheme on the same images:", "", profiles]
+          if (profiles := profile_markdown(rows)) else []),
         "", "Commands:", "", "```bash", *commands, "```"])
 
 

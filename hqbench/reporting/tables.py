@@ -310,6 +310,10 @@ def print_tables(
 
     if (qat := qat_table(rows)) is not None:  # rows of QAT weights against post-training
         _print(console, qat)
+    from .profiles import profile_table
+
+    if (profiles := profile_table(rows)) is not None:  # profile=...: each target's cost against the paper's scheme
+        _print(console, profiles)
     console.print(Text(notes_line(rows)), soft_wrap=not console.is_terminal)
 
 
