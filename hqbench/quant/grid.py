@@ -69,14 +69,13 @@ def range_to_qparams(lo: torch.Tensor, hi: torch.Tensor, grid: QuantGrid) -> tup
     """
     lo = torch.clamp(torch.as_tensor(lo, dtype=torch.float32), max=0.0)
     hi = torch.clamp(torch.as_tensor(hi, dtype=torch.float32), min=0.0)
-    if grid.symmetric and grid.signed:  # torch.ao's symmetric qint8: zero point 0, half the levels each side
-        scale = torch.maximum(-lo, hi) / (float(grid.qmax - grid.qmin) / 2)
-    else:
-        scale = (hi - lo) / float(grid.qmax - grid.qmin)
+    symmetric = grid.symmetric and grid.signed  # torch.ao's symmetric qint8: zero point 0, half the levels each side
+    scale = (torch.maximum(-lo, hi) / (float(grid.qmax - grid.qmin) / 2) if symmetric
+             else (hi - lo) / float(grid.qmax - grid.qmin))
     scale = torch.clamp(scale, min=_EPS)
     if grid.pow2:
         scale = pow2_ceil(scale)
-    if grid.symmetric and grid.signed:
+    if symmetric:
         return scale, torch.zeros_like(scale, dtype=torch.int64)
     zero_point = grid.qmin - torch.round(lo / scale).to(torch.int64)
     zero_point = torch.clamp(zero_point, grid.qmin, grid.qmax)

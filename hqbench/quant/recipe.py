@@ -247,8 +247,9 @@ class Recipe:
                              f"got {self.mixed_samples!r}")
         if self.profile is not None and not isinstance(self.profile, str):
             raise ValueError(f"profile must be a name or null, got {self.profile!r}")
-        put("profile", None if self.profile in (None, PAPER) else get_profile(self.profile).name)
-        if self.profile is not None and get_profile(self.profile).pow2 and adaround.learn_scale:
+        profile = get_profile(self.profile)  # an unknown name fails here
+        put("profile", None if profile.name == PAPER else profile.name)
+        if profile.pow2 and adaround.learn_scale:
             raise ValueError(f"profile={self.profile} stores power-of-two weight scales; adaround.learn_scale=true "
                              "learns scales that are not: drop one")
 

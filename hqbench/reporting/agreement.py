@@ -16,11 +16,9 @@ from rich.table import Table
 from ..evidence import Replicates
 from ..methods import FP32, PYTORCH, is_peer, method_title
 from .lines import bits_label, evidence_of, options_label
-from .render import TableSpec
+from .render import ALPHA, TableSpec
 from .results import ResultRow
 from .stats import discordant_counts, paired_difference_ci, paired_pvalue, pairing_key
-
-ALPHA = 0.05
 
 
 def agreement_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:

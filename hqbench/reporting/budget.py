@@ -18,11 +18,10 @@ from rich.table import Table
 from ..methods import FP32, method_title
 from ..paths import atomic_write
 from .lines import bits_label, evidence_of, options_label
-from .render import TableSpec
+from .render import TableSpec, paired_cell
 from .results import ResultRow
-from .stats import bootstrap_ci, evidence_value, paired_difference_ci, paired_pvalue, pairing_key
+from .stats import bootstrap_ci, paired_comparison
 
-ALPHA = 0.05
 # options that say which points run at 8 bits; the rest of a row's options pick its curve
 RULE_OPTIONS = ("keep_8bit", "mixed_budget", "mixed_samples")
 
@@ -70,25 +69,20 @@ def budget_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
             ref = fp32.get((r.task, r.model, r.dataset))
             if ref is not None:
                 item["fp32"] = r.value - ref.value
-            theirs = None if fixed is None or fixed is r else evidence_of(fixed)
-            if mine is not None and theirs is not None and pairing_key(mine) == pairing_key(theirs):
-                item["vs_fixed"] = {"diff": evidence_value(mine) - evidence_value(theirs),
-                                    "ci": paired_difference_ci(mine, theirs), "p": paired_pvalue(mine, theirs),
-                                    "fixed_points": _count(fixed)[0]}
+            vs = paired_comparison(mine, None if fixed is None or fixed is r else evidence_of(fixed))
+            if vs is not None:
+                item["vs_fixed"] = {**vs, "fixed_points": _count(fixed)[0]}
             out.append(item)
     return out
 
 
 def _cells(item: dict) -> list[str]:
     ci = "" if item["ci"] is None else f" [{item['ci'][0]:.1f}, {item['ci'][1]:.1f}]"
-    vs = item["vs_fixed"]
-    fixed = "-" if vs is None else (f"{vs['diff']:+.2f} [{vs['ci'][0]:+.2f}, {vs['ci'][1]:+.2f}] p={vs['p']:.3g}"
-                                   + (" *" if vs["p"] < ALPHA else ""))
     name = (item["model"] + (f" {item['options']}" if item["options"] else "")
             + (f" [{item['engine']}]" if item["engine"] != "fake" else ""))
     return [name, f"{method_title(item['method'])} {item['bits']}", item["rule"],
             f"{item['points_8bit']}/{item['points']}", f"{item['value']:.2f}{ci}",
-            "-" if item["fp32"] is None else f"{item['fp32']:+.2f}", fixed]
+            "-" if item["fp32"] is None else f"{item['fp32']:+.2f}", paired_cell(item["vs_fixed"])]
 
 
 TABLE = TableSpec(

@@ -20,6 +20,7 @@ import numpy as np
 
 from hqbench.methods import column_order, is_peer
 from hqbench.evidence import Replicates, decode_outcomes
+from hqbench.reporting.render import ALPHA
 from hqbench.reporting.stats import (bootstrap_ci, draw_summary, evidence_value, paired_difference_ci, pairing_key,
                                      paired_pvalue, rank_cells)
 
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from hqbench.reporting.results import ResultRow
 
 FP32 = "fp32"
-ALPHA = 0.05
 #: How known run options appear in line labels; other keys show as ``key=value``.
 _OPTION_ABBREV: dict[str, str] = {"weight_range": "{v}", "bias_correction": "bc", "keep_8bit": "8bit:{v}",
                                   "precision": "{v}", "adaround": "ada({v})",

@@ -10,11 +10,9 @@ from rich.table import Table
 
 from ..methods import method_title
 from .lines import bits_label, evidence_of, options_label
-from .render import TableSpec
+from .render import TableSpec, paired_cell
 from .results import ResultRow
-from .stats import bootstrap_ci, evidence_value, paired_difference_ci, paired_pvalue, pairing_key
-
-ALPHA = 0.05
+from .stats import bootstrap_ci, paired_comparison
 
 
 def _cell(row: ResultRow) -> tuple:
@@ -34,26 +32,18 @@ def profile_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
         if "profile" not in r.options:
             continue
         mine, ref = evidence_of(r), paper.get(_cell(r))
-        theirs = None if ref is None else evidence_of(ref)
-        item = {"model": r.model, "method": r.method, "bits": bits_label(r.weight_bits, r.act_bits),
-                "options": options_label(dict(_cell(r)[7])), "profile": r.options["profile"], "value": r.value,
-                "ci": None if mine is None else bootstrap_ci(mine), "paper": None if ref is None else ref.value,
-                "vs_paper": None}
-        if mine is not None and theirs is not None and pairing_key(mine) == pairing_key(theirs):
-            item["vs_paper"] = {"diff": evidence_value(mine) - evidence_value(theirs),
-                                "ci": paired_difference_ci(mine, theirs), "p": paired_pvalue(mine, theirs)}
-        out.append(item)
+        out.append({"model": r.model, "method": r.method, "bits": bits_label(r.weight_bits, r.act_bits),
+                    "options": options_label(dict(_cell(r)[7])), "profile": r.options["profile"], "value": r.value,
+                    "ci": None if mine is None else bootstrap_ci(mine), "paper": None if ref is None else ref.value,
+                    "vs_paper": paired_comparison(mine, None if ref is None else evidence_of(ref))})
     return out
 
 
 def _cells(item: dict) -> list[str]:
     ci = "" if item["ci"] is None else f" [{item['ci'][0]:.1f}, {item['ci'][1]:.1f}]"
-    vs = item["vs_paper"]
-    against = "-" if vs is None else (f"{vs['diff']:+.2f} [{vs['ci'][0]:+.2f}, {vs['ci'][1]:+.2f}] p={vs['p']:.3g}"
-                                      + (" *" if vs["p"] < ALPHA else ""))
     return [item["model"] + (f" {item['options']}" if item["options"] else ""),
             f"{method_title(item['method'])} {item['bits']}", item["profile"], f"{item['value']:.2f}{ci}",
-            "-" if item["paper"] is None else f"{item['paper']:.2f}", against]
+            "-" if item["paper"] is None else f"{item['paper']:.2f}", paired_cell(item["vs_paper"])]
 
 
 TABLE = TableSpec(

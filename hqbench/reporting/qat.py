@@ -16,19 +16,16 @@ from rich.table import Table
 
 from ..methods import FP32, method_title
 from .lines import bits_label, evidence_of, options_label
-from .render import TableSpec
+from .render import TableSpec, paired_cell
 from .results import ResultRow
-from .stats import bootstrap_ci, evidence_value, paired_difference_ci, paired_pvalue, pairing_key
-
-ALPHA = 0.05
+from .stats import bootstrap_ci, paired_comparison
 
 
 def _versus(mine: ResultRow, other: ResultRow | None) -> dict | None:
-    a, b = evidence_of(mine), None if other is None or other is mine else evidence_of(other)
-    if a is None or b is None or pairing_key(a) != pairing_key(b):
+    vs = paired_comparison(evidence_of(mine), None if other is None or other is mine else evidence_of(other))
+    if vs is None:
         return None
-    return {"diff": evidence_value(a) - evidence_value(b), "ci": paired_difference_ci(a, b), "p": paired_pvalue(a, b),
-            "method": other.method, "options": options_label({k: v for k, v in other.options.items() if k != "qat"}),
+    return {**vs, "method": other.method, "options": options_label({k: v for k, v in other.options.items() if k != "qat"}),
             "value": other.value}
 
 
@@ -62,8 +59,7 @@ def _test(vs: dict | None, named: bool = False) -> str:
     if vs is None:
         return "-"
     who = f"{method_title(vs['method'])}{' ' + vs['options'] if vs['options'] else ''} {vs['value']:.2f}: " if named else ""
-    return (f"{who}{vs['diff']:+.2f} [{vs['ci'][0]:+.2f}, {vs['ci'][1]:+.2f}] p={vs['p']:.3g}"
-            + (" *" if vs["p"] < ALPHA else ""))
+    return who + paired_cell(vs)
 
 
 def _cells(item: dict) -> list[str]:

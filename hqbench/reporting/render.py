@@ -7,6 +7,16 @@ from dataclasses import dataclass
 
 from rich.table import Table
 
+ALPHA = 0.05  # the significance level the tables mark with *
+
+
+def paired_cell(vs: dict | None) -> str:
+    """A :func:`~hqbench.reporting.stats.paired_comparison` as a cell, ``"+1.23 [+0.20, +2.31] p=0.021 *"``;
+    ``"-"`` when there is none."""
+    if vs is None:
+        return "-"
+    return f"{vs['diff']:+.2f} [{vs['ci'][0]:+.2f}, {vs['ci'][1]:+.2f}] p={vs['p']:.3g}" + (" *" if vs["p"] < ALPHA else "")
+
 
 @dataclass(frozen=True)
 class TableSpec:

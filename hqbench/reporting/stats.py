@@ -140,6 +140,14 @@ def paired_pvalue(a: Any, b: Any) -> float:
     return mcnemar_exact(a, b)
 
 
+def paired_comparison(a: Any, b: Any) -> dict | None:
+    """``a`` against ``b`` on the same images: ``{"diff", "ci", "p"}`` (points, the paired interval,
+    the paired test), or None when either is missing or they were not measured on the same images."""
+    if a is None or b is None or pairing_key(a) != pairing_key(b):
+        return None
+    return {"diff": evidence_value(a) - evidence_value(b), "ci": paired_difference_ci(a, b), "p": paired_pvalue(a, b)}
+
+
 def evidence_value(evidence: Any) -> float:
     """The metric the evidence gives on the full image set, in percent."""
     if isinstance(evidence, Replicates):
