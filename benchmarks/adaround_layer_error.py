@@ -31,6 +31,7 @@ from rich.table import Table
 
 from hqbench.config import compose
 from hqbench.models import create_model
+from hqbench.paths import atomic_write, refuse_existing
 from hqbench.quant import parse_bit_widths, quantize
 from hqbench.quant.recipe import ADAROUND_DEFAULTS
 from hqbench.quant.adaround import Layer, Rounding, _optimise, _single_layer_samples
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--layers", default="1,2,5,10,30", help="compute-layer indices, in execution order")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.out:
+        refuse_existing(args.out, hint="name a new --out")
     torch.manual_seed(0)
     weight_bits, act_bits = parse_bit_widths(args.bits)
     cfg = compose("classification", [f"model={args.model}", f"data.eval_limit={args.eval}",
@@ -104,8 +107,9 @@ def main() -> None:
                       *(f"{r['calib'][v]:.4g} / {r['held_out'][v]:.4g}" for v in ["float", "nearest", *VARIANTS]))
     Console(width=180).print(table)
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "bits": args.bits, "keep_8bit": args.keep_8bit,
-                                        "calib": args.calib, "eval": args.eval, "layers": rows}, indent=1))
+        text = json.dumps({"model": args.model, "bits": args.bits, "keep_8bit": args.keep_8bit,
+                           "calib": args.calib, "eval": args.eval, "layers": rows}, indent=1)
+        atomic_write(args.out, lambda f: f.write(text + "\n"), replace=False)
 
 
 if __name__ == "__main__":

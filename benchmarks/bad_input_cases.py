@@ -1094,6 +1094,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folders (their path is printed)")
     parser.add_argument("--child", nargs=2, metavar=("NAME", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from hqbench.paths import atomic_write, refuse_existing
+
+    refuse_existing(args.out, *([args.markdown] if args.markdown else []), hint="name a new --out / --markdown")
     if args.child:
         return child_main(*args.child)
 
@@ -1150,12 +1153,13 @@ def main(argv: list[str] | None = None) -> int:
     if changed:
         console.print(f"[red]the repository's {', '.join(changed)} changed during the run (another writer?)[/]")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"environment": env, "counts": counts, "extra_counts": extra_counts, "extra_cases": sorted(EXTRA),
                "repo_folders_changed": changed, "cases": [asdict(r) | {"extra": r.id in EXTRA} for r in results]}
-    out.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    text = json.dumps(payload, indent=1, ensure_ascii=False) + "\n"
+    atomic_write(out, lambda f: f.write(text), replace=False)
     if args.markdown:
-        Path(args.markdown).write_text(markdown(results, env), encoding="utf-8")
+        table = markdown(results, env)
+        atomic_write(args.markdown, lambda f: f.write(table), replace=False)
     console.print(f"cases in {out}" + (f", Markdown table in {args.markdown}" if args.markdown else ""), highlight=False)
     return 0 if all(r.outcome == "ok" for r in results if r.id not in EXTRA) else 1
 

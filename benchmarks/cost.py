@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from hqbench.paths import atomic_write, refuse_existing
 from hqbench.quant.integer import IntegerExecutor
 
 METHODS = ("A", "B", "C", "D")
@@ -340,6 +341,7 @@ def main() -> None:
         args.calib = 256 if args.full else 64
     if args.rss_child:
         return rss_child(args)
+    refuse_existing(args.out, hint="name a new --out")  # later writes replace only this run's own file
 
     from rich.console import Console
 
@@ -360,8 +362,9 @@ def main() -> None:
 
     def checkpoint(partial: dict | None = None) -> None:  # the JSON so far, so a long run is never lost
         rows = results + ([partial] if partial is not None and partial not in results else [])
-        out.write_text(json.dumps({"command": " ".join(sys.argv), "synthetic": args.synthetic, "machine": machine,
-                                   "complete": False, "results": rows}, indent=1))
+        text = json.dumps({"command": " ".join(sys.argv), "synthetic": args.synthetic, "machine": machine,
+                           "complete": False, "results": rows}, indent=1)
+        atomic_write(out, lambda f: f.write(text))
 
     args.checkpoint = checkpoint
     for name in models:
@@ -372,8 +375,9 @@ def main() -> None:
     print_tables(results, console)
     console.print(f"load average before {machine['load_before']}, after {machine['load_after']}; "
                   f"{machine['cpus']} CPUs, {machine['torch_threads']} torch threads; {machine['wall_s']:.0f} s")
-    out.write_text(json.dumps({"command": " ".join(sys.argv), "synthetic": args.synthetic, "machine": machine,
-                               "complete": True, "results": results}, indent=1))
+    text = json.dumps({"command": " ".join(sys.argv), "synthetic": args.synthetic, "machine": machine,
+                       "complete": True, "results": results}, indent=1)
+    atomic_write(out, lambda f: f.write(text))
     console.print(f"wrote {out}")
 
 

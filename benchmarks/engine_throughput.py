@@ -29,6 +29,7 @@ import torch
 
 from hqbench.data.imagenet import ImageNetDataModule
 from hqbench.models import create_model
+from hqbench.paths import atomic_write, refuse_existing
 from hqbench.peers import create_peer
 from hqbench.peers._common import export_float_onnx
 from hqbench.quant import cpu, quantize
@@ -98,6 +99,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if args.out:
+        refuse_existing(args.out, hint="name a new --out")  # before the measurement, not after it
 
     model, card = create_model(args.model)
     dm = ImageNetDataModule(Path(args.data) / "imagenet", card, batch_size=32, eval_limit=32,
@@ -139,7 +142,7 @@ def main() -> None:
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        atomic_write(args.out, lambda f: f.write(text + "\n"), replace=False)
 
 
 if __name__ == "__main__":

@@ -34,12 +34,14 @@ from pathlib import Path
 
 import torch
 
+from hqbench.paths import atomic_write, refuse_existing
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _write(out: Path, report: dict) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    text = json.dumps(report, indent=1) + "\n"
+    atomic_write(out, lambda f: f.write(text))
 
 
 def _sync(device: str) -> None:
@@ -140,6 +142,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, the embedded demo: a dry run")
     parser.add_argument("--stages", default="tests,cell,adaround,throughput")
     args = parser.parse_args()
+    refuse_existing(args.out, hint="name a new --out")  # each stage then rewrites this run's own file
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device here: run on a GPU machine, or pass --device cpu --quick for a dry run")
     if not args.quick and not os.environ.get("HQBENCH_DATA"):

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import torch
 from rich.console import Console
@@ -41,6 +40,7 @@ from hydra.utils import instantiate
 
 from hqbench.config import compose
 from hqbench.models import create_model
+from hqbench.paths import atomic_write, refuse_existing
 from hqbench.quant import parse_bit_widths, quantize
 from hqbench.data.resolve import build_data
 from hqbench.quant import Recipe
@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="points shown, by the gap in propagated SQNR")
     parser.add_argument("--out", default="results/layer_error.json")
     args = parser.parse_args()
+    refuse_existing(args.out, hint="name a new --out")
     torch.manual_seed(0)
     weight_bits, act_bits = parse_bit_widths(args.bits)
     methods = args.methods.split(",")
@@ -124,9 +125,7 @@ def main() -> None:
                       str(p[a]["propagated_db"]), str(p[b]["propagated_db"]))
     console.print(table)
     console.print(json.dumps(result["summary"], indent=1))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out = atomic_write(args.out, lambda f: f.write(json.dumps(result, indent=1) + "\n"), replace=False)
     console.print(f"written {out}")
 
 

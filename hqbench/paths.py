@@ -23,8 +23,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], *, binary: bool = False,
-                 newline: str | None = None) -> Path:
+                 newline: str | None = None, replace: bool = True) -> Path:
     """Call ``write(f)`` on a temp file in ``path``'s folder, then move it into place.
+
+    ``replace=False`` never replaces a file: an existing ``path``, even one another process
+    created while this one wrote, raises :class:`FileExistsError` naming it (the file is linked
+    into place, which fails where a name is taken, instead of renamed over it).
 
     The same filesystem makes ``os.replace`` atomic: a crash or an error mid-write leaves the
     previous file (or none) under the final name, never half of one; the temp file is removed. A
@@ -45,12 +49,36 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO], None], *, b
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)  # mkstemp creates 0600; results and exports are meant to be shared
-            os.replace(tmp, path)
+            if replace:
+                os.replace(tmp, path)
+            else:
+                _link_new(tmp, path)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
     return path
+
+
+def _link_new(tmp: str, path: Path) -> None:
+    """Put ``tmp`` under the name ``path`` unless that name is taken."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise FileExistsError(f"{path} exists; name a new file (hqbench never replaces one)") from None
+    except OSError:  # a filesystem without hard links: check, then rename (a race window, not a silent one)
+        refuse_existing(path)
+        os.replace(tmp, path)
+        return
+    os.unlink(tmp)
+
+
+def refuse_existing(*paths: str | os.PathLike[str], hint: str = "name a new file") -> None:
+    """Raise :class:`FileExistsError` naming the first of ``paths`` that exists: checked before a
+    long computation whose outputs must not replace a user's files."""
+    taken = next((Path(p) for p in paths if Path(p).exists()), None)
+    if taken is not None:
+        raise FileExistsError(f"{taken} exists; {hint} (hqbench never replaces one)")
 
 
 def _remove_orphans(path: Path, owner: str) -> None:

@@ -73,6 +73,21 @@ def test_out_must_be_a_folder(no_data, tmp_path, capsys):
     assert "is a file" in capsys.readouterr().out
 
 
+def test_a_report_never_replaces_an_earlier_one(no_data, tmp_path, capsys):
+    """A folder that holds any file analyze would write is refused before calibrating; the user's
+    file is untouched and nothing else is written beside it."""
+    out = tmp_path / "analysis"
+    out.mkdir()
+    (out / "sensitivity.csv").write_text("mine\n")
+    assert main(["analyze", *DEMO, "method=B", "bits=w8a4", "sensitivity=reverse", f"out={out}"]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("error: ") and f"{out / 'sensitivity.csv'} exists; name a new out=DIR" in last
+    assert (out / "sensitivity.csv").read_text() == "mine\n" and [p.name for p in out.iterdir()] == ["sensitivity.csv"]
+    # without sensitivity= that file is not one analyze writes, so the folder is fine
+    assert main(["analyze", *DEMO, "method=B", "bits=w8a4", f"out={out}"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted((*FILES, "sensitivity.csv"))
+
+
 def test_analyze_ranks_the_points_both_ways_with_paired_intervals(no_data, tmp_path, capsys):
     """issue 30 item 2: sensitivity=reverse,one_at_a_time ranks every point on the calibration
     images, each with its Top-1 change against the reference on the same images."""

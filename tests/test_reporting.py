@@ -90,6 +90,19 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, rows):
     assert paths == {e: tmp_path / f"paper.{e}" for e in ("json", "csv", "md")}
 
 
+def test_atomic_write_without_replace_keeps_a_taken_name(tmp_path):
+    from hqbench.paths import atomic_write, refuse_existing
+
+    out = tmp_path / "mine.json"
+    atomic_write(out, lambda f: f.write("first"), replace=False)
+    with pytest.raises(FileExistsError, match=r"mine\.json exists; name a new file"):
+        atomic_write(out, lambda f: f.write("second"), replace=False)
+    assert out.read_text() == "first" and os.listdir(tmp_path) == ["mine.json"]  # no temp file left
+    with pytest.raises(FileExistsError, match=r"mine\.json exists; name a new out=DIR"):
+        refuse_existing(tmp_path / "free.json", out, hint="name a new out=DIR")
+    refuse_existing(tmp_path / "free.json")
+
+
 def test_failed_serialisation_keeps_previous_file(tmp_path, rows):
     out = tmp_path / "r.json"
     write_results(rows, out)

@@ -11,8 +11,10 @@ from omegaconf import OmegaConf
 from rich.console import Console
 
 from hqbench.methods import FP32, PYTORCH, is_peer
+from hqbench.paths import refuse_existing
 from hqbench.quant.layer_report import LayerReport
 from hqbench.reporting.layers import FILES, report_label, worst_table, write_layers
+from hqbench.reporting.sensitivity import FILES as SENSITIVITY_FILES
 
 def _device(cfg):
     import torch
@@ -92,6 +94,9 @@ def analyze(cfg, console: Console | None = None, command: str = "") -> dict[str,
     folder = Path(str(cfg.out)).expanduser() if cfg.get("out") else None
     if folder is not None and folder.exists() and not folder.is_dir():
         raise FileExistsError(f"out={cfg.out} is a file; hqbench analyze writes {', '.join(FILES)} into a folder")
+    if folder is not None:  # before any calibration: a report never replaces an earlier one
+        refuse_existing(*(folder / name for name in (*FILES, *(SENSITIVITY_FILES if directions else ()))),
+                        hint="name a new out=DIR")
     L.seed_everything(cfg.seed, verbose=False)
     model, card = create_model(cfg.model.name, weights=cfg.model.weights)
     dm, source = build_data(cfg, card)
