@@ -178,6 +178,10 @@ def _check_types(task: str, overrides: list[str], cfg: DictConfig) -> None:
         default = OmegaConf.select(base, key, default=None)
         expected = NULLABLE_TYPES.get(key) if default is None else type(default)
         value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(default, DictConfig) and not isinstance(value, DictConfig):  # export=DIR would drop export.*
+            first = next(iter(default.keys()), "KEY")
+            raise ValueError(f"{key} is a group of settings ({', '.join(map(str, default.keys()))}), not a value; "
+                             f"set one of them, e.g. {key}.{first}={o.partition('=')[2]}")
         if expected not in _TYPE_WORDS or value is None:
             continue
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
