@@ -62,6 +62,9 @@ class Node:
     scope: str = ""
     users: list["Node"] = field(default_factory=list)
     multi_output: bool = False  # returned a tuple/list of tensors (chunk, split, meshgrid)
+    # For each tensor leaf of (args, kwargs) in tree_flatten order: the element of a multi-output
+    # producer it was (``x, y = meshgrid(...)``), else None. A replay picks that element.
+    picks: tuple = ()
 
     @property
     def inputs(self) -> list["Node"]:
@@ -155,11 +158,13 @@ def _returns_tensor(out) -> bool:
 class Graph:
     """The recorded dataflow of one example forward: nodes in execution order."""
 
-    def __init__(self, nodes: list[Node], modules: dict[str, nn.Module], outputs: Any):
+    def __init__(self, nodes: list[Node], modules: dict[str, nn.Module], outputs: Any,
+                 input_specs: tuple = ()):
         self.nodes = nodes
         self.modules = modules
         self.outputs = outputs  # output structure with Nodes in place of tensors
         self.by_name = {n.name: n for n in nodes}
+        self.input_specs = input_specs  # (shape, dtype, device) of each example input tensor
 
 
 def record(model: nn.Module, example_inputs: tuple) -> Graph:
@@ -167,9 +172,14 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
     names = {m: n for n, m in model.named_modules()}
     nodes: list[Node] = []
     producer: dict[int, Node] = {}  # id(tensor) -> node that produced it last
+    element: dict[int, int] = {}  # id(tensor) -> its index in a multi-output node's result
     # An id is unique only while its tensor lives: forget it when the tensor is freed (before the id
     # can be reused) instead of keeping every activation alive, which made recording peak at the
     # whole forward's activations (1.85x FP32's memory for MobileNetV2 at batch 32).
+
+    def _forget(key: int) -> None:
+        producer.pop(key, None)
+        element.pop(key, None)
 
     def to_node(x):
         return producer.get(id(x), x) if isinstance(x, torch.Tensor) else x
@@ -182,12 +192,19 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
         node = Node(len(nodes), name, kind, op, target, tree_map(to_node, args), tree_map(to_node, kwargs), scope)
         for inp in node.inputs:
             inp.users.append(node)
+        leaves = tree_flatten((args, kwargs))[0]
+        node.picks = tuple(element.get(id(a)) if isinstance(a, torch.Tensor) and id(a) in producer else None
+                           for a in leaves)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         node.multi_output = isinstance(out, (tuple, list))
-        for o in outs:
+        for i, o in enumerate(outs):
             if id(o) not in producer:
-                weakref.finalize(o, producer.pop, id(o), None)
+                weakref.finalize(o, _forget, id(o))
             producer[id(o)] = node
+            if node.multi_output:
+                element[id(o)] = i
+            else:
+                element.pop(id(o), None)
         nodes.append(node)
         return node
 
@@ -226,4 +243,5 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
         for h in handles:
             h.remove()
         model.train(was_training)
-    return Graph(nodes, {n: m for m, n in names.items()}, tree_map(to_node, out))
+    specs = tuple((tuple(x.shape), x.dtype, x.device) for x in tree_flatten(example_inputs)[0] if isinstance(x, torch.Tensor))
+    return Graph(nodes, {n: m for m, n in names.items()}, tree_map(to_node, out), specs)

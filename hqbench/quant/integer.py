@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 
 from .graph import Node
 from .scheme import (AVERAGING, CLIP_OPS, COMPUTE_MODULES, INTEGER_ACTIVATIONS, JOIN_OPS, LEAKY_OPS, RELU_OPS,
@@ -88,6 +88,47 @@ def _call(node: Node, *args, **kwargs):
     return target(*args, **kwargs)
 
 
+def _arguments(node: Node, env: dict) -> tuple[tuple, dict]:
+    """A node's recorded arguments with each producer's value in place; a tensor that was one
+    element of a multi-output producer (``x, y = meshgrid(...)``) is that element (``node.picks``)."""
+    leaves, spec = tree_flatten((node.args, node.kwargs))
+    picks = node.picks or (None,) * len(leaves)
+    values = []
+    for leaf, pick in zip(leaves, picks):
+        value = env[leaf] if isinstance(leaf, Node) else leaf
+        values.append(value if pick is None else tree_flatten(value)[0][pick])
+    return tree_unflatten(values, spec)
+
+
+def _recorded_batch(qmodel) -> int | None:
+    """The recorded batch size if the graph's constants depend on it, else None. Found by recording
+    the float model once more at another batch size and comparing every non-tensor argument."""
+    from .graph import record
+
+    specs = qmodel.graph.input_specs
+    if not specs or not specs[0][0]:
+        return None
+    batch = specs[0][0][0]
+    weight = next(qmodel.model.parameters(), None)  # a model cast since (.double()) takes inputs of its dtype
+
+    def like(dtype):
+        return weight.dtype if weight is not None and dtype.is_floating_point else dtype
+    probe = tuple(torch.zeros((batch + 1, *shape[1:]), dtype=like(dtype), device=device) for shape, dtype, device in specs)
+    mode = qmodel._mode
+    qmodel.set_mode("float")
+    try:
+        other = record(qmodel.model, probe)
+    finally:
+        qmodel.set_mode(mode)
+    if [n.name for n in other.nodes] != [n.name for n in qmodel.graph.nodes]:
+        return batch  # another batch size takes another path: replay only the recorded one
+
+    def constants(node):
+        return [leaf for leaf in tree_flatten((node.args, node.kwargs))[0]
+                if not isinstance(leaf, (Node, torch.Tensor))]
+    return batch if any(constants(a) != constants(b) for a, b in zip(qmodel.graph.nodes, other.nodes)) else None
+
+
 class IntegerExecutor:
     """Runs a calibrated QuantizedModel with integer arithmetic; call it like the model."""
 
@@ -101,14 +142,9 @@ class IntegerExecutor:
             raise RuntimeError("the integer executor needs a calibrated model: run calibrate() first")
         self.q = qmodel
         self.graph, self.plan = qmodel.graph, qmodel.plan
-        # A consumer of one element of a multi-output op was recorded against the whole op.
-        split = next((n for n in self.graph.nodes if n.multi_output and n.users), None)
-        if split is not None:
-            raise NotImplementedError(
-                f"the integer executor cannot replay {split.name!r} ({split.op} returns several tensors, "
-                f"in {split.scope or 'the top level'}); use engine='fake' for this model")
         # BN and activation nodes fused into a compute layer run inside it.
         self.fused = {bn for _, bn in self.plan.folds} | {a for _, a in self.plan.chains.values() if a}
+        self.batch = _recorded_batch(qmodel)  # None: the graph replays at any batch size
 
     def record(self) -> dict:
         """What the row records (as the exported engines' ``record``): every compute layer runs on integers."""
@@ -142,8 +178,30 @@ class IntegerExecutor:
         # integers a pooling module returns and the function mode would match the executor's own
         # ops against recorded keys. So modules run through ``forward`` (no hooks) and no
         # ``__torch_function__`` mode sees the replay.
-        with torch.no_grad(), torch._C.DisableTorchFunction():
-            return self._replay(inputs)
+        if self.batch is None or inputs[0].shape[0] == self.batch:
+            with torch.no_grad(), torch._C.DisableTorchFunction():
+                return self._replay(inputs)
+        return self._in_recorded_batches(inputs)
+
+    def _in_recorded_batches(self, inputs: tuple):
+        """Run a graph whose constants hold the recorded batch size (``view(8, 4, 16, -1)`` in a
+        detector's decoding) on another batch: in chunks of that size, the last one padded with its
+        own last sample, and the outputs joined and cut back. Samples never mix, so no value changes."""
+        shapes = [(tuple(x.shape[1:]), shape[1:]) for x, (shape, _, _) in zip(inputs, self.graph.input_specs)]
+        if any(got != want for got, want in shapes):
+            raise ValueError(f"the integer executor replays this model's graph at the recorded input shape "
+                             f"{[want for _, want in shapes]} (its constants depend on it), got {[got for got, _ in shapes]}")
+        n, parts = inputs[0].shape[0], []
+        for start in range(0, n, self.batch):
+            chunk = [x[start:start + self.batch] for x in inputs]
+            short = self.batch - chunk[0].shape[0]
+            chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) if short else c for c in chunk]
+            with torch.no_grad(), torch._C.DisableTorchFunction():
+                parts.append(self._replay(chunk))
+        leaves = [tree_flatten(part)[0] for part in parts]
+        joined = [torch.cat([leaf[i] for leaf in leaves])[:n] if isinstance(leaves[0][i], torch.Tensor) else leaves[0][i]
+                  for i in range(len(leaves[0]))]
+        return tree_unflatten(joined, tree_flatten(parts[0])[1])
 
     def _replay(self, inputs):
         env: dict = {}
@@ -155,8 +213,7 @@ class IntegerExecutor:
                 continue
             if node.name in self.fused:
                 continue
-            args = tree_map(lambda a: env[a] if isinstance(a, Node) else a, node.args)
-            kwargs = tree_map(lambda a: env[a] if isinstance(a, Node) else a, node.kwargs)
+            args, kwargs = _arguments(node, env)
             env[self._result_node(node)] = self._run(node, args, kwargs)
         return tree_map(lambda a: self._as_float(env[a]) if isinstance(a, Node) else a, self.graph.outputs)
 
@@ -178,7 +235,8 @@ class IntegerExecutor:
             return self._join(node, args, kwargs)
         if node.name in self.plan.points and ints and len(ints) == 1 and node.op in RELU_OPS | CLIP_OPS:
             return self._relu_requant(node, ints[0])
-        if _is_passthrough(node) and len(ints) == 1 and node.name not in self.plan.points:
+        # on the grid of its data (the first argument): x.to(other) casts x, not other
+        if _is_passthrough(node) and len(ints) == 1 and args[0] is ints[0] and node.name not in self.plan.points:
             return self._passthrough(node, args, kwargs)
         # No integer kernel: dequantize, run in float, and quantize if the scheme stores the result.
         out = _call(node, *tree_map(self._as_float, args), **tree_map(self._as_float, kwargs))
@@ -261,4 +319,6 @@ class IntegerExecutor:
         d = _call(node, *tree_map(swap, args), **tree_map(swap, kwargs))
         if node.op in AVERAGING:
             d = torch.round(d)  # averages round to nearest (ties to even, as the fake-quant path) on the same scale
+        if isinstance(d, (tuple, list)):  # chunk, split: every piece on the input's grid
+            return tuple(IntTensor(piece, x.scale, x.zero_point, x.qmin, x.qmax) for piece in d)
         return IntTensor(d, x.scale, x.zero_point, x.qmin, x.qmax)

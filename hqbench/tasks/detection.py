@@ -81,8 +81,7 @@ class DetectionTask(BenchmarkTask):
     METRIC = "mAP50"
     EXTRA_METRICS = ("mAP50_95",)
     PYTORCH_VIA = "hooks"  # torch.fx cannot trace ultralytics' DetectionModel: torch's observers go through hooks
-    # Every engine runs the detector, its float scope (box decoding) included; engine=int refuses
-    # the one op it cannot replay (meshgrid) itself, naming it.
+    # Every engine runs the detector, its float scope (box decoding) included.
     UNSUPPORTED: dict[str, str] = {}
 
     def __init__(self, model: nn.Module, card: ModelCard | None = None, conf_thres: float = 0.001,

@@ -61,22 +61,47 @@ def test_requantize_keeps_31_bits_for_small_multipliers():
                        torch.round(odd * torch.tensor([[0.5], [0.25]], dtype=torch.float64)))
 
 
-def test_multi_output_ops_are_refused_by_name():
-    """A consumer of one chunk of torch.chunk cannot be replayed: say which op, not a TypeError."""
-    from hqbench.quant import quantize
+class _Decoder(nn.Module):
+    """A detector head's shape: convs on integers, then a float decoding that splits a tensor
+    (chunk), builds a grid (meshgrid) and reshapes with the batch size read from the input."""
 
-    class Split(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(2, 4, 1)
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.head = nn.Conv2d(4, 4, 1)
 
-        def forward(self, x):
-            a, b = torch.chunk(self.conv(x), 2, dim=1)
-            return a * b
+    def forward(self, x):
+        y = self.head(torch.relu(self.conv(x)))
+        a, b = torch.chunk(y, 2, dim=1)
+        gy, gx = torch.meshgrid(torch.arange(y.shape[2]).to(y), torch.arange(y.shape[3]).to(y), indexing="ij")
+        grid = torch.stack((gx, gy)).view(1, 2, y.shape[2], y.shape[3])
+        return (a * b + grid).view(y.shape[0], 2, -1)  # the batch size becomes a recorded constant
 
-    qmodel = quantize(Split().eval(), [torch.randn(2, 2, 4, 4)], method="B")
-    with pytest.raises(NotImplementedError, match="chunk"):
-        IntegerExecutor(qmodel)
+
+def test_multi_output_ops_and_batch_constants_replay_on_any_batch():
+    """Each consumer of one element of chunk/meshgrid gets that element, and a graph whose
+    constants hold the recorded batch size runs other batch sizes in recorded-size chunks, padded:
+    the integer executor agrees with fake-quant at the recorded batch and around it."""
+    torch.manual_seed(0)
+    calib = [torch.randn(4, 2, 6, 5) for _ in range(2)]
+    qmodel = quantize(_Decoder().eval(), calib, method="B")
+    executor = IntegerExecutor(qmodel)
+    assert executor.batch == 4  # found by recording once more at batch 5
+    for n in (4, 1, 3, 9):
+        x = torch.randn(n, 2, 6, 5)
+        with torch.no_grad():
+            fake = qmodel(x)
+        integer = executor(x)
+        assert integer.shape == fake.shape == (n, 2, 30)
+        # the same integers in a and b (a 1-LSB difference would move a*b by ~0.01); the grid added alike
+        assert ((integer - fake).abs() <= 1e-4).float().mean() >= 0.99, n
+    with pytest.raises(ValueError, match=r"recorded input shape \[\(2, 6, 5\)\].*got \[\(2, 6, 6\)\]"):
+        executor(torch.randn(2, 2, 6, 6))
+
+
+def test_a_graph_without_batch_constants_replays_any_batch_at_once(trained_net, calib_batches):
+    net, _ = trained_net
+    assert IntegerExecutor(quantize(net, calib_batches, method="B")).batch is None
 
 
 def test_functional_leaky_relu_keeps_its_own_slope():
