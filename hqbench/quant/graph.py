@@ -193,8 +193,7 @@ def record(model: nn.Module, example_inputs: tuple) -> Graph:
         for inp in node.inputs:
             inp.users.append(node)
         leaves = tree_flatten((args, kwargs))[0]
-        node.picks = tuple(element.get(id(a)) if isinstance(a, torch.Tensor) and id(a) in producer else None
-                           for a in leaves)
+        node.picks = tuple(element.get(id(a)) if isinstance(a, torch.Tensor) else None for a in leaves)
         outs = [o for o in tree_flatten(out)[0] if isinstance(o, torch.Tensor)]
         node.multi_output = isinstance(out, (tuple, list))
         for i, o in enumerate(outs):

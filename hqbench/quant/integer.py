@@ -114,7 +114,7 @@ def _recorded_batch(qmodel) -> int | None:
     def like(dtype):
         return weight.dtype if weight is not None and dtype.is_floating_point else dtype
     probe = tuple(torch.zeros((batch + 1, *shape[1:]), dtype=like(dtype), device=device) for shape, dtype, device in specs)
-    mode = qmodel._mode
+    mode = qmodel.mode
     qmodel.set_mode("float")
     try:
         other = record(qmodel.model, probe)
@@ -173,14 +173,8 @@ class IntegerExecutor:
         return aq.scale, z, aq.grid.qmin - z, aq.grid.qmax - z
 
     def __call__(self, *inputs: torch.Tensor):
-        # The replay must not meet the model's own quantization hooks: it may run where they are
-        # live (in place of the root's forward), where a module hook would fake-quantize the
-        # integers a pooling module returns and the function mode would match the executor's own
-        # ops against recorded keys. So modules run through ``forward`` (no hooks) and no
-        # ``__torch_function__`` mode sees the replay.
         if self.batch is None or inputs[0].shape[0] == self.batch:
-            with torch.no_grad(), torch._C.DisableTorchFunction():
-                return self._replay(inputs)
+            return self._replay(inputs)
         return self._in_recorded_batches(inputs)
 
     def _in_recorded_batches(self, inputs: tuple):
@@ -196,14 +190,22 @@ class IntegerExecutor:
             chunk = [x[start:start + self.batch] for x in inputs]
             short = self.batch - chunk[0].shape[0]
             chunk = [torch.cat([c, c[-1:].expand(short, *c.shape[1:])]) if short else c for c in chunk]
-            with torch.no_grad(), torch._C.DisableTorchFunction():
-                parts.append(self._replay(chunk))
+            parts.append(self._replay(chunk))
         leaves = [tree_flatten(part)[0] for part in parts]
         joined = [torch.cat([leaf[i] for leaf in leaves])[:n] if isinstance(leaves[0][i], torch.Tensor) else leaves[0][i]
                   for i in range(len(leaves[0]))]
         return tree_unflatten(joined, tree_flatten(parts[0])[1])
 
     def _replay(self, inputs):
+        # The replay must not meet the model's own quantization hooks: it may run where they are
+        # live (in place of the root's forward), where a module hook would fake-quantize the
+        # integers a pooling module returns and the function mode would match the executor's own
+        # ops against recorded keys. So modules run through ``forward`` (no hooks) and no
+        # ``__torch_function__`` mode sees the replay.
+        with torch.no_grad(), torch._C.DisableTorchFunction():
+            return self._replay_graph(inputs)
+
+    def _replay_graph(self, inputs):
         env: dict = {}
         inputs = list(inputs)
         for node in self.graph.nodes:

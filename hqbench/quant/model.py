@@ -213,6 +213,11 @@ class QuantizedModel(nn.Module):
         self._mode = mode
 
     @property
+    def mode(self) -> str:
+        """The mode :meth:`set_mode` (or calibration) last put the model in."""
+        return self._mode
+
+    @property
     def pow2_scales(self) -> bool:
         """Whether the recipe's profile stores power-of-two scales (weights too)."""
         return get_profile(self.recipe.profile).pow2
