@@ -354,7 +354,7 @@ def _run_cell(cfg, task, dm, cell: Cell, engine: str, float_scopes, base: dict, 
     if quant is not None and quant.state_dict():
         states.setdefault(state_of, quant.state_dict())
     if quant is not None and quant.ranking is not None:
-        rankings.setdefault(ranked_as, quant.ranking)
+        rankings[ranked_as] = quant.ranking  # a greedy search continued for a larger budget is longer
     calib = callbacks[0].calib_seconds if callbacks else 0.0
     summary = callbacks[0].summary if callbacks else None
     if cell.method == FP32:

@@ -347,3 +347,15 @@ def test_mixed_budgets_share_one_ranking_and_every_engine_runs_the_promoted_poin
             assert row["promoted"] == fake["promoted"] and "earlier engine" in row["calibration"]
             assert row["agreement"]["top1_agree"] >= 95, (engine, row["agreement"])
     assert "promoted" not in rows[(None, "fake")] and rows[(None, "fake")]["points_8bit"] == "0/64"
+
+
+def test_a_greedy_search_for_a_larger_budget_continues_the_smaller_ones(tmp_path):
+    """issue 30: mixed.search=greedy keys the row; budget 2 continues budget 1's promotion (its first
+    point is the same) instead of starting again, and the row names both points."""
+    out = tmp_path / "r.json"
+    assert main(["test", *SMALL, "method=B", "bits=w8a4", "mixed.budget=1,2", "mixed.search=greedy",
+                 f"out={out}"]) == 0
+    rows = {r["options"]["mixed_budget"]: r for r in _rows(out)}
+    assert {r["options"]["mixed_search"] for r in rows.values()} == {"greedy"}
+    one, two = rows["1"]["promoted"].split(","), rows["2"]["promoted"].split(",")
+    assert len(one) == 1 and len(two) == 2 and two[0] == one[0]

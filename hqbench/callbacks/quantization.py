@@ -245,7 +245,7 @@ class QuantizationCallback(EvaluationStageCallback):
                 with _progress(f"ranking points {self.letter}", None) as update:
                     promotion = promote(qmodel, first_samples(batches, self.recipe.mixed_samples, self.input_fn),
                                         self.input_fn, self.recipe.mixed_budget,
-                                        ranking=self._given_ranking,
+                                        ranking=self._given_ranking, search=self.recipe.mixed_search,
                                         on_point=None if update is _quiet else update)
                 self.ranking = promotion.ranking
             if needs_data:

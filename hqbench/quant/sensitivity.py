@@ -19,9 +19,10 @@ kept: no pass over the calibration data is made again, and the model's qparams a
 before afterwards (checked by the tests).
 
 :func:`promote` is the mixed-precision step: the ``reverse`` ranking at 8 bits, and the top of it
-promoted under a budget (a count or a share of the points). Greedy by the single-point ranking:
-the gains of several promotions are not re-measured after each one (that would cost a full
-ranking per promoted point).
+promoted under a budget (a count or a share of the points). ``search="single"`` takes the top of one
+ranking (each point's gain measured with every other point at the low width); ``"greedy"`` promotes
+one point at a time and ranks the rest again with it promoted, so a point that only helps beside
+another is found (a full ranking per promoted point).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch.utils._pytree import tree_map
 
 from .fake import OFF, QUANT
 from .layer_report import _cosine, _db, _leaves
+from .recipe import MIXED_SEARCHES
 
 DIRECTIONS = ("reverse", "one_at_a_time")
 
@@ -172,7 +174,7 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
     if not batches:
         raise ValueError("sensitivity: no batch was given")
     start = time.perf_counter()
-    mode, training, recipe = qmodel._mode, qmodel.model.training, qmodel.recipe
+    mode, training, recipe = qmodel.mode, qmodel.model.training, qmodel.recipe
     modes = {q: q.mode for q in qmodel.quantizers.values()}
     qmodel.model.eval()
     order = {name: i for i, name in enumerate(qmodel.plan.points)}  # the recorded graph's execution order
@@ -262,24 +264,46 @@ class Promotion:
 
 
 def promote(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], budget: int | float | None,
-            bits: int = 8, ranking: list[str] | None = None,
+            bits: int = 8, ranking: list[str] | None = None, search: str = "single",
             on_point: Callable[[int, int], None] | None = None) -> Promotion:
     """Mixed precision: promote the ``budget`` most sensitive points of calibrated ``qmodel`` to ``bits``.
 
-    The ranking is :func:`sensitivity`'s ``reverse`` one at ``bits`` over ``batches``, or ``ranking``
-    when given (an earlier :class:`Promotion`'s: the same model, calibration and widths). Only points
-    whose restoration gains output SQNR are promoted, so fewer than the budget may be. The promoted
-    points are added to the recipe's ``point_bits`` (:meth:`QuantizedModel.set_point_bits`), which
-    its quant state, the integer executor and the ONNX export all take.
+    ``search="single"``: the top of :func:`sensitivity`'s ``reverse`` ranking at ``bits`` over
+    ``batches``. ``"greedy"``: one point at a time, the best of a ``reverse`` ranking measured with
+    the points chosen so far promoted (``budget`` rankings in all). ``ranking``, an earlier
+    :class:`Promotion`'s (the same model, calibration, widths and search), skips the measurement: a
+    greedy ranking is the order of its promotions, so a shorter one is continued, not re-measured.
+    Only points whose restoration gains output SQNR are promoted, so fewer than the budget may be.
+    The promoted points are added to the recipe's ``point_bits`` (:meth:`QuantizedModel.set_point_bits`),
+    which its quant state, the integer executor and the ONNX export all take.
     """
-    total = len(qmodel.plan.points)
-    count = budget_points(budget, total)
+    if search not in MIXED_SEARCHES:
+        raise ValueError(f"unknown mixed-precision search {search!r}; valid: {', '.join(MIXED_SEARCHES)}")
+    count = budget_points(budget, len(qmodel.plan.points))
     report = None
-    if count and ranking is None:
+    if count and ranking is None and search == "single":
         report = sensitivity(qmodel, batches, input_fn, "reverse", restore_bits=bits, on_point=on_point)
-        ranking = [p["name"] for p in report.ranked() if p["gain_db"] is not None and p["gain_db"] > 0]
+        ranking = _gaining(report)
     ranking = list(ranking or [])
     promoted = ranking[:count]
-    if promoted:
-        qmodel.set_point_bits({**dict(qmodel.recipe.point_bits), **dict.fromkeys(promoted, bits)})
+    _promote(qmodel, promoted, bits)
+    if search == "greedy":
+        while len(promoted) < count:
+            report = sensitivity(qmodel, batches, input_fn, "reverse", restore_bits=bits, on_point=on_point)
+            best = _gaining(report)[:1]
+            if not best:  # no point left whose restoration helps
+                break
+            promoted += best
+            _promote(qmodel, best, bits)
+        ranking = promoted if len(promoted) >= len(ranking) else ranking
     return Promotion(promoted, count, ranking, report)
+
+
+def _gaining(report: SensitivityReport) -> list[str]:
+    """The points whose restoration gains output SQNR, most first."""
+    return [p["name"] for p in report.ranked() if p["gain_db"] is not None and p["gain_db"] > 0]
+
+
+def _promote(qmodel, names: list[str], bits: int) -> None:
+    if names:
+        qmodel.set_point_bits({**dict(qmodel.recipe.point_bits), **dict.fromkeys(names, bits)})

@@ -118,6 +118,7 @@ def config_recipe(cfg) -> Recipe:
                   bias_correction=cfg.get("bias_correction", False),
                   adaround=AdaRoundSettings.from_mapping(cfg.get("adaround")),
                   mixed_samples=OmegaConf.select(cfg, "mixed.samples", default=None),
+                  mixed_search=str(OmegaConf.select(cfg, "mixed.search", default="single")),
                   precision=str(cfg.get("trainer", {}).get("precision", "32-true")))
 
 

@@ -158,6 +158,38 @@ def test_promote_takes_the_top_of_the_ranking_and_the_state_keeps_it(trained_net
     assert reused.report is None and reused.promoted == promotion.ranking[:2]
 
 
+def test_greedy_promotes_the_best_of_a_ranking_remeasured_after_each_promotion(trained_net):
+    """mixed.search=greedy: each promoted point is the best one with the earlier ones promoted, so
+    its first point is the single ranking's first and every later one was measured beside them."""
+    net, _ = trained_net
+    calib = [x for x, _ in _batches()]
+    qmodel = quantize(net, calib, method="D", recipe=Recipe(act_bits=4))
+    greedy = promote(qmodel, calib, lambda x: (x,), 3, search="greedy")
+    assert greedy.budget == 3 and len(greedy.promoted) == 3 and greedy.ranking == greedy.promoted
+    after = {p["name"] for p in greedy.report.points if p["skipped"] is not None}
+    assert set(greedy.promoted[:2]) <= after  # the last ranking ran with the first two at 8 bits
+    assert greedy.report.ranked()[0]["name"] == greedy.promoted[-1]
+    assert sorted(dict(qmodel.recipe.point_bits)) == sorted(greedy.promoted)
+    qmodel.remove()
+    single = quantize(net, calib, method="D", recipe=Recipe(act_bits=4))
+    assert promote(single, calib, lambda x: (x,), 1).promoted == greedy.promoted[:1]
+    single.remove()
+    # a shorter greedy ranking given back is continued (one ranking more), a longer one cut
+    again = quantize(net, calib, method="D", recipe=Recipe(act_bits=4))
+    more = promote(again, calib, lambda x: (x,), 3, ranking=greedy.promoted[:2], search="greedy")
+    assert more.promoted == greedy.promoted and more.report is not None
+    again.remove()
+    fewer = quantize(net, calib, method="D", recipe=Recipe(act_bits=4))
+    cut = promote(fewer, calib, lambda x: (x,), 1, ranking=greedy.promoted, search="greedy")
+    assert cut.report is None and cut.promoted == greedy.promoted[:1] and cut.ranking == greedy.promoted
+    with pytest.raises(ValueError, match="unknown mixed-precision search 'best'"):
+        promote(fewer, calib, lambda x: (x,), 1, search="best")
+    with pytest.raises(ValueError, match="mixed_search"):
+        Recipe(act_bits=4, mixed_search="best")
+    r = Recipe(act_bits=4, mixed_budget=2, mixed_search="greedy")
+    assert r.to_options() == {"mixed_budget": "2", "mixed_search": "greedy"} and Recipe.from_options(8, 4, r.to_options()) == r
+
+
 @pytest.mark.parametrize("budget", [-1, 1.5, "many", True])
 def test_a_bad_budget_is_one_line(budget):
     with pytest.raises(ValueError, match="mixed_budget must be a count of points"):
