@@ -345,7 +345,7 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
         raise ValueError("AdaRound sweeps the batches once per layer; pass a list or DataLoader, not an iterator")
     s = AdaRoundSettings() if settings is None else settings
     modules = dict(qmodel.model.named_modules())
-    was_quant = any(q.mode == QUANT for q in qmodel.quantizers.values())
+    was_mode = qmodel.mode
     g = torch.Generator().manual_seed(s.seed)
     qmodel.set_mode("float")
     float_params = {n: (modules[n].weight.detach().clone(), None if modules[n].bias is None else
@@ -390,7 +390,7 @@ def adaround_weights(qmodel: QuantizedModel, batches: Iterable, input_fn: Callab
             logger.info("AdaRound %s done in %.1f s: reconstruction error %.4g at step 1, %.4g at step %d", label,
                         time.perf_counter() - start, watch.first, watch.last, s.iters)
     finally:
-        qmodel.set_mode(QUANT if was_quant else "float")
+        qmodel.set_mode(was_mode)
     logger.info("AdaRound: %d layers done in %.1f s", len(order), time.perf_counter() - began)
     return fitted
 

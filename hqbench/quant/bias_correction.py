@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from .fake import OBSERVE, QUANT
+from .fake import QUANT
 from .forward import default_input_fn, forward_until
 from .model import QuantizedModel
 
@@ -74,11 +74,6 @@ def _correction(shift: torch.Tensor) -> Callable:
         shape[dim] = -1
         return out - shift.to(out.dtype).view(shape)
     return hook
-
-
-def _current_mode(qmodel: QuantizedModel) -> str:
-    modes = {q.mode for q in qmodel.quantizers.values()}
-    return QUANT if QUANT in modes else OBSERVE if OBSERVE in modes else "float"
 
 
 def _run(qmodel: QuantizedModel, batches: Iterable, input_fn: Callable, hooks: dict[str, Callable],
@@ -154,7 +149,7 @@ def measure_bias_shift(qmodel: QuantizedModel, batches: Iterable, input_fn: Call
     data = list(itertools.islice(batches, num_batches)) if num_batches is not None else batches
     names = list(qmodel.plan.compute)
     report = _quiet if on_progress is None else on_progress
-    was_mode, was_training = _current_mode(qmodel), qmodel.model.training
+    was_mode, was_training = qmodel.mode, qmodel.model.training
     qmodel.model.eval()
     try:
         qmodel.set_mode("float")
