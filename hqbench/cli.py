@@ -18,7 +18,7 @@ USAGE = """usage: hqbench test|train task={tasks} [key=value ...] [-m] [--cfg jo
         or a source: {sources}   model.weights=PATH
   method={methods}
   engine={engines}[,...] agreement=true|false   bits=w8a8,w8a6,w4a8,...   keep_8bit=first,last
-  mixed.budget=N|SHARE[,...] mixed.samples=N mixed.search=single|greedy
+  mixed.budget=N|SHARE[,...] mixed.samples=N mixed.search=single|greedy mixed.criterion=sqnr|kl
   (analyze) sensitivity=reverse,one_at_a_time
   weight_range=minmax|mse  bias_correction=true  weight_rounding=nearest|adaround  draws=K
   data={data} data.root=PATH data.eval_limit=N data.calib_size=N

@@ -149,7 +149,7 @@ def test_rows_store_the_same_portable_path_however_the_data_is_named(monkeypatch
     ("train.lr=fast", "train.lr must be a number, got 'fast'"),
     # a group of keys set as one value would drop them all (export=DIR exported nothing)
     ("export=/tmp/x", "export is a group of settings (dir, overwrite), not a value; set one of them, e.g. export.dir=/tmp/x"),
-    ("mixed=0.1", "mixed is a group of settings (budget, samples, search), not a value"),
+    ("mixed=0.1", "mixed is a group of settings (budget, samples, search, criterion), not a value"),
 ])
 def test_unknown_keys_and_wrong_types_are_one_line(override, words, capsys):
     with pytest.raises(ValueError, match=re.escape(words)):

@@ -246,6 +246,7 @@ class QuantizationCallback(EvaluationStageCallback):
                     promotion = promote(qmodel, first_samples(batches, self.recipe.mixed_samples, self.input_fn),
                                         self.input_fn, self.recipe.mixed_budget,
                                         ranking=self._given_ranking, search=self.recipe.mixed_search,
+                                        criterion=self.recipe.mixed_criterion,
                                         on_point=None if update is _quiet else update)
                 self.ranking = promotion.ranking
             if needs_data:

@@ -27,6 +27,7 @@ from .weights import WEIGHT_METHODS as WEIGHT_RANGES
 
 WEIGHT_ROUNDINGS = ("nearest", "adaround")
 MIXED_SEARCHES = ("single", "greedy")  # hqbench.quant.sensitivity.promote
+MIXED_CRITERIA = ("sqnr", "kl")
 KEEP_8BIT = ("first", "last")  # layers the low-bit literature keeps at 8 bits: first conv, classifier
 GRANULARITIES = ("layer", "block")
 DEFAULT_PRECISION = "32-true"
@@ -203,6 +204,8 @@ class Recipe:
             the ranking costs one forward over them per point.
         mixed_search: ``"single"`` (the top of one ranking) or ``"greedy"`` (one point at a time,
             the rest ranked again after each promotion: a ranking per promoted point).
+        mixed_criterion: what ranks the points: ``"sqnr"`` (the output's SQNR against float) or
+            ``"kl"`` (a classifier's softmax KL divergence from float).
         profile: a deployment profile (:mod:`hqbench.quant.profiles`): the target's constraints on
             every point's grid and on the weight scales. None (or ``"paper"``): the paper's hybrid scheme.
 
@@ -223,6 +226,7 @@ class Recipe:
     mixed_budget: int | float | None = None
     mixed_samples: int | None = None
     mixed_search: str = "single"
+    mixed_criterion: str = "sqnr"
     profile: str | None = None
 
     def __post_init__(self) -> None:
@@ -250,6 +254,7 @@ class Recipe:
             raise ValueError(f"mixed_samples must be a positive integer or null (all calibration samples), "
                              f"got {self.mixed_samples!r}")
         put("mixed_search", _choice("mixed_search", self.mixed_search, MIXED_SEARCHES))
+        put("mixed_criterion", _choice("mixed_criterion", self.mixed_criterion, MIXED_CRITERIA))
         if self.profile is not None and not isinstance(self.profile, str):
             raise ValueError(f"profile must be a name or null, got {self.profile!r}")
         profile = get_profile(self.profile)  # an unknown name fails here
@@ -295,6 +300,7 @@ class Recipe:
             "mixed_budget": str(self.mixed_budget) if self.promotes else None,
             "mixed_samples": str(self.mixed_samples) if self.promotes and self.mixed_samples is not None else None,
             "mixed_search": self.mixed_search if self.promotes and self.mixed_search != "single" else None,
+            "mixed_criterion": self.mixed_criterion if self.promotes and self.mixed_criterion != "sqnr" else None,
             "profile": self.profile,
             "precision": self.precision if self.precision != DEFAULT_PRECISION else None,
         }
@@ -317,7 +323,7 @@ _OPTION_READERS: dict[str, Callable[[str], Any]] = {
     "weight_range": str, "weight_per_channel": lambda v: v != "false", "weight_rounding": str,
     "adaround": AdaRoundSettings.from_text, "bias_correction": lambda v: v == "true", "keep_8bit": str,
     "point_bits": lambda v: tuple((n, int(b)) for n, _, b in (p.rpartition("=") for p in v.split(","))),
-    "mixed_budget": _mixed_budget, "mixed_samples": int, "mixed_search": str, "profile": str, "precision": str,
+    "mixed_budget": _mixed_budget, "mixed_samples": int, "mixed_search": str, "mixed_criterion": str, "profile": str, "precision": str,
 }
 
 __all__ = ["ADAROUND_DEFAULTS", "AdaRoundSettings", "KEEP_8BIT", "Recipe", "WEIGHT_RANGES", "WEIGHT_ROUNDINGS"]

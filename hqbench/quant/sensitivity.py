@@ -9,8 +9,11 @@ reference and one for the starting model):
 * ``one_at_a_time``: everything float (weights too), one point quantized; a point's ``gain_db`` is
   the output SQNR it costs (float's is infinite, so the gain is the negated SQNR of that model).
 
-Either way the ranking is by the error of the model's *output* against the float model's (a
-task-free number: logits or raw detector heads), most sensitive first. A task's per-sample score
+Either way the ranking is by the error of the model's *output* against the float model's, most
+sensitive first: its SQNR (``criterion="sqnr"``, task-free: logits or raw detector heads), or, for a
+classifier's logits, the mean KL divergence of the quantized softmax from the float one
+(``"kl"``): SQNR weighs all 1000 logits alike, KL the few classes that decide the Top-1 (a 4-bit
+logit grid ties them, which costs Top-1 far more than SQNR). A task's per-sample score
 (``score_fn``, e.g. Top-1 correct) is recorded for each point on the same samples, so a report can
 put a paired interval on the metric's change (:mod:`hqbench.reporting.sensitivity`).
 
@@ -51,7 +54,10 @@ class SensitivityReport:
     all float for ``one_at_a_time``): its output SQNR against float and its per-sample scores.
     A point's row: ``name``, ``index`` (execution order), ``producer``, ``bits`` (its width in the
     model), ``sqnr_db`` (output SQNR with that point changed), ``gain_db`` (see the module), ``cosine``,
+    ``kl`` (mean KL divergence of the softmax from float's; None unless the output is one 2-D
+    tensor of logits), ``gain_kl`` (the KL the change removes; ``one_at_a_time``: the KL it adds),
     ``outcomes`` (per-sample scores, or None) and ``skipped`` (why it was not changed, or None).
+    ``criterion`` ranks them: ``gain_db`` (``"sqnr"``) or ``gain_kl`` (``"kl"``).
     """
 
     direction: str
@@ -65,11 +71,13 @@ class SensitivityReport:
     float_seconds: float = 0.0  # its one float pass over the samples: the unit of its cost
     reference: dict = field(default_factory=dict)
     points: list[dict] = field(default_factory=list)
+    criterion: str = "sqnr"
 
     def ranked(self) -> list[dict]:
-        """The changed points, most sensitive first (largest ``gain_db``); skipped ones are left out."""
+        """The changed points, most sensitive first (largest gain by the criterion); skipped ones are left out."""
+        key = _GAIN[self.criterion]
         changed = [p for p in self.points if p["skipped"] is None]
-        return sorted(changed, key=lambda p: (-p["gain_db"] if p["gain_db"] is not None else math.inf, p["index"]))
+        return sorted(changed, key=lambda p: (-p[key] if p[key] is not None else math.inf, p["index"]))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,14 +88,21 @@ class _OutputError:
 
     def __init__(self):
         self.signal = self.noise = self.quant_sq = 0.0
+        self.kl_sum, self.kl_samples, self.logits = 0.0, 0, True
         self.scores: list[torch.Tensor] = []
 
     def add(self, ref: list[torch.Tensor], out: Any, score: torch.Tensor | None) -> None:
-        for r, o in zip(ref, _leaves(out)):
+        leaves = _leaves(out)
+        for r, o in zip(ref, leaves):
             r64, o64 = r.double(), o.detach().double()
             self.signal += float(r64.square().sum())
             self.noise += float((o64 - r64).square().sum())
             self.quant_sq += float(o64.square().sum())
+        self.logits = self.logits and len(leaves) == 1 and leaves[0].dim() == 2
+        if self.logits:  # KL(float softmax || quantized softmax), summed over the samples
+            log_ref, log_out = ref[0].double().log_softmax(1), leaves[0].detach().double().log_softmax(1)
+            self.kl_sum += float((log_ref.exp() * (log_ref - log_out)).sum())
+            self.kl_samples += len(log_ref)
         if score is not None:
             self.scores.append(score.detach().reshape(-1).cpu())
 
@@ -95,6 +110,7 @@ class _OutputError:
         outcomes = torch.cat(self.scores).tolist() if self.scores else None
         return {"sqnr_db": _db(self.signal, self.noise),
                 "cosine": _cosine((self.signal + self.quant_sq - self.noise) / 2, self.signal, self.quant_sq),
+                "kl": self.kl_sum / self.kl_samples if self.logits and self.kl_samples else None,
                 "outcomes": outcomes}
 
 
@@ -133,6 +149,15 @@ def _changed(qmodel, q, direction: str, restore_bits: int | None, recipe):
             qmodel.set_point_bits(dict(recipe.point_bits))
 
 
+_GAIN = {"sqnr": "gain_db", "kl": "gain_kl"}  # the row field each criterion ranks by
+
+
+def _gain_kl(direction: str, reference_kl: float | None, point_kl: float | None) -> float | None:
+    if point_kl is None or reference_kl is None:
+        return None
+    return point_kl if direction == "one_at_a_time" else reference_kl - point_kl  # float's KL is 0
+
+
 def _gain(direction: str, reference_db: float | None, point_db: float | None) -> float | None:
     if point_db is None:
         return None
@@ -148,7 +173,7 @@ def _gain(direction: str, reference_db: float | None, point_db: float | None) ->
 @torch.no_grad()
 def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], direction: str = "reverse",
                 restore_bits: int | None = 8, score_fn: Callable[[Any, Any], torch.Tensor | None] | None = None,
-                on_point: Callable[[int, int], None] | None = None) -> SensitivityReport:
+                on_point: Callable[[int, int], None] | None = None, criterion: str = "sqnr") -> SensitivityReport:
     """Rank the activation points of calibrated ``qmodel`` by how much each one changes its output.
 
     Args:
@@ -160,16 +185,20 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
         score_fn: ``score_fn(batch, output)``: a per-sample score of the task's metric (a 1-D
             tensor, e.g. Top-1 correct), recorded per point; None records none.
         on_point: called as ``on_point(done, total)`` after each point (progress bars).
+        criterion: what ranks the points: ``"sqnr"`` or ``"kl"`` (see the module).
 
     The model's mode, qparams, recipe and train/eval state are as before afterwards, also on error.
 
     Raises:
-        ValueError: an unknown direction, or no batch.
+        ValueError: an unknown direction or criterion, no batch, or ``"kl"`` on a model whose output
+            is not one 2-D tensor of logits.
         RuntimeError: the model was never calibrated, or (``restore_bits``) a point's calibrator
             holds no statistics (the state was loaded, not calibrated).
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown sensitivity direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
+    if criterion not in _GAIN:
+        raise ValueError(f"unknown sensitivity criterion {criterion!r}; valid: {', '.join(_GAIN)}")
     batches = batches if isinstance(batches, (list, tuple)) else list(batches)
     if not batches:
         raise ValueError("sensitivity: no batch was given")
@@ -199,10 +228,13 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
             forward_all(reference, refs)
             passes += 1
         ref_row = reference.row()
+        if criterion == "kl" and ref_row["kl"] is None:
+            raise ValueError("criterion kl ranks by the softmax of a classifier's logits; this model's output "
+                             "is not one 2-D tensor (a detector's heads): use criterion sqnr")
         for done, q in enumerate(quantizers, 1):
             row = {"name": q.name, "index": done - 1, "producer": qmodel.plan.points[q.name].producer,
-                   "bits": q.grid.bits, "sqnr_db": None, "gain_db": None, "cosine": None, "outcomes": None,
-                   "skipped": None}
+                   "bits": q.grid.bits, "sqnr_db": None, "gain_db": None, "cosine": None, "kl": None,
+                   "gain_kl": None, "outcomes": None, "skipped": None}
             if reverse and restore_bits is not None and q.grid.bits >= restore_bits:
                 row["skipped"] = f"already {q.grid.bits} bits"
             else:
@@ -212,6 +244,7 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
                 passes += 1
                 row.update(error.row())
                 row["gain_db"] = _gain(direction, ref_row["sqnr_db"], row["sqnr_db"])
+                row["gain_kl"] = _gain_kl(direction, ref_row["kl"], row["kl"])
             points.append(row)
             if on_point is not None:
                 on_point(done, len(quantizers))
@@ -224,7 +257,7 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
         qmodel.model.train(training)
     return SensitivityReport(direction, restore_bits if reverse else None, qmodel.method, qmodel.weight_bits,
                              qmodel.act_bits, samples, passes, round(time.perf_counter() - start, 2),
-                             round(float_seconds, 3), ref_row, points)
+                             round(float_seconds, 3), ref_row, points, criterion)
 
 
 def first_samples(batches: list, count: int | None, input_fn: Callable[[Any], tuple]) -> list:
@@ -264,7 +297,7 @@ class Promotion:
 
 
 def promote(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], budget: int | float | None,
-            bits: int = 8, ranking: list[str] | None = None, search: str = "single",
+            bits: int = 8, ranking: list[str] | None = None, search: str = "single", criterion: str = "sqnr",
             on_point: Callable[[int, int], None] | None = None) -> Promotion:
     """Mixed precision: promote the ``budget`` most sensitive points of calibrated ``qmodel`` to ``bits``.
 
@@ -273,8 +306,8 @@ def promote(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], budget:
     the points chosen so far promoted (``budget`` rankings in all). ``ranking``, an earlier
     :class:`Promotion`'s (the same model, calibration, widths and search), skips the measurement: a
     greedy ranking is the order of its promotions, so a shorter one is continued, not re-measured.
-    Only points whose restoration gains output SQNR are promoted, so fewer than the budget may be.
-    The promoted points are added to the recipe's ``point_bits`` (:meth:`QuantizedModel.set_point_bits`),
+    ``criterion`` (``"sqnr"`` or ``"kl"``) is what the rankings measure (:func:`sensitivity`). Only
+    points whose restoration gains by it are promoted, so fewer than the budget may be. The promoted points are added to the recipe's ``point_bits`` (:meth:`QuantizedModel.set_point_bits`),
     which its quant state, the integer executor and the ONNX export all take.
     """
     if search not in MIXED_SEARCHES:
@@ -282,14 +315,16 @@ def promote(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], budget:
     count = budget_points(budget, len(qmodel.plan.points))
     report = None
     if count and ranking is None and search == "single":
-        report = sensitivity(qmodel, batches, input_fn, "reverse", restore_bits=bits, on_point=on_point)
+        report = sensitivity(qmodel, batches, input_fn, "reverse", restore_bits=bits, on_point=on_point,
+                             criterion=criterion)
         ranking = _gaining(report)
     ranking = list(ranking or [])
     promoted = ranking[:count]
     _promote(qmodel, promoted, bits)
     if search == "greedy":
         while len(promoted) < count:
-            report = sensitivity(qmodel, batches, input_fn, "reverse", restore_bits=bits, on_point=on_point)
+            report = sensitivity(qmodel, batches, input_fn, "reverse", restore_bits=bits, on_point=on_point,
+                             criterion=criterion)
             best = _gaining(report)[:1]
             if not best:  # no point left whose restoration helps
                 break
@@ -300,8 +335,9 @@ def promote(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], budget:
 
 
 def _gaining(report: SensitivityReport) -> list[str]:
-    """The points whose restoration gains output SQNR, most first."""
-    return [p["name"] for p in report.ranked() if p["gain_db"] is not None and p["gain_db"] > 0]
+    """The points whose restoration gains by the report's criterion, most first."""
+    key = _GAIN[report.criterion]
+    return [p["name"] for p in report.ranked() if p[key] is not None and p[key] > 0]
 
 
 def _promote(qmodel, names: list[str], bits: int) -> None:

@@ -23,15 +23,15 @@ from .results import ResultRow
 from .stats import bootstrap_ci, paired_comparison
 
 # options that say which points run at 8 bits; the rest of a row's options pick its curve
-RULE_OPTIONS = ("keep_8bit", "mixed_budget", "mixed_samples", "mixed_search")
+RULE_OPTIONS = ("keep_8bit", "mixed_budget", "mixed_samples", "mixed_search", "mixed_criterion")
 
 
 def _rule(row: ResultRow) -> str:
     keep = row.options.get("keep_8bit", "")
     parts = ["first/last" if keep == "first+last" else keep]
     if "mixed_budget" in row.options:
-        search = row.options.get("mixed_search")
-        parts.append(f"{search or 'mixed'} {row.options['mixed_budget']}")
+        how = [row.options.get("mixed_search"), row.options.get("mixed_criterion")]
+        parts.append(f"{' '.join(h for h in how if h) or 'mixed'} {row.options['mixed_budget']}")
     return " + ".join(p for p in parts if p) or "none"
 
 

@@ -24,7 +24,7 @@ from hqbench.reporting.stats import mcnemar_exact, paired_difference_ci
 
 FILES = ("sensitivity.json", "sensitivity.csv")
 CSV_COLUMNS = ("label", "method", "weight_bits", "act_bits", "direction", "restore_bits", "rank", "name", "index",
-               "producer", "bits", "sqnr_db", "gain_db", "cosine", "metric", "metric_change", "change_lo",
+               "producer", "bits", "sqnr_db", "gain_db", "cosine", "kl", "gain_kl", "metric", "metric_change", "change_lo",
                "change_hi", "p", "skipped")
 _DIRECTION_TITLES = {"reverse": "all quantized, one point restored", "one_at_a_time": "all float, one point quantized"}
 

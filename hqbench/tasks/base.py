@@ -119,6 +119,7 @@ def config_recipe(cfg) -> Recipe:
                   adaround=AdaRoundSettings.from_mapping(cfg.get("adaround")),
                   mixed_samples=OmegaConf.select(cfg, "mixed.samples", default=None),
                   mixed_search=str(OmegaConf.select(cfg, "mixed.search", default="single")),
+                  mixed_criterion=str(OmegaConf.select(cfg, "mixed.criterion", default="sqnr")),
                   precision=str(cfg.get("trainer", {}).get("precision", "32-true")))
 
 

@@ -115,6 +115,67 @@ def test_each_points_figure_is_the_output_sqnr_of_the_model_it_describes(trained
     assert [p["gain_db"] for p in ranked] == sorted((p["gain_db"] for p in ranked), reverse=True)
 
 
+def _output_kl(qmodel, batches) -> float:
+    """Mean KL(float softmax || quantized softmax) of ``qmodel``, computed directly."""
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for x, _ in batches:
+            qmodel.set_mode("float")
+            p = torch.softmax(qmodel(x).double(), 1)
+            qmodel.set_mode("quant")
+            q = torch.softmax(qmodel(x).double(), 1)
+            total += float((p * (p.log() - q.log())).sum())
+            n += len(x)
+    return total / n
+
+
+def test_the_kl_criterion_ranks_by_the_softmax_divergence_the_point_removes(trained_net):
+    """criterion=kl: each point's kl is the KL divergence of a model built with that point at 8 bits,
+    gain_kl what it removes from the all-quantized model's, and the ranking and promotion follow it."""
+    net, _ = trained_net
+    batches = _batches()
+    calib = [x for x, _ in batches]
+    qmodel = quantize(net, calib, method="B", recipe=Recipe(act_bits=4))
+    base = _output_kl(qmodel, batches)
+    report = sensitivity(qmodel, batches, _input, "reverse", criterion="kl")
+    assert report.reference["kl"] == pytest.approx(base, rel=1e-6) and base > 0
+    row = report.points[len(report.points) // 2]
+    alone = quantize(net, calib, method="B", recipe=Recipe(act_bits=4, point_bits={row["name"]: 8}))
+    assert row["kl"] == pytest.approx(_output_kl(alone, batches), rel=1e-6)
+    assert row["gain_kl"] == pytest.approx(base - row["kl"], rel=1e-6, abs=1e-12)
+    alone.remove()
+    ranked = report.ranked()
+    assert [p["gain_kl"] for p in ranked] == sorted((p["gain_kl"] for p in ranked), reverse=True)
+    promotion = promote(qmodel, batches, _input, 2, criterion="kl")
+    assert promotion.promoted == [p["name"] for p in ranked if p["gain_kl"] > 0][:2]
+    qmodel.remove()
+    with pytest.raises(ValueError, match="unknown sensitivity criterion 'l2'"):
+        sensitivity(qmodel, batches, _input, criterion="l2")
+    r = Recipe(act_bits=4, mixed_budget=2, mixed_criterion="kl")
+    assert r.to_options() == {"mixed_budget": "2", "mixed_criterion": "kl"} and Recipe.from_options(8, 4, r.to_options()) == r
+
+
+def test_the_kl_criterion_refuses_a_model_without_logits(trained_net):
+    """A detector's heads (here: two outputs) have no softmax to compare: a one-line error."""
+    net, _ = trained_net
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            out = self.net(x)
+            return out, out * 2
+
+    calib = [x for x, _ in _batches()]
+    qmodel = quantize(TwoHeads(), calib, method="B", recipe=Recipe(act_bits=4))
+    with pytest.raises(ValueError, match="criterion kl ranks by the softmax of a classifier's logits"):
+        sensitivity(qmodel, calib, lambda x: (x,), criterion="kl")
+    assert sensitivity(qmodel, calib, lambda x: (x,)).points  # sqnr takes any output
+    qmodel.remove()
+
+
 def test_a_point_already_at_the_restored_width_is_skipped(trained_net):
     net, _ = trained_net
     batches = _batches()
