@@ -150,6 +150,7 @@ def _changed(qmodel, q, direction: str, restore_bits: int | None, recipe):
 
 
 _GAIN = {"sqnr": "gain_db", "kl": "gain_kl"}  # the row field each criterion ranks by
+_MEASURED = ("sqnr_db", "gain_db", "cosine", "kl", "gain_kl", "outcomes")  # a point's row: None until measured
 
 
 def _gain_kl(direction: str, reference_kl: float | None, point_kl: float | None) -> float | None:
@@ -168,6 +169,24 @@ def _gain(direction: str, reference_db: float | None, point_db: float | None) ->
     if math.isinf(point_db) or math.isinf(reference_db):
         return math.inf if point_db > reference_db else 0.0 if point_db == reference_db else -math.inf
     return point_db - reference_db
+
+
+@contextlib.contextmanager
+def _left_as_found(qmodel):
+    """The model in eval mode inside; its mode, quantizer modes, point widths and train/eval state
+    as they were afterwards, also on error."""
+    mode, training, recipe = qmodel.mode, qmodel.model.training, qmodel.recipe
+    modes = {q: q.mode for q in qmodel.quantizers.values()}
+    qmodel.model.eval()
+    try:
+        yield
+    finally:
+        if qmodel.recipe != recipe:
+            qmodel.set_point_bits(dict(recipe.point_bits))
+        qmodel.set_mode(mode)
+        for q, m in modes.items():
+            q.mode = m
+        qmodel.model.train(training)
 
 
 @torch.no_grad()
@@ -202,19 +221,15 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
     batches = batches if isinstance(batches, (list, tuple)) else list(batches)
     if not batches:
         raise ValueError("sensitivity: no batch was given")
-    start = time.perf_counter()
-    mode, training, recipe = qmodel.mode, qmodel.model.training, qmodel.recipe
-    modes = {q: q.mode for q in qmodel.quantizers.values()}
-    qmodel.model.eval()
+    start, recipe = time.perf_counter(), qmodel.recipe
     order = {name: i for i, name in enumerate(qmodel.plan.points)}  # the recorded graph's execution order
     quantizers = sorted(qmodel.quantizers.values(), key=lambda q: order[q.name])
     reverse = direction == "reverse"
 
     def forward_all(error: _OutputError, refs: list | None) -> list:
         return _forward_all(qmodel, batches, input_fn, score_fn, error, refs)
-
     points, passes = [], 0
-    try:
+    with _left_as_found(qmodel):
         qmodel.set_mode("float")
         reference = _OutputError()
         float_start = time.perf_counter()
@@ -233,8 +248,7 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
                              "is not one 2-D tensor (a detector's heads): use criterion sqnr")
         for done, q in enumerate(quantizers, 1):
             row = {"name": q.name, "index": done - 1, "producer": qmodel.plan.points[q.name].producer,
-                   "bits": q.grid.bits, "sqnr_db": None, "gain_db": None, "cosine": None, "kl": None,
-                   "gain_kl": None, "outcomes": None, "skipped": None}
+                   "bits": q.grid.bits, **dict.fromkeys(_MEASURED), "skipped": None}
             if reverse and restore_bits is not None and q.grid.bits >= restore_bits:
                 row["skipped"] = f"already {q.grid.bits} bits"
             else:
@@ -243,18 +257,11 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
                     forward_all(error, refs)
                 passes += 1
                 row.update(error.row())
-                row["gain_db"] = _gain(direction, ref_row["sqnr_db"], row["sqnr_db"])
-                row["gain_kl"] = _gain_kl(direction, ref_row["kl"], row["kl"])
+                row.update(gain_db=_gain(direction, ref_row["sqnr_db"], row["sqnr_db"]),
+                           gain_kl=_gain_kl(direction, ref_row["kl"], row["kl"]))
             points.append(row)
             if on_point is not None:
                 on_point(done, len(quantizers))
-    finally:
-        if qmodel.recipe != recipe:
-            qmodel.set_point_bits(dict(recipe.point_bits))
-        qmodel.set_mode(mode)
-        for q, m in modes.items():
-            q.mode = m
-        qmodel.model.train(training)
     return SensitivityReport(direction, restore_bits if reverse else None, qmodel.method, qmodel.weight_bits,
                              qmodel.act_bits, samples, passes, round(time.perf_counter() - start, 2),
                              round(float_seconds, 3), ref_row, points, criterion)
