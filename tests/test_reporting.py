@@ -314,6 +314,7 @@ def test_the_budget_table_tests_each_budget_against_first_last_on_the_same_image
     assert [(i["rule"], i["points_8bit"]) for i in items] == [("none", 0), ("first/last", 4), ("mixed 4", 4)]
     greedy = budget_rows([*rows, row(mixed, 4, mixed_budget="4", mixed_search="greedy")])  # the same curve
     assert [i["rule"] for i in greedy][-2:] == ["greedy 4", "mixed 4"] and greedy[-2]["vs_fixed"] is not None
+    assert [i["ranking"] for i in greedy] == [None, None, "greedy", "mixed"]  # the plot's line per ranking
     vs = items[2]["vs_fixed"]
     assert vs["p"] == mcnemar_exact(mixed, fixed) and vs["diff"] == pytest.approx(100 * (mixed.mean() - fixed.mean()))
     assert vs["ci"][0] < vs["diff"] < vs["ci"][1] and items[1]["vs_fixed"] is None

@@ -22,16 +22,25 @@ from .render import TableSpec, paired_cell
 from .results import ResultRow
 from .stats import bootstrap_ci, paired_comparison
 
+_LINESTYLES = ("-", "--", ":", "-.")  # one per way of ranking the points, on one method's colour
 # options that say which points run at 8 bits; the rest of a row's options pick its curve
 RULE_OPTIONS = ("keep_8bit", "mixed_budget", "mixed_samples", "mixed_search", "mixed_criterion")
+
+
+def _ranking(row: ResultRow) -> str | None:
+    """How a mixed-precision row chose its points ("mixed": one SQNR ranking, "greedy kl" ...); None
+    for a row of a fixed rule."""
+    if "mixed_budget" not in row.options:
+        return None
+    how = [row.options.get("mixed_search"), row.options.get("mixed_criterion")]
+    return " ".join(h for h in how if h) or "mixed"
 
 
 def _rule(row: ResultRow) -> str:
     keep = row.options.get("keep_8bit", "")
     parts = ["first/last" if keep == "first+last" else keep]
-    if "mixed_budget" in row.options:
-        how = [row.options.get("mixed_search"), row.options.get("mixed_criterion")]
-        parts.append(f"{' '.join(h for h in how if h) or 'mixed'} {row.options['mixed_budget']}")
+    if _ranking(row) is not None:
+        parts.append(f"{_ranking(row)} {row.options['mixed_budget']}")
     return " + ".join(p for p in parts if p) or "none"
 
 
@@ -64,7 +73,7 @@ def budget_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
             mine = evidence_of(r)
             item = {"model": r.model, "method": r.method, "bits": bits_label(r.weight_bits, r.act_bits),
                     "options": options_label(dict(key[5])), "engine": r.engine, "seed": r.seed, "metric": r.metric,
-                    "rule": _rule(r), "points_8bit": done, "points": total, "value": r.value,
+                    "rule": _rule(r), "ranking": _ranking(r), "points_8bit": done, "points": total, "value": r.value,
                     "ci": None if mine is None else bootstrap_ci(mine), "promoted": r.extra.get("promoted"),
                     "fp32": None, "vs_fixed": None}
             ref = fp32.get((r.task, r.model, r.dataset))
@@ -111,9 +120,10 @@ def budget_markdown(rows: Iterable[ResultRow]) -> str:
 
 
 def plot_budget(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path:
-    """The metric against the number of 8-bit activation points, one line per method (mixed precision's
-    budgets and the plain rule), ``keep_8bit=first,last`` as an open marker at its count, FP32 as a
-    dashed line; one panel per (model, widths, other options, engine), stacked in one PNG."""
+    """The metric against the number of 8-bit activation points, one line per method and way of ranking
+    (mixed precision's budgets from the plain rule on; ``mixed`` solid, ``greedy``, ``kl`` ... in other
+    line styles), ``keep_8bit=first,last`` as an open marker at its count, FP32 as a grey line; one
+    panel per (model, widths, other options, engine), stacked in one PNG."""
     from matplotlib.figure import Figure
 
     from .plots import _method_style
@@ -127,14 +137,20 @@ def plot_budget(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path
     panels: dict[tuple, list[dict]] = {}
     for item in items:
         panels.setdefault((item["model"], item["bits"], item["options"], item["engine"]), []).append(item)
-    fig = Figure(figsize=(8.0, 3.8 * len(panels)), layout="constrained")
+    fig = Figure(figsize=(10.5, 3.8 * len(panels)), layout="constrained")
     for ax, ((model, bits, options, engine), members) in zip(fig.subplots(len(panels), 1, squeeze=False)[:, 0],
                                                             panels.items()):
         for method in dict.fromkeys(i["method"] for i in members):
             style = _method_style(method)
-            curve = [i for i in members if i["method"] == method and "first/last" not in i["rule"]]
-            fixed = [i for i in members if i["method"] == method and i["rule"] == "first/last"]
-            for series, extra in ((curve, {"label": method_title(method)}),
+            mine = [i for i in members if i["method"] == method]
+            plain = [i for i in mine if i["rule"] == "none"]
+            kinds = list(dict.fromkeys(i["ranking"] for i in mine if i["ranking"] is not None)) or ["mixed"]
+            curves = [(plain + [i for i in mine if i["ranking"] == kind and "first/last" not in i["rule"]],
+                       {"label": method_title(method) + ("" if kind == "mixed" else f" ({kind})"),
+                        "linestyle": _LINESTYLES[n % len(_LINESTYLES)]})
+                      for n, kind in enumerate(sorted(kinds, key=lambda k: (k != "mixed", k)))]
+            fixed = [i for i in mine if i["rule"] == "first/last"]
+            for series, extra in (*curves,
                                   (fixed, {"fillstyle": "none", "linestyle": "none", "markersize": 9,
                                            "label": f"{method_title(method)}, keep_8bit=first,last"})):
                 if not series:
@@ -142,14 +158,14 @@ def plot_budget(rows: Iterable[ResultRow], path: str | os.PathLike[str]) -> Path
                 errs = [(0.0, 0.0) if i["ci"] is None else (i["value"] - i["ci"][0], i["ci"][1] - i["value"])
                         for i in series]
                 ax.errorbar([i["points_8bit"] for i in series], [i["value"] for i in series],
-                            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, **style, **extra)
+                            yerr=[[e[0] for e in errs], [e[1] for e in errs]], capsize=3, **{**style, **extra})
         if model in fp32:
             ax.axhline(fp32[model], color="grey", linestyle="--", linewidth=1, label="FP32")
         ax.set_title(f"{model} {bits}" + (f" {options}" if options else "") + (f" [{engine}]" if engine != "fake" else ""))
         ax.set_xlabel(f"activation points at 8 bits (of {members[0]['points']})")
         ax.set_ylabel(f"{members[0]['metric']} (%)")
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize="small", loc="lower right")
+        ax.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))  # beside: it hides no curve
     return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120), binary=True)
 
 
