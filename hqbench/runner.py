@@ -260,6 +260,9 @@ def _check_run(cfg: DictConfig) -> int:
     for engine in plan_engines(cfg):
         if engine in task_cls.UNSUPPORTED:
             raise NotImplementedError(f"engine={engine} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[engine]}")
+    criterion = f"mixed.criterion={OmegaConf.select(cfg, 'mixed.criterion', default='sqnr')}"
+    if criterion in task_cls.UNSUPPORTED and OmegaConf.select(cfg, "mixed.budget", default=None) is not None:
+        raise ValueError(f"{criterion} is not available for task={cfg.task}: {task_cls.UNSUPPORTED[criterion]}")
     draws = cfg.get("draws", 1)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise ValueError(f"draws must be a positive integer (calibration draws, seeds seed..seed+draws-1), got {draws!r}")

@@ -277,3 +277,13 @@ def test_a_model_with_other_classes_than_fashion_mnist_is_one_error_line(tmp_pat
                  "data.eval_limit=8", "data.calib_size=8", "method=fp32", "out=null"]) == 1
     text = capsys.readouterr().out
     assert "outputs 5 classes per image but the data (Fashion-MNIST) has 10" in " ".join(text.split()), text
+
+
+def test_the_kl_criterion_on_the_detector_is_one_line_before_any_work(no_data, capsys):
+    """mixed.criterion=kl needs a classifier's softmax: task=detection refuses it before loading
+    anything, naming the setting and the way out."""
+    assert main(["test", "task=detection", "method=B", "bits=w8a4", "mixed.budget=2", "mixed.criterion=kl"]) == 1
+    text = capsys.readouterr().out
+    error = _lines(text)[-1]  # after the embedded demo's notice
+    assert error.startswith("error: mixed.criterion=kl is not available for task=detection"), text
+    assert "mixed.criterion=sqnr" in error and "calib" not in text

@@ -6,7 +6,8 @@ A task class declares what the runner reads, as class attributes and three metho
 - ``EXTRA_METRICS``: also recorded in the row, from ``test/<name>``.
 - ``PYTORCH_VIA``: how the PyTorch column quantizes it: ``"fx"`` (torch.ao itself) or ``"hooks"``
   (torch's observers through hqbench's hooks, for networks torch.fx cannot trace).
-- ``UNSUPPORTED``: engine name (or ``"peers"``) -> why this task cannot use it.
+- ``UNSUPPORTED``: engine name (or ``"peers"``, or a setting such as ``"mixed.criterion=kl"``) -> why
+  this task cannot use it; refused before any work.
 - ``float_scopes``: module names whose functional ops stay float (a detector's box decoding).
 - ``paired_evidence(n_eval)``: what paired tests read (per-image outcomes, bootstrap
   replicates) for the ``METRIC`` of the last test run; none by default. Evidence is bound to the

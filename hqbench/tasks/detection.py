@@ -82,7 +82,8 @@ class DetectionTask(BenchmarkTask):
     EXTRA_METRICS = ("mAP50_95",)
     PYTORCH_VIA = "hooks"  # torch.fx cannot trace ultralytics' DetectionModel: torch's observers go through hooks
     # Every engine runs the detector, its float scope (box decoding) included.
-    UNSUPPORTED: dict[str, str] = {}
+    UNSUPPORTED: dict[str, str] = {"mixed.criterion=kl": "its raw heads are no softmax over classes to compare; "
+                                   "rank the points by mixed.criterion=sqnr"}
 
     def __init__(self, model: nn.Module, card: ModelCard | None = None, conf_thres: float = 0.001,
                  iou_thres: float = 0.6, max_det: int = 300):
