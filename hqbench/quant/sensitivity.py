@@ -41,7 +41,7 @@ from torch.utils._pytree import tree_map
 
 from .fake import OFF, QUANT
 from .layer_report import _cosine, _db, _leaves
-from .recipe import MIXED_SEARCHES
+from .recipe import MIXED_CRITERIA, MIXED_SEARCHES
 
 DIRECTIONS = ("reverse", "one_at_a_time")
 
@@ -216,8 +216,8 @@ def sensitivity(qmodel, batches: Iterable, input_fn: Callable[[Any], tuple], dir
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown sensitivity direction {direction!r}; valid: {', '.join(DIRECTIONS)}")
-    if criterion not in _GAIN:
-        raise ValueError(f"unknown sensitivity criterion {criterion!r}; valid: {', '.join(_GAIN)}")
+    if criterion not in MIXED_CRITERIA:
+        raise ValueError(f"unknown sensitivity criterion {criterion!r}; valid: {', '.join(MIXED_CRITERIA)}")
     batches = batches if isinstance(batches, (list, tuple)) else list(batches)
     if not batches:
         raise ValueError("sensitivity: no batch was given")

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from hqbench.quant import Recipe, prepare, quantize
+from hqbench.quant import sensitivity as sensitivity_module
+from hqbench.quant.recipe import MIXED_CRITERIA
 from hqbench.quant.sensitivity import budget_points, promote, sensitivity
 
 from .conftest import make_dataset
@@ -151,6 +153,7 @@ def test_the_kl_criterion_ranks_by_the_softmax_divergence_the_point_removes(trai
     qmodel.remove()
     with pytest.raises(ValueError, match="unknown sensitivity criterion 'l2'"):
         sensitivity(qmodel, batches, _input, criterion="l2")
+    assert set(sensitivity_module._GAIN) == set(MIXED_CRITERIA)  # every criterion the recipe accepts ranks by a field
     r = Recipe(act_bits=4, mixed_budget=2, mixed_criterion="kl")
     assert r.to_options() == {"mixed_budget": "2", "mixed_criterion": "kl"} and Recipe.from_options(8, 4, r.to_options()) == r
 
