@@ -2,6 +2,7 @@
 floats and the peers' own INT8 models, interleaved, at batch 1 and 32 (issue 29).
 
     HQBENCH_DATA=../shared/data python benchmarks/engine_throughput.py --out docs/results/engine_throughput_mobilenet_v2_tflite.json
+    HQBENCH_DATA=../shared/data python benchmarks/engine_throughput.py --profile openvino --out docs/results/engine_throughput_mobilenet_v2_tflite_openvino.json
 
 Calibrates ``--method`` (hqbench) and each peer (``--peers``) on ``--calib`` seeded train/ images,
 then times, round after round, one batch on each runner in turn (so a slow spell of a shared
@@ -32,7 +33,7 @@ from hqbench.models import create_model
 from hqbench.paths import atomic_write, refuse_existing
 from hqbench.peers import create_peer
 from hqbench.peers._common import export_float_onnx
-from hqbench.quant import cpu, quantize
+from hqbench.quant import Recipe, cpu, quantize
 from hqbench.quant.onnx_engine import OnnxRuntimeEngine, make_session
 from hqbench.quant.openvino_engine import OpenVinoEngine
 
@@ -92,6 +93,7 @@ def main() -> None:
     p.add_argument("--data", default=os.environ.get("HQBENCH_DATA"), help="folder holding imagenet/ (default $HQBENCH_DATA)")
     p.add_argument("--model", default="mobilenet_v2_tflite")
     p.add_argument("--method", default="D")
+    p.add_argument("--profile", default=None, help="deployment profile of hqbench's model (hqbench.quant.profiles; default: the paper's)")
     p.add_argument("--peers", default="ort-minmax,nncf", help="comma list of peers whose INT8 model is timed too")
     p.add_argument("--calib", type=int, default=64)
     p.add_argument("--rounds", type=int, default=5)
@@ -107,7 +109,7 @@ def main() -> None:
                             calib_size=args.calib, seed=args.seed)
     calib = [x for x, _ in dm.calibration_dataloader()]
     batch = next(iter(dm.test_dataloader()))[0]
-    qmodel = quantize(copy.deepcopy(model), calib, method=args.method, seed=args.seed)
+    qmodel = quantize(copy.deepcopy(model), calib, method=args.method, recipe=Recipe(profile=args.profile), seed=args.seed)
     records = {}
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = export_float_onnx(model, batch[:2], Path(tmp) / "fp32.onnx")  # what the ORT peers quantize
@@ -136,7 +138,7 @@ def main() -> None:
     table = {name: {f"batch{size}": {"images_per_s": round(v, 1), "x_torch_fp32": round(v / best["torch fp32"][size], 2),
                                      "x_ort_fp32": round(v / best["onnxruntime fp32"][size], 2)}
                     for size, v in sizes.items()} for name, sizes in best.items()}
-    result = {"model": args.model, "method": args.method, "calib_images": sum(len(c) for c in calib),
+    result = {"model": args.model, "method": args.method, "profile": qmodel.recipe.profile, "calib_images": sum(len(c) for c in calib),
               "rounds": args.rounds, "threads": args.threads, "torch_threads": torch.get_num_threads(),
               "cpu": cpu.describe(), "throughput": table, "engines": records, "mac_peak_one_core": mac_peaks(1)}
     text = json.dumps(result, indent=1)

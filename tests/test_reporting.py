@@ -322,3 +322,34 @@ def test_the_budget_table_tests_each_budget_against_first_last_on_the_same_image
     assert "| m | Activation Redistribution w8a4 | mixed 4 | 4/64 |" in budget_markdown(rows)
     assert plot_budget(rows, tmp_path / "b.png").stat().st_size > 1000
     assert budget_markdown(rows[:2]) == ""  # nothing but the plain rule: no table
+
+
+def test_the_budget_profile_and_qat_tables_take_detection_rows(tmp_path):
+    """A detector's rows carry mAP bootstrap replicates, not per-image outcomes: each table's interval
+    is their percentile interval and its paired test the paired bootstrap (a detection sweep with
+    mixed.budget crashed in the budget table, asking the replicates for per-image outcomes)."""
+    from hqbench.evidence import Replicates
+    from hqbench.reporting.budget import budget_rows, plot_budget
+    from hqbench.reporting.profiles import profile_rows
+    from hqbench.reporting.qat import qat_rows
+
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 2, 500)
+
+    def row(value, **kw):
+        reps = Replicates(value, value + shared + rng.normal(0, 0.3, 500), 116, 0)
+        return _row("yolo", "D", value, task="detection", metric="mAP50", n_eval=116, weight_bits=8, act_bits=6,
+                    extra={"bootstrap": reps.encode(), "points_8bit": kw.pop("points", "0/27")}, **kw)
+
+    plain, fixed, mixed = row(77.6), row(80.0, points="2/27", options={"keep_8bit": "first+last"}), \
+        row(88.0, points="2/27", options={"mixed_budget": "2"})
+    items = budget_rows([plain, fixed, mixed])
+    assert [i["rule"] for i in items] == ["none", "first/last", "mixed 2"]
+    assert all(i["ci"][0] < i["value"] < i["ci"][1] for i in items)
+    vs = items[2]["vs_fixed"]
+    assert vs["diff"] == pytest.approx(8.0) and vs["p"] < 0.01 and vs["ci"][0] > 0
+    assert plot_budget([plain, fixed, mixed], tmp_path / "b.png").stat().st_size > 1000
+    profiled = profile_rows([plain, row(76.0, options={"profile": "openvino"})])
+    assert profiled[0]["ci"][0] < 76.0 < profiled[0]["ci"][1] and profiled[0]["vs_paper"]["diff"] == pytest.approx(-1.6)
+    trained = qat_rows([plain, row(85.0, options={"qat": "lsq"})])
+    assert trained[0]["ci"][0] < 85.0 < trained[0]["ci"][1] and trained[0]["vs_start"]["diff"] == pytest.approx(7.4)

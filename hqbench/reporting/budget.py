@@ -17,10 +17,10 @@ from rich.table import Table
 
 from ..methods import FP32, method_title
 from ..paths import atomic_write
-from .lines import bits_label, evidence_of, options_label
+from .lines import bits_label, evidence_of, interval_of, options_label
 from .render import TableSpec, paired_cell
 from .results import ResultRow
-from .stats import bootstrap_ci, paired_comparison
+from .stats import paired_comparison
 
 _LINESTYLES = ("-", "--", ":", "-.")  # one per way of ranking the points, on one method's colour
 # options that say which points run at 8 bits; the rest of a row's options pick its curve
@@ -74,7 +74,7 @@ def budget_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
             item = {"model": r.model, "method": r.method, "bits": bits_label(r.weight_bits, r.act_bits),
                     "options": options_label(dict(key[5])), "engine": r.engine, "seed": r.seed, "metric": r.metric,
                     "rule": _rule(r), "ranking": _ranking(r), "points_8bit": done, "points": total, "value": r.value,
-                    "ci": None if mine is None else bootstrap_ci(mine), "promoted": r.extra.get("promoted"),
+                    "ci": interval_of(r), "promoted": r.extra.get("promoted"),
                     "fp32": None, "vs_fixed": None}
             ref = fp32.get((r.task, r.model, r.dataset))
             if ref is not None:

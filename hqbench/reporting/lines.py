@@ -246,6 +246,16 @@ def evidence_of(row: ResultRow) -> np.ndarray | Replicates | None:
     return None
 
 
+def interval_of(row: ResultRow) -> tuple[float, float] | None:
+    """The 95 % interval of a row's metric: BCa over its per-image outcomes (cached by the encoded
+    string) or the percentile interval of its mAP bootstrap replicates; None for a row with neither."""
+    enc = outcomes_of(row)
+    if enc:
+        return _ci(enc)
+    evidence = evidence_of(row)
+    return None if evidence is None else evidence.ci()
+
+
 def has_evidence(row: ResultRow) -> bool:
     return bool(outcomes_of(row)) or isinstance(row.extra.get("bootstrap"), dict)
 
@@ -298,11 +308,7 @@ def line_cells(line: Line, intervals: bool = True) -> tuple[dict[str, Cell], str
     cells = {}
     for m, draws in line.cells.items():
         mean, std = draw_summary([d.value for d in draws])
-        evidence = evidence_of(draws[0]) if intervals and len(draws) == 1 else None
-        if isinstance(evidence, Replicates):
-            ci = evidence.ci()
-        else:  # outcomes: BCa over the images, cached by the encoded string
-            ci = _ci(outcomes_of(draws[0])) if evidence is not None else None
+        ci = interval_of(draws[0]) if intervals and len(draws) == 1 else None
         cells[m] = Cell(mean, std, len(draws), ci, marks.get(m, ""))
     return cells, how
 

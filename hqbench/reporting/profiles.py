@@ -9,10 +9,10 @@ from typing import Any, Iterable
 from rich.table import Table
 
 from ..methods import method_title
-from .lines import bits_label, evidence_of, options_label
+from .lines import bits_label, evidence_of, interval_of, options_label
 from .render import TableSpec, paired_cell
 from .results import ResultRow
-from .stats import bootstrap_ci, paired_comparison
+from .stats import paired_comparison
 
 
 def _cell(row: ResultRow) -> tuple:
@@ -34,7 +34,7 @@ def profile_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
         mine, ref = evidence_of(r), paper.get(_cell(r))
         out.append({"model": r.model, "method": r.method, "bits": bits_label(r.weight_bits, r.act_bits),
                     "options": options_label(dict(_cell(r)[7])), "profile": r.options["profile"], "value": r.value,
-                    "ci": None if mine is None else bootstrap_ci(mine), "paper": None if ref is None else ref.value,
+                    "ci": interval_of(r), "paper": None if ref is None else ref.value,
                     "vs_paper": paired_comparison(mine, None if ref is None else evidence_of(ref))})
     return out
 

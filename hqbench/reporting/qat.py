@@ -15,10 +15,10 @@ from typing import Any, Iterable
 from rich.table import Table
 
 from ..methods import FP32, method_title
-from .lines import bits_label, evidence_of, options_label
+from .lines import bits_label, evidence_of, interval_of, options_label
 from .render import TableSpec, paired_cell
 from .results import ResultRow
-from .stats import bootstrap_ci, paired_comparison
+from .stats import paired_comparison
 
 
 def _versus(mine: ResultRow, other: ResultRow | None) -> dict | None:
@@ -47,10 +47,9 @@ def qat_rows(rows: Iterable[ResultRow]) -> list[dict[str, Any]]:
         best = max(same, key=lambda p: p.value, default=None)
         group = [q for q in trained if where(q) == where(r) and q.options == r.options]
         best_qat = max(group, key=lambda q: q.value)
-        mine = evidence_of(r)
         out.append({"model": r.model, "method": r.method, "bits": bits_label(r.weight_bits, r.act_bits),
                     "options": options_label(rest), "qat": r.options["qat"], "engine": r.engine, "value": r.value,
-                    "ci": None if mine is None else bootstrap_ci(mine), "vs_start": _versus(r, start),
+                    "ci": interval_of(r), "vs_start": _versus(r, start),
                     "vs_best_ptq": _versus(r, best), "vs_best_qat": _versus(r, best_qat)})
     return out
 
